@@ -1,0 +1,111 @@
+"""One DiffusionNFT optimizer step per call on a PolicyModel: times, noise, loss, AdamW, then
+the old-policy and evaluation-EMA updates.
+
+Noise is drawn per sample from (seed, step, sample seed, time index), never from a shared
+stream, so splitting the batch across ranks or micro-batches trains on the same numbers.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from solrl.models.base import OLD, POLICY
+from solrl.objectives.nft import (
+    NFTConfig,
+    ema_,
+    group_advantages,
+    interpolate,
+    nft_loss,
+    old_policy_decay,
+    optimality_probability,
+    pick_train_times,
+)
+from solrl.sampling.noise import hash_ints, seed_noise
+from solrl.sampling.schedules import time_grid
+from solrl.types import TrainBatch
+
+
+class OptimConfig(BaseModel):
+    """AdamW settings; defaults are SOLRL_SPEC's."""
+
+    model_config = ConfigDict(extra="forbid")
+    lr: float = Field(default=3e-4, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    grad_clip: float = Field(default=1.0, gt=0)
+
+
+class NFTTrainer:
+    """Owns the optimizer, the step counter and the evaluation EMA of one policy."""
+
+    def __init__(
+        self,
+        model,
+        nft: NFTConfig | None = None,
+        optim: OptimConfig | None = None,
+        train_steps: int = 10,
+        shift: float = 1.0,
+        seed: int = 0,
+        micro_batch: int | None = None,
+    ):
+        self.model = model
+        self.nft = nft or NFTConfig()
+        self.optim_cfg = optim or OptimConfig()
+        self.grid = time_grid(train_steps, shift)  # the rollout schedule the samples came from
+        self.seed = seed
+        self.micro_batch = micro_batch
+        self.step_count = 0
+        params = model.trainable_parameters()
+        self.optimizer = torch.optim.AdamW(
+            params, lr=self.optim_cfg.lr, betas=self.optim_cfg.betas, weight_decay=self.optim_cfg.weight_decay
+        )
+        self.ema = [p.detach().clone() for p in params]
+
+    def _noise(self, seeds: torch.Tensor, time_index: int, shape) -> torch.Tensor:
+        return torch.stack(
+            [seed_noise(hash_ints(self.seed, self.step_count, int(s), time_index), shape) for s in seeds]
+        )
+
+    def step(self, batch: TrainBatch) -> dict[str, float]:
+        """One optimizer step on `batch`; returns the loss statistics averaged over times."""
+        model, device = self.model, batch.x0.device
+        advantages = group_advantages(batch.rewards, batch.groups, self.nft.adv_eps)
+        r = optimality_probability(advantages, self.nft.adv_clip).to(device)
+        generator = torch.Generator().manual_seed(hash_ints(self.seed, self.step_count, -1))
+        times = pick_train_times(self.grid, self.nft.timestep_fraction, generator)
+        n = len(batch)
+        chunk = self.micro_batch or n
+        self.optimizer.zero_grad(set_to_none=True)
+        totals: dict[str, float] = {}
+        for ti, t in enumerate(times):
+            for start in range(0, n, chunk):
+                rows = slice(start, start + chunk)
+                x0, cond = batch.x0[rows], batch.cond.select(rows)
+                eps = self._noise(batch.seeds[rows], ti, x0.shape[1:]).to(device=device, dtype=x0.dtype)
+                tt = torch.full((x0.shape[0],), t, dtype=torch.float32, device=device)
+                x_t = interpolate(x0, eps, tt)
+                with torch.no_grad():
+                    v_old = model.velocity(x_t, tt, cond, adapter=OLD)
+                    v_ref = model.velocity(x_t, tt, cond, adapter=None)
+                v_theta = model.velocity(x_t, tt, cond, adapter=POLICY)
+                loss, stats = nft_loss(v_theta, v_old, v_ref, x0, x_t, tt, r[rows], self.nft)
+                # Each (time, micro-batch) contributes its share of the mean over times and samples.
+                weight = x0.shape[0] / (n * len(times))
+                (loss * weight).backward()
+                for k, v in stats.items():
+                    totals[k] = totals.get(k, 0.0) + v * weight
+        params = model.trainable_parameters()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.optim_cfg.grad_clip)
+        self.optimizer.step()
+        self.step_count += 1
+        eta = old_policy_decay(self.step_count, self.nft)
+        ema_(model.adapter_parameters(OLD).values(), model.adapter_parameters(POLICY).values(), eta)
+        ema_(self.ema, params, self.nft.ema_decay)
+        totals.update(grad_norm=float(grad_norm), old_decay=eta, step=self.step_count)
+        return totals
+
+    def ema_state(self) -> dict[str, torch.Tensor]:
+        """The evaluation EMA as an adapter state (same keys as model.adapter_state())."""
+        keys = list(self.model.adapter_parameters(POLICY).keys())
+        return {k: v.detach().float().cpu().clone() for k, v in zip(keys, self.ema, strict=True)}

@@ -1,0 +1,126 @@
+"""The DiffusionNFT objective (arXiv 2509.16117) exactly as shared/SOLRL_SPEC.md states it.
+
+Pure functions of tensors: advantages, optimality probabilities, training times, the loss,
+and the schedules of the old policy and the evaluation EMA. No model, no optimizer here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class NFTConfig(BaseModel):
+    """DiffusionNFT hyper-parameters; defaults are SOLRL_SPEC's."""
+
+    model_config = ConfigDict(extra="forbid")
+    beta: float = Field(default=1.0, gt=0)  # mixing of v_theta into v+ / v-
+    adv_clip: float = Field(default=5.0, gt=0)  # r = 0.5 + 0.5 clip(A / adv_clip, -1, 1)
+    adv_eps: float = Field(default=1e-4, gt=0)  # A = (R - mean_prompt) / (std_batch + adv_eps)
+    kl_weight: float = Field(default=1e-4, ge=0)  # weight of mean((v_theta - v_ref)^2)
+    timestep_fraction: float = Field(default=0.6, gt=0, le=1)  # share of the grid's times trained per step
+    weight_floor: float = Field(default=1e-5, gt=0)  # floor of the adaptive x0-space weight
+    old_decay_rate: float = Field(default=1e-3, ge=0)  # eta = min(rate * step, old_decay_max)
+    old_decay_max: float = Field(default=0.5, ge=0, le=1)
+    ema_decay: float = Field(default=0.9, ge=0, le=1)  # evaluation EMA of theta
+
+
+def group_advantages(rewards: torch.Tensor, groups: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """A = (R - mean of R within its prompt group) / (std of R over the whole batch + eps).
+
+    The std is the population std (ddof = 0) of the raw rewards of every sample in the batch.
+    """
+    rewards = rewards.double()
+    groups = torch.as_tensor(groups, device=rewards.device)
+    _, inverse = torch.unique(groups, return_inverse=True)
+    n_groups = int(inverse.max()) + 1 if len(inverse) else 0
+    sums = torch.zeros(n_groups, dtype=rewards.dtype, device=rewards.device).index_add_(0, inverse, rewards)
+    counts = torch.bincount(inverse, minlength=n_groups).to(rewards.dtype)
+    means = (sums / counts)[inverse]
+    std = rewards.std(correction=0) if len(rewards) > 1 else rewards.new_zeros(())
+    return ((rewards - means) / (std + eps)).float()
+
+
+def optimality_probability(advantages: torch.Tensor, clip: float = 5.0) -> torch.Tensor:
+    """r = 0.5 + 0.5 * clip(A / clip, -1, 1), in [0, 1]."""
+    return 0.5 + 0.5 * torch.clamp(advantages / clip, -1.0, 1.0)
+
+
+def pick_train_times(grid: torch.Tensor, fraction: float, generator: torch.Generator) -> list[float]:
+    """A random subset, round(fraction * steps) of them (at least one), of the grid's step times.
+
+    `grid` is the rollout schedule (steps + 1 times, 1 -> 0); the final t = 0 is not a step.
+    """
+    times = grid[:-1]
+    k = max(1, round(fraction * len(times)))
+    order = torch.randperm(len(times), generator=generator)[:k]
+    return [float(times[i]) for i in sorted(order.tolist())]
+
+
+def interpolate(x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """x_t = (1 - t) x0 + t eps, with t per sample."""
+    t = t.reshape(-1, *([1] * (x0.dim() - 1)))
+    return (1.0 - t) * x0 + t * eps
+
+
+def _per_sample_mean(x: torch.Tensor) -> torch.Tensor:
+    return x.mean(dim=tuple(range(1, x.dim())))
+
+
+def nft_loss(
+    v_theta: torch.Tensor,
+    v_old: torch.Tensor,
+    v_ref: torch.Tensor,
+    x0: torch.Tensor,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    r: torch.Tensor,
+    config: NFTConfig | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The DiffusionNFT loss of one batch at times t (per sample), averaged over the batch.
+
+    v+ = (1 - beta) v_old + beta v_theta,  v- = (1 + beta) v_old - beta v_theta;
+    x0± = x_t - t v±;  term± = mean((x0± - x0)^2) / stopgrad(mean|x0± - x0|) per sample;
+    loss = mean(r term+ + (1 - r) term-) / beta + kl_weight * mean((v_theta - v_ref)^2).
+    """
+    cfg = config or NFTConfig()
+    v_old, v_ref, x0, x_t = v_old.detach(), v_ref.detach(), x0.detach(), x_t.detach()
+    beta = cfg.beta
+    tb = t.reshape(-1, *([1] * (x0.dim() - 1))).to(v_theta.dtype)
+    v_pos = (1.0 - beta) * v_old + beta * v_theta
+    v_neg = (1.0 + beta) * v_old - beta * v_theta
+
+    def term(v: torch.Tensor) -> torch.Tensor:
+        err = (x_t - tb * v) - x0
+        with torch.no_grad():
+            weight = _per_sample_mean(err.abs().double()).clamp(min=cfg.weight_floor).to(err.dtype)
+        return _per_sample_mean(err**2) / weight
+
+    pos, neg = term(v_pos), term(v_neg)
+    r = r.to(pos.dtype)
+    policy_loss = (r * pos + (1.0 - r) * neg).mean() / beta
+    kl = _per_sample_mean((v_theta - v_ref) ** 2).mean()
+    loss = policy_loss + cfg.kl_weight * kl
+    stats = {
+        "loss": float(loss.detach()),
+        "policy_loss": float(policy_loss.detach()),
+        "kl": float(kl.detach()),
+        "term_pos": float(pos.detach().mean()),
+        "term_neg": float(neg.detach().mean()),
+    }
+    return loss, stats
+
+
+def old_policy_decay(step: int, config: NFTConfig | None = None) -> float:
+    """eta = min(0.001 * step, 0.5): how much of the old policy survives an update at `step`."""
+    cfg = config or NFTConfig()
+    return min(cfg.old_decay_rate * step, cfg.old_decay_max)
+
+
+@torch.no_grad()
+def ema_(target: Iterable[torch.Tensor], source: Iterable[torch.Tensor], decay: float) -> None:
+    """target <- decay * target + (1 - decay) * source, in place."""
+    for tgt, src in zip(target, source, strict=True):
+        tgt.mul_(decay).add_(src.detach().to(tgt.dtype), alpha=1.0 - decay)

@@ -1,0 +1,184 @@
+"""Number formats: NVFP4 (E2M1 elements, 16-element blocks, E4M3 block scales, fp32 tensor
+scale) and FP8 E4M3 with a per-tensor scale, as quantize / dequantize / fake-quant in pure torch.
+
+The NVFP4 arithmetic follows the two-level scaling recipe in the same operation order as
+torchao's NVFP4Tensor (per-tensor scale mode), so both produce identical bits. Two deliberate
+differences, both on inputs where torchao returns NaN: an all-zero tensor quantizes to zeros,
+and a zero element of a tensor whose amax is so small that 1/tensor_scale overflows to inf
+quantizes to zero (torchao computes 0 * inf).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+E2M1_MAX = 6.0
+E4M3_MAX = 448.0
+# Smallest normal E4M3 value: block scales are clamped here, as NVIDIA's recipe does.
+E4M3_MIN_NORMAL = 2.0**-6
+NVFP4_BLOCK = 16
+
+# The eight E2M1 magnitudes in code order; codes 8..15 are their negatives.
+E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+_E2M1_LUT = torch.tensor(E2M1_VALUES + tuple(-v for v in E2M1_VALUES), dtype=torch.float32)
+
+
+@dataclass(frozen=True)
+class NVFP4Quantized:
+    """An NVFP4 tensor: packed E2M1 codes, E4M3 block scales and one fp32 tensor scale."""
+
+    codes: torch.Tensor  # uint8, two codes per byte (element 2i in the low nibble), (..., K/2)
+    block_scales: torch.Tensor  # float8_e4m3fn, (..., K/16)
+    tensor_scale: torch.Tensor  # fp32 scalar
+    shape: torch.Size  # shape of the original tensor (last dim may be unpadded)
+    dtype: torch.dtype  # dtype of the original tensor
+
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The high-precision tensor these codes and scales represent."""
+        return nvfp4_dequantize(self, dtype)
+
+
+def nvfp4_tensor_scale(amax: torch.Tensor) -> torch.Tensor:
+    """Per-tensor fp32 scale amax / (6 * 448), so the largest block scale lands on E4M3's max."""
+    amax = amax.to(torch.float32)
+    # An all-zero tensor has no scale; any positive one quantizes it to exact zeros.
+    return torch.where(amax > 0, amax / (E4M3_MAX * E2M1_MAX), torch.ones_like(amax))
+
+
+def _e2m1_code_magnitude(m: torch.Tensor) -> torch.Tensor:
+    """Index 0..7 of the nearest E2M1 magnitude to m in [0, 6], ties to the even code."""
+    # Midpoints between neighbours; `>` at a midpoint rounds the tie down (to an even code),
+    # `>=` rounds it up (the upper neighbour has the even code there).
+    idx = (m > 0.25).to(torch.uint8)
+    idx += m >= 0.75
+    idx += m > 1.25
+    idx += m >= 1.75
+    idx += m > 2.5
+    idx += m >= 3.5
+    idx += m > 5.0
+    return idx
+
+
+def _nvfp4_scaled_blocks(x: torch.Tensor, tensor_scale: torch.Tensor | None):
+    """Blocks of x scaled into E2M1 range, their E4M3 block scales, and the tensor scale."""
+    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise TypeError(f"NVFP4 quantize: dtype {x.dtype} is not supported; pass fp32, bf16 or fp16")
+    if x.dim() == 0:
+        raise ValueError("NVFP4 quantize: a 0-d tensor has no block dimension; pass at least 1-d")
+    k = x.shape[-1]
+    x32 = x.float()
+    if k % NVFP4_BLOCK:
+        # Zero padding leaves every block's amax, and so every real element, unchanged.
+        x32 = torch.nn.functional.pad(x32, (0, NVFP4_BLOCK - k % NVFP4_BLOCK))
+    blocks = x32.reshape(*x32.shape[:-1], -1, NVFP4_BLOCK)
+    if tensor_scale is None:
+        tensor_scale = nvfp4_tensor_scale(x32.abs().amax())
+    tensor_scale = tensor_scale.to(device=x.device, dtype=torch.float32)
+    block_scale = blocks.abs().amax(dim=-1) / E2M1_MAX
+    scales_fp8 = torch.clamp(block_scale / tensor_scale, min=E4M3_MIN_NORMAL, max=E4M3_MAX).to(
+        torch.float8_e4m3fn
+    )
+    # Multiply by the reciprocal of the combined scale, in torchao's order, for identical bits.
+    reciprocal = (1.0 / tensor_scale) / scales_fp8.float()
+    scaled = blocks * reciprocal.unsqueeze(-1)
+    # inf * 0 only happens when the tensor scale is subnormal-small: those zeros stay zero.
+    scaled = torch.where(blocks == 0, blocks, scaled)
+    scaled = torch.clamp(scaled, -E2M1_MAX, E2M1_MAX)
+    return scaled, scales_fp8, tensor_scale
+
+
+def nvfp4_quantize(x: torch.Tensor, tensor_scale: torch.Tensor | None = None) -> NVFP4Quantized:
+    """Quantize x to NVFP4 along its last dimension (padded with zeros to a multiple of 16)."""
+    scaled, scales_fp8, tensor_scale = _nvfp4_scaled_blocks(x, tensor_scale)
+    codes = _e2m1_code_magnitude(scaled.abs())
+    codes |= torch.signbit(scaled).to(torch.uint8) << 3
+    codes = codes.reshape(*codes.shape[:-2], -1)
+    packed = codes[..., 0::2] | (codes[..., 1::2] << 4)
+    return NVFP4Quantized(packed, scales_fp8, tensor_scale, x.shape, x.dtype)
+
+
+def unpack_e2m1_codes(packed: torch.Tensor) -> torch.Tensor:
+    """Split each byte into its two 4-bit codes (low nibble first)."""
+    return torch.stack([packed & 0xF, packed >> 4], dim=-1).reshape(*packed.shape[:-1], -1)
+
+
+def nvfp4_dequantize(q: NVFP4Quantized, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Codes times block scale times tensor scale, cropped to the original shape."""
+    codes = unpack_e2m1_codes(q.codes)
+    values = _E2M1_LUT.to(codes.device)[codes.long()]
+    values = values.reshape(*values.shape[:-1], -1, NVFP4_BLOCK)
+    scales = q.tensor_scale * q.block_scales.float()
+    out = (values * scales.unsqueeze(-1)).reshape(*values.shape[:-2], -1)
+    return out[..., : q.shape[-1]].to(dtype or q.dtype)
+
+
+def nvfp4_fake_quant(x: torch.Tensor, tensor_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """dequantize(quantize(x)) without packing: the value NVFP4 arithmetic would see."""
+    scaled, scales_fp8, tensor_scale = _nvfp4_scaled_blocks(x, tensor_scale)
+    magnitude = _E2M1_LUT.to(x.device)[_e2m1_code_magnitude(scaled.abs()).long()]
+    values = torch.where(torch.signbit(scaled), -magnitude, magnitude)
+    scales = tensor_scale * scales_fp8.float()
+    out = (values * scales.unsqueeze(-1)).reshape(*values.shape[:-2], -1)
+    return out[..., : x.shape[-1]].to(x.dtype)
+
+
+@dataclass(frozen=True)
+class FP8Quantized:
+    """An FP8 E4M3 tensor with one fp32 scale."""
+
+    data: torch.Tensor  # float8_e4m3fn
+    scale: torch.Tensor  # fp32 scalar
+    dtype: torch.dtype
+
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The high-precision tensor this FP8 tensor represents."""
+        return fp8_e4m3_dequantize(self, dtype)
+
+
+def fp8_e4m3_quantize(x: torch.Tensor, scale: torch.Tensor | None = None) -> FP8Quantized:
+    """Per-tensor scaled FP8 E4M3 (amax maps to 448), round to nearest even, saturating."""
+    if scale is None:
+        amax = x.detach().abs().amax().float()
+        scale = torch.where(amax > 0, amax / E4M3_MAX, torch.ones_like(amax))
+    scale = scale.to(device=x.device, dtype=torch.float32)
+    data = torch.clamp(x.float() / scale, -E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+    return FP8Quantized(data, scale, x.dtype)
+
+
+def fp8_e4m3_dequantize(q: FP8Quantized, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """FP8 values times their scale."""
+    return (q.data.float() * q.scale).to(dtype or q.dtype)
+
+
+def fp8_e4m3_fake_quant(x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """dequantize(quantize(x)) in x's dtype."""
+    return fp8_e4m3_dequantize(fp8_e4m3_quantize(x, scale))
+
+
+FAKE_QUANT = {"nvfp4": nvfp4_fake_quant, "fp8_e4m3": fp8_e4m3_fake_quant}
+
+
+def fake_quant(x: torch.Tensor, fmt: str) -> torch.Tensor:
+    """Fake-quantize x in the named format ('nvfp4' or 'fp8_e4m3')."""
+    try:
+        fn = FAKE_QUANT[fmt]
+    except KeyError:
+        raise ValueError(f"quant format {fmt!r} is unknown; choose one of {sorted(FAKE_QUANT)}") from None
+    return fn(x)
+
+
+class _StraightThrough(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, fmt: str) -> torch.Tensor:
+        return fake_quant(x, fmt)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None
+
+
+def fake_quant_ste(x: torch.Tensor, fmt: str = "nvfp4") -> torch.Tensor:
+    """Fake-quant in the forward pass, identity in the backward pass (straight-through)."""
+    return _StraightThrough.apply(x, fmt)

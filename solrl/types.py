@@ -1,0 +1,33 @@
+"""Records that cross process boundaries. Only seeds and scalars travel from explore to select;
+tensors travel once, in a TrainBatch, from regeneration to the learner."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from solrl.models.base import Conditioning
+
+
+@dataclass
+class TrainBatch:
+    """Regenerated clean samples with their conditioning and BF16 rewards."""
+
+    x0: torch.Tensor  # (B, *sample_shape), fp32
+    cond: Conditioning  # B rows
+    rewards: torch.Tensor  # (B,) BF16 rewards: the training labels
+    groups: torch.Tensor  # (B,) prompt-group id of each sample (advantages are per group)
+    seeds: torch.Tensor  # (B,) int64 seed of each sample
+    version: int = 0  # policy version that produced the samples
+    proxy_rewards: torch.Tensor | None = None  # (B,) low-precision rewards, for diagnostics only
+
+    def __post_init__(self) -> None:
+        n = self.x0.shape[0]
+        sizes = {"cond": len(self.cond), "rewards": len(self.rewards), "groups": len(self.groups), "seeds": len(self.seeds)}
+        bad = {k: v for k, v in sizes.items() if v != n}
+        if bad:
+            raise ValueError(f"TrainBatch fields disagree with x0's batch size {n}: {bad}")
+
+    def __len__(self) -> int:
+        return self.x0.shape[0]
