@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import pathlib
+import shlex
 import sys
 
 
@@ -21,22 +24,137 @@ def _info(_: argparse.Namespace) -> int:
             backends[name] = "ok"
         except BackendUnavailable as exc:
             backends[name] = f"unavailable: {exc}"
-    info = {
-        "solrl": solrl.__version__,
-        "torch": torch.__version__,
-        "cuda_available": torch.cuda.is_available(),
-        "nvfp4_backends": backends,
-    }
+    info = {"solrl": solrl.__version__, "torch": torch.__version__, "cuda_available": torch.cuda.is_available(), "nvfp4_backends": backends}
     print(json.dumps(info, indent=2))
     return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from solrl.config import ConfigError, load_config
+    from solrl.loop import LocalRun
+
+    if not args.local:
+        print("solrl train: the distributed (Ray) run is not built yet; pass --local for the single-process run", file=sys.stderr)
+        return 2
+    try:
+        config = load_config(args.config, args.set)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    out = pathlib.Path(args.out or f"runs/{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    report = LocalRun(config, out).run()
+    print(json.dumps({"out": str(out), "base_accuracy": report["base_eval"]["accuracy"], "final_accuracy": report["final_eval"]["accuracy"], "improvement": report["improvement"], "seconds": report["seconds"]}))
+    return 0
+
+
+def _load_sampler(args: argparse.Namespace):
+    """The model `toy eval` / `toy grid` sample from: base weights, optionally with a trained LoRA."""
+    from solrl.loop import load_lora
+    from solrl.models.shapes import ShapesModel
+
+    if args.lora:
+        state, spec = load_lora(args.lora, args.adapter)
+        policy = ShapesModel.from_pretrained(args.model, lora=spec)
+        model = policy.inference_copy(args.precision, adapter=None)
+        model.update_adapter(state)
+        return model
+    return ShapesModel.from_pretrained(args.model).inference_copy(args.precision, adapter=None)
+
+
+def _toy_eval(args: argparse.Namespace) -> int:
+    from solrl.sampling import SamplingConfig
+    from solrl.toy.captions import load_prompts
+    from solrl.toy.evaluate import evaluate
+
+    model = _load_sampler(args)
+    result = evaluate(model, load_prompts(args.prompts), args.n, SamplingConfig(steps=args.steps, solver=args.solver), args.seed)
+    print(json.dumps(result))
+    return 0
+
+
+def _toy_grid(args: argparse.Namespace) -> int:
+    from solrl.sampling import SamplingConfig
+    from solrl.toy.captions import load_prompts, parse_caption
+    from solrl.toy.grid import sample_grid
+
+    prompts = load_prompts(args.prompts)
+    # one caption of each task first, then the rest in order, up to --rows
+    seen, first = set(), []
+    for p in prompts:
+        task = parse_caption(p).task
+        if task not in seen:
+            seen.add(task)
+            first.append(p)
+    captions = (first + [p for p in prompts if p not in first])[: args.rows]
+    image = sample_grid(_load_sampler(args), captions, args.per_caption, SamplingConfig(steps=args.steps, solver=args.solver), args.seed)
+    pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    image.save(args.out)
+    print(args.out)
+    return 0
+
+
+def _toy_pretrain(args: argparse.Namespace) -> int:
+    from solrl.sampling import SamplingConfig
+    from solrl.toy.captions import load_prompts
+    from solrl.toy.evaluate import evaluate
+    from solrl.toy.pretrain import PretrainConfig, main_pretrain
+
+    config = PretrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed)
+    prompts = load_prompts("eval")
+
+    def eval_fn(model):
+        copy = model.inference_copy("fp32", adapter=None)
+        return evaluate(copy, prompts, 8, SamplingConfig(steps=10, solver="euler"), 1234)
+
+    command = "solrl " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    metadata = main_pretrain(args.out, config, command, eval_fn)
+    print(json.dumps(metadata["eval"]))
+    return 0
+
+
+def _add_sampler_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="ShapesModel folder (default: the weights shipped with solrl)")
+    p.add_argument("--lora", help="a run's lora/ folder")
+    p.add_argument("--adapter", default="ema", choices=["ema", "policy", "old"], help="which saved adapter to apply")
+    p.add_argument("--prompts", default="eval", help="train, eval, or a file with one caption a line")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--solver", default="euler", choices=["euler", "dpm2"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "nvfp4", "fp8_e4m3"])
+    p.add_argument("--seed", type=int, default=1234)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="solrl", description="FP4 explore, BF16 train: RL post-training of flow models.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command")
+
     info = sub.add_parser("info", help="versions and available precision backends, as JSON")
     info.set_defaults(func=_info)
+
+    train = sub.add_parser("train", help="run Sol-RL (default: the shapes run)")
+    train.add_argument("config", nargs="?", help="YAML run config (default: the shipped shapes.yaml)")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field, e.g. train.iterations=5")
+    train.add_argument("--out", help="run directory (default: runs/<timestamp>)")
+    train.add_argument("--local", action="store_true", help="run in this process, without Ray")
+    train.set_defaults(func=_train)
+
+    toy = sub.add_parser("toy", help="the shapes world: pretrain, eval, grid").add_subparsers(dest="toy_command", required=True)
+    pre = toy.add_parser("pretrain", help="flow-matching pretraining of ShapesModel from scratch")
+    pre.add_argument("--out", required=True, help="folder to write the model to")
+    pre.add_argument("--steps", type=int, default=6000)
+    pre.add_argument("--batch-size", type=int, default=64)
+    pre.add_argument("--seed", type=int, default=0)
+    pre.set_defaults(func=_toy_pretrain)
+    ev = toy.add_parser("eval", help="GenEval-style accuracy on the shapes world, as one JSON object")
+    _add_sampler_args(ev)
+    ev.add_argument("--n", type=int, default=8, help="images per prompt")
+    ev.set_defaults(func=_toy_eval)
+    grid = toy.add_parser("grid", help="save a captioned sample grid")
+    _add_sampler_args(grid)
+    grid.add_argument("--out", required=True, help="PNG file to write")
+    grid.add_argument("--rows", type=int, default=12, help="captions (one per task first)")
+    grid.add_argument("--per-caption", type=int, default=6)
+    grid.set_defaults(func=_toy_grid)
     return parser
 
 

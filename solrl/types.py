@@ -10,6 +10,37 @@ import torch
 from solrl.models.base import Conditioning
 
 
+@dataclass(frozen=True)
+class PromptGroup:
+    """One prompt and the N seeds to explore for it, tagged with the policy version to use."""
+
+    prompt_id: int
+    prompt: str
+    seeds: tuple[int, ...]
+    iteration: int
+    version: int
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Explore's output for one group: only seeds and scalars, never images."""
+
+    group: PromptGroup
+    proxy_rewards: tuple[float, ...]  # one per seed, in the group's seed order
+    version: int  # policy version the sampler actually served
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The seeds of one group chosen for regeneration, with their proxy rewards."""
+
+    group: PromptGroup
+    seeds: tuple[int, ...]
+    proxy_rewards: tuple[float, ...]
+    excluded: int = 0  # candidates dropped for a non-finite reward
+
+
 @dataclass
 class TrainBatch:
     """Regenerated clean samples with their conditioning and BF16 rewards."""

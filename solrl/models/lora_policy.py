@@ -8,6 +8,7 @@ import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Literal
 
 import torch
 from peft import LoraConfig
@@ -18,6 +19,17 @@ from solrl.models.base import OLD, POLICY, PRECISIONS, Adapter, Conditioning, Lo
 from solrl.quant.linear import QuantRecipe, QuantReport, quantize_model
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+ComputeDtype = Literal["auto", "fp32", "bf16"]
+
+
+def resolve_compute_dtype(compute: ComputeDtype, device: torch.device) -> torch.dtype:
+    """'auto' is bf16 on CUDA and fp32 elsewhere: CPUs without bf16 units run bf16 several times
+    slower than fp32, and rounding GEMM operands then multiplying in fp32 gives the same products."""
+    if compute == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if compute not in _DTYPES:
+        raise ValueError(f"compute_dtype {compute!r} is unknown; choose 'auto', 'fp32' or 'bf16'")
+    return _DTYPES[compute]
 
 
 def _adapter_key(param_name: str, adapter: str) -> str | None:
@@ -121,10 +133,14 @@ class DiffusersPolicy(nn.Module, ABC):
 
     # -- inference copies ----------------------------------------------------------------------
     def inference_copy(
-        self, precision: Precision = "bf16", adapter: Adapter = OLD, quant: QuantRecipe | None = None
+        self,
+        precision: Precision = "bf16",
+        adapter: Adapter = OLD,
+        quant: QuantRecipe | None = None,
+        compute_dtype: ComputeDtype = "auto",
     ) -> InferenceModel:
-        """A frozen copy with `adapter` merged, in `precision` (nvfp4 / fp8 compute in bf16)."""
-        return InferenceModel(self, precision, adapter, quant)
+        """A frozen copy with `adapter` merged and its GEMMs in `precision`."""
+        return InferenceModel(self, precision, adapter, quant, compute_dtype)
 
 
 def _strip_lora(module: nn.Module) -> list[str]:
@@ -140,13 +156,23 @@ def _strip_lora(module: nn.Module) -> list[str]:
 
 
 class InferenceModel(nn.Module):
-    """A sampler's copy of a policy: base weights with one adapter merged, cast or quantized.
+    """A sampler's copy of a policy: base weights with one adapter merged, its GEMMs in `precision`.
 
+    The model runs in `compute_dtype`. A precision below it is applied to the GEMM operands by the
+    quant backend: nvfp4 / fp8 follow the skip rules; bf16 in fp32 compute rounds every GEMM's
+    operands to bf16 (an emulated BF16 GEMM: exact products, fp32 accumulation).
     `update_adapter` re-merges in place (W = W_base + scale * B A); quantized layers notice the
     weight change and re-quantize once, on their next call.
     """
 
-    def __init__(self, policy: DiffusersPolicy, precision: Precision, adapter: Adapter, quant: QuantRecipe | None):
+    def __init__(
+        self,
+        policy: DiffusersPolicy,
+        precision: Precision,
+        adapter: Adapter,
+        quant: QuantRecipe | None,
+        compute_dtype: ComputeDtype = "auto",
+    ):
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r} is unknown; choose one of {list(PRECISIONS)}")
@@ -155,7 +181,8 @@ class InferenceModel(nn.Module):
         object.__setattr__(self, "policy", policy)
         self.precision = precision
         self.sample_shape = policy.sample_shape
-        self.dtype = _DTYPES.get(precision, torch.bfloat16)
+        device = next(policy.transformer.parameters()).device
+        self.dtype = torch.float32 if precision == "fp32" else resolve_compute_dtype(compute_dtype, device)
         self.version: int | None = None
         with torch.no_grad():
             transformer = copy.deepcopy(policy.transformer)
@@ -168,11 +195,12 @@ class InferenceModel(nn.Module):
         self.scaling = policy.lora.scaling if lora_paths else 0.0
         self.quant_report: QuantReport | None = None
         if precision in ("nvfp4", "fp8_e4m3"):
-            recipe = quant or QuantRecipe()
-            recipe = recipe.model_copy(update={"format": precision})
+            recipe = (quant or QuantRecipe()).model_copy(deep=True, update={"format": precision})
             if not recipe.skip.name_patterns and policy.quant_skip_patterns:
                 recipe.skip.name_patterns = list(policy.quant_skip_patterns)
             self.quant_report = quantize_model(self.transformer, recipe)
+        elif precision == "bf16" and self.dtype == torch.float32:
+            self.quant_report = quantize_model(self.transformer, QuantRecipe(format="bf16"))
         if adapter is not None:
             self.update_adapter(policy.adapter_state(adapter))
 

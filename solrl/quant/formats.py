@@ -47,18 +47,21 @@ def nvfp4_tensor_scale(amax: torch.Tensor) -> torch.Tensor:
     return torch.where(amax > 0, amax / (E4M3_MAX * E2M1_MAX), torch.ones_like(amax))
 
 
-def _e2m1_code_magnitude(m: torch.Tensor) -> torch.Tensor:
-    """Index 0..7 of the nearest E2M1 magnitude to m in [0, 6], ties to the even code."""
-    # Midpoints between neighbours; `>` at a midpoint rounds the tie down (to an even code),
-    # `>=` rounds it up (the upper neighbour has the even code there).
-    idx = (m > 0.25).to(torch.uint8)
-    idx += m >= 0.75
-    idx += m > 1.25
-    idx += m >= 1.75
-    idx += m > 2.5
-    idx += m >= 3.5
-    idx += m > 5.0
-    return idx
+def _e2m1_round(m: torch.Tensor) -> torch.Tensor:
+    """Nearest E2M1 magnitude to m in [0, 6], ties to even.
+
+    The grid's spacing is 0.5 on [0, 2), 1 on [2, 4) and 2 on [4, 6]; dividing by a power of two
+    is exact and torch.round rounds half to even, so this is exactly E2M1's rounding. (At a
+    boundary such as 1.75 the tie lands on 2.0 either way: 1.75 / 0.5 = 3.5 rounds to 4.)
+    """
+    step = torch.where(m < 2.0, 0.5, torch.where(m < 4.0, 1.0, 2.0))
+    return torch.round(m / step) * step
+
+
+def _e2m1_code(magnitude: torch.Tensor) -> torch.Tensor:
+    """Code 0..7 of an E2M1 magnitude (0, 0.5, 1, 1.5 -> 0..3; 2, 3 -> 4, 5; 4, 6 -> 6, 7)."""
+    m = magnitude
+    return torch.where(m < 2.0, m * 2, torch.where(m < 4.0, m + 2, m / 2 + 4)).to(torch.uint8)
 
 
 def _nvfp4_scaled_blocks(x: torch.Tensor, tensor_scale: torch.Tensor | None):
@@ -92,7 +95,7 @@ def _nvfp4_scaled_blocks(x: torch.Tensor, tensor_scale: torch.Tensor | None):
 def nvfp4_quantize(x: torch.Tensor, tensor_scale: torch.Tensor | None = None) -> NVFP4Quantized:
     """Quantize x to NVFP4 along its last dimension (padded with zeros to a multiple of 16)."""
     scaled, scales_fp8, tensor_scale = _nvfp4_scaled_blocks(x, tensor_scale)
-    codes = _e2m1_code_magnitude(scaled.abs())
+    codes = _e2m1_code(_e2m1_round(scaled.abs()))
     codes |= torch.signbit(scaled).to(torch.uint8) << 3
     codes = codes.reshape(*codes.shape[:-2], -1)
     packed = codes[..., 0::2] | (codes[..., 1::2] << 4)
@@ -117,8 +120,7 @@ def nvfp4_dequantize(q: NVFP4Quantized, dtype: torch.dtype | None = None) -> tor
 def nvfp4_fake_quant(x: torch.Tensor, tensor_scale: torch.Tensor | None = None) -> torch.Tensor:
     """dequantize(quantize(x)) without packing: the value NVFP4 arithmetic would see."""
     scaled, scales_fp8, tensor_scale = _nvfp4_scaled_blocks(x, tensor_scale)
-    magnitude = _E2M1_LUT.to(x.device)[_e2m1_code_magnitude(scaled.abs()).long()]
-    values = torch.where(torch.signbit(scaled), -magnitude, magnitude)
+    values = torch.copysign(_e2m1_round(scaled.abs()), scaled)
     scales = tensor_scale * scales_fp8.float()
     out = (values * scales.unsqueeze(-1)).reshape(*values.shape[:-2], -1)
     return out[..., : x.shape[-1]].to(x.dtype)
@@ -157,7 +159,12 @@ def fp8_e4m3_fake_quant(x: torch.Tensor, scale: torch.Tensor | None = None) -> t
     return fp8_e4m3_dequantize(fp8_e4m3_quantize(x, scale))
 
 
-FAKE_QUANT = {"nvfp4": nvfp4_fake_quant, "fp8_e4m3": fp8_e4m3_fake_quant}
+def bf16_fake_quant(x: torch.Tensor) -> torch.Tensor:
+    """Round to bfloat16 and back: a BF16 GEMM operand, emulated in x's dtype."""
+    return x.to(torch.bfloat16).to(x.dtype)
+
+
+FAKE_QUANT = {"nvfp4": nvfp4_fake_quant, "fp8_e4m3": fp8_e4m3_fake_quant, "bf16": bf16_fake_quant}
 
 
 def fake_quant(x: torch.Tensor, fmt: str) -> torch.Tensor:

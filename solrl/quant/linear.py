@@ -11,7 +11,7 @@ from torch import nn
 
 from solrl.quant.formats import NVFP4_BLOCK, fake_quant, fake_quant_ste
 
-QuantFormat = Literal["nvfp4", "fp8_e4m3"]
+QuantFormat = Literal["nvfp4", "fp8_e4m3", "bf16"]
 
 
 class SkipRules(BaseModel):
@@ -109,7 +109,7 @@ def gemm_features(module: nn.Module) -> tuple[int, int] | None:
     return None
 
 
-def skip_reason(name: str, module: nn.Module, rules: SkipRules) -> str | None:
+def skip_reason(name: str, module: nn.Module, rules: SkipRules, fmt: str = "nvfp4") -> str | None:
     """Why the GEMM `name` stays in high precision under `rules`, or None to quantize it."""
     for pattern in rules.name_patterns:
         if fnmatch.fnmatchcase(name, pattern):
@@ -117,7 +117,7 @@ def skip_reason(name: str, module: nn.Module, rules: SkipRules) -> str | None:
     in_f, out_f = gemm_features(module)
     if min(in_f, out_f) < rules.min_features:
         return f"smallest side {min(in_f, out_f)} < min_features {rules.min_features}"
-    if in_f % NVFP4_BLOCK:
+    if fmt == "nvfp4" and in_f % NVFP4_BLOCK:
         return f"in_features {in_f} is not a multiple of the {NVFP4_BLOCK}-element block"
     return None
 
@@ -132,7 +132,7 @@ def quantize_model(model: nn.Module, recipe: QuantRecipe | None = None) -> Quant
     report = QuantReport()
     targets = [(n, m) for n, m in model.named_modules() if n and gemm_features(m) is not None]
     for name, module in targets:
-        reason = skip_reason(name, module, recipe.skip)
+        reason = skip_reason(name, module, recipe.skip, recipe.format)
         if reason is not None:
             report.skipped[name] = reason
             continue

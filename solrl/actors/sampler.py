@@ -1,0 +1,101 @@
+"""SamplerWorker: one class for both pools. An NVFP4 worker explores (previews scored, then
+thrown away); a BF16 worker regenerates the selected seeds into training samples."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from solrl.models.base import OLD, Precision
+from solrl.models.lora_policy import DiffusersPolicy
+from solrl.quant.linear import QuantRecipe
+from solrl.sampling import SamplingConfig, sample
+from solrl.types import Candidates, PromptGroup, Selection, TrainBatch
+
+
+class SamplerWorker:
+    """Holds a merged copy of the rollout (old) policy in one precision, and a reward model."""
+
+    def __init__(
+        self,
+        policy: DiffusersPolicy,
+        reward,
+        precision: Precision,
+        sampling: SamplingConfig,
+        quant: QuantRecipe | None = None,
+        compute_dtype: str = "auto",
+        batch_size: int = 256,
+    ):
+        self.policy = policy
+        self.reward = reward
+        self.sampling = sampling
+        self.batch_size = batch_size
+        self.model = policy.inference_copy(precision, adapter=OLD, quant=quant, compute_dtype=compute_dtype)
+        self.model.version = 0
+
+    @property
+    def version(self) -> int:
+        """The policy version this worker currently serves."""
+        return self.model.version
+
+    def load_weights(self, adapter_state: dict[str, torch.Tensor], version: int) -> int:
+        """Merge a new rollout-policy adapter and re-quantize; returns the version now served."""
+        self.model.update_adapter(adapter_state, version)
+        return self.version
+
+    def _generate(self, prompts: Sequence[str], seeds: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x0, images, rewards) for (prompt, seed) pairs, in batches."""
+        xs, images, rewards = [], [], []
+        for start in range(0, len(seeds), self.batch_size):
+            p, s = list(prompts[start : start + self.batch_size]), list(seeds[start : start + self.batch_size])
+            with torch.no_grad():
+                cond = self.model.encode_prompts(p)
+                x0 = sample(self.model, cond, s, self.sampling)
+                img = self.model.decode(x0)
+            xs.append(x0)
+            images.append(img)
+            rewards.append(self.reward(img, p).float())
+        return torch.cat(xs), torch.cat(images), torch.cat(rewards)
+
+    def explore(self, groups: Sequence[PromptGroup]) -> list[Candidates]:
+        """Score every seed of every group with a cheap preview; keep only the scalars."""
+        start = time.perf_counter()
+        prompts = [g.prompt for g in groups for _ in g.seeds]
+        seeds = [s for g in groups for s in g.seeds]
+        _, _, rewards = self._generate(prompts, seeds)
+        seconds = (time.perf_counter() - start) / max(1, len(groups))
+        out, offset = [], 0
+        for g in groups:
+            r = rewards[offset : offset + len(g.seeds)].tolist()
+            offset += len(g.seeds)
+            out.append(Candidates(g, tuple(r), self.version, seconds))
+        return out
+
+    def regenerate(self, selections: Sequence[Selection]) -> TrainBatch:
+        """Rebuild the selected seeds at full quality, rescored: the training batch."""
+        prompts = [s.group.prompt for s in selections for _ in s.seeds]
+        seeds = [seed for s in selections for seed in s.seeds]
+        x0, _, rewards = self._generate(prompts, seeds)
+        with torch.no_grad():
+            cond = self.model.encode_prompts(prompts)
+        groups = torch.tensor([s.group.prompt_id for s in selections for _ in s.seeds], dtype=torch.long)
+        proxy = torch.tensor([r for s in selections for r in s.proxy_rewards], dtype=torch.float32)
+        return TrainBatch(
+            x0=x0,
+            cond=cond.to(dtype=torch.float32),
+            rewards=rewards,
+            groups=groups,
+            seeds=torch.tensor(seeds, dtype=torch.long),
+            version=self.version,
+            proxy_rewards=proxy,
+        )
+
+
+def finite_mean(values: Sequence[float]) -> float:
+    """Mean of the finite values (NaN when there are none)."""
+    arr = np.asarray(values, dtype=np.float64)
+    arr = arr[np.isfinite(arr)]
+    return float(arr.mean()) if len(arr) else float("nan")

@@ -1,0 +1,140 @@
+"""The whole run configuration: typed pydantic models, loaded from YAML with `--set a.b=value`
+overrides. Every error names the field, the value and what to do instead."""
+
+from __future__ import annotations
+
+import pathlib
+from importlib import resources
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from solrl.learner.nft_trainer import OptimConfig
+from solrl.models.base import LoraSpec, Precision
+from solrl.objectives.nft import NFTConfig
+from solrl.quant.linear import QuantRecipe
+from solrl.sampling.loop import SamplingConfig
+from solrl.selection import Mode
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(_Strict):
+    kind: Literal["shapes"] = "shapes"
+    path: str | None = None  # None: the weights shipped in the package
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+
+
+class RolloutConfig(_Strict):
+    prompts_per_iteration: int = Field(default=48, ge=1)
+    candidates: int = Field(default=96, ge=1)  # N seeds explored per prompt
+    explore: SamplingConfig = Field(default_factory=lambda: SamplingConfig(steps=6))
+    regenerate: SamplingConfig = Field(default_factory=lambda: SamplingConfig(steps=10))
+    explore_precision: Precision = "nvfp4"
+    regenerate_precision: Precision = "bf16"
+    compute_dtype: Literal["auto", "fp32", "bf16"] = "auto"
+    quant: QuantRecipe = Field(default_factory=QuantRecipe)
+
+
+class SelectionConfig(_Strict):
+    mode: Mode = "best_worst"
+    k: int = Field(default=24, ge=1)  # kept per prompt
+
+
+class TrainConfig(_Strict):
+    iterations: int = Field(default=100, ge=0)
+    nft: NFTConfig = Field(default_factory=NFTConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    micro_batch: int | None = Field(default=None, ge=1)
+
+
+class EvalConfig(_Strict):
+    prompts: str = "eval"  # 'train', 'eval' or a file of captions
+    n: int = Field(default=8, ge=1)  # images per prompt
+    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(steps=10, solver="euler"))
+    precision: Precision = "fp32"
+    seed: int = 1234
+    every: int = Field(default=0, ge=0)  # also evaluate every this many iterations (0: start and end only)
+
+
+class RunConfig(_Strict):
+    seed: int = 0
+    prompts: str = "train"
+    reward: Literal["shapes"] = "shapes"
+    deterministic: bool = False
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _k_fits_n(self) -> RunConfig:
+        if self.selection.k > self.rollout.candidates:
+            raise ValueError(
+                f"selection.k={self.selection.k} exceeds rollout.candidates={self.rollout.candidates}; "
+                f"keep at most as many seeds as are explored"
+            )
+        return self
+
+
+class ConfigError(ValueError):
+    """A bad configuration; the message names the field, the value and the fix."""
+
+
+def _explain(exc: ValidationError, source: str) -> ConfigError:
+    lines = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(root)"
+        value = err.get("input")
+        shown = "" if isinstance(value, dict) else f" = {value!r}"
+        hint = "remove it or check its spelling" if err["type"] == "extra_forbidden" else "fix the value"
+        lines.append(f"  {field}{shown}: {err['msg']} ({hint})")
+    return ConfigError(f"invalid configuration from {source}:\n" + "\n".join(lines))
+
+
+def _parse_value(text: str) -> Any:
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def apply_override(data: dict, assignment: str) -> None:
+    """Apply one `a.b.c=value` (value parsed as YAML) to a nested dict, in place."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected key=value, e.g. --set train.iterations=20")
+    key, text = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {assignment!r}: {part!r} is a value, not a section")
+    node[parts[-1]] = _parse_value(text)
+
+
+def shipped_config(name: str) -> pathlib.Path:
+    """Path of a config shipped with solrl (e.g. 'shapes')."""
+    return pathlib.Path(str(resources.files("solrl").joinpath("configs", f"{name}.yaml")))
+
+
+def load_config(path: str | pathlib.Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read YAML (default: the shipped shapes.yaml), apply overrides, validate."""
+    path = pathlib.Path(path) if path is not None else shipped_config("shapes")
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist; pass a YAML file or omit it for the shapes run")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
+    for assignment in overrides or []:
+        apply_override(data, assignment)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _explain(exc, str(path) + (" with --set " + " ".join(overrides) if overrides else "")) from None
+
+
+def dump_config(config: RunConfig) -> str:
+    """The fully resolved configuration as YAML."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

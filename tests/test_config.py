@@ -1,0 +1,53 @@
+"""Run configuration: the shipped default, --set overrides, and errors that name field, value and fix."""
+
+import pytest
+
+from solrl.config import ConfigError, RunConfig, dump_config, load_config, shipped_config
+
+
+def test_shipped_shapes_config_loads():
+    config = load_config()
+    assert config.reward == "shapes" and config.model.kind == "shapes"
+    assert shipped_config("shapes").is_file()
+    assert RunConfig.model_validate(__import__("yaml").safe_load(dump_config(config))) == config
+
+
+def test_defaults_are_the_papers():
+    config = RunConfig()
+    assert (config.rollout.candidates, config.selection.k, config.rollout.prompts_per_iteration) == (96, 24, 48)
+    assert (config.rollout.explore.steps, config.rollout.regenerate.steps) == (6, 10)
+    assert (config.rollout.explore_precision, config.rollout.regenerate_precision) == ("nvfp4", "bf16")
+    assert (config.model.lora.rank, config.model.lora.alpha) == (32, 64)
+    assert config.train.optim.lr == 3e-4 and config.train.nft.beta == 1.0
+
+
+def test_overrides_parse_yaml_values():
+    config = load_config(overrides=["train.iterations=3", "rollout.explore.solver=euler", "selection.mode=random", "train.optim.betas=[0.8, 0.9]"])
+    assert config.train.iterations == 3 and config.rollout.explore.solver == "euler"
+    assert config.selection.mode == "random" and config.train.optim.betas == (0.8, 0.9)
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("train.iterations=-1", "train.iterations = -1"),
+        ("rollout.explore.solver=heun", "rollout.explore.solver = 'heun'"),
+        ("train.iteratons=5", "train.iteratons = 5: Extra inputs are not permitted (remove it or check its spelling)"),
+        ("selection.k=500", "selection.k=500 exceeds rollout.candidates"),
+    ],
+)
+def test_bad_values_name_field_value_and_fix(override, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=[override])
+    assert expected in str(err.value)
+
+
+def test_bad_override_syntax_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(overrides=["train.iterations"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "list.yaml"
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(bad)
