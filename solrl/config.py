@@ -29,6 +29,9 @@ class ModelConfig(_Strict):
 
 
 class RolloutConfig(_Strict):
+    # sol: explore -> select -> regenerate the selected seeds. direct: train on the explored
+    # samples themselves (plain DiffusionNFT when k = candidates; the paper's baselines).
+    mode: Literal["sol", "direct"] = "sol"
     prompts_per_iteration: int = Field(default=48, ge=1)
     candidates: int = Field(default=96, ge=1)  # N seeds explored per prompt
     explore: SamplingConfig = Field(default_factory=lambda: SamplingConfig(steps=6))
@@ -46,6 +49,7 @@ class SelectionConfig(_Strict):
 
 class TrainConfig(_Strict):
     iterations: int = Field(default=100, ge=0)
+    max_seconds: float = Field(default=0, ge=0)  # stop starting iterations after this (0: no limit)
     nft: NFTConfig = Field(default_factory=NFTConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     micro_batch: int | None = Field(default=None, ge=1)

@@ -94,7 +94,12 @@ class LocalRun:
         self.order = PromptOrder(len(self.prompts), config.seed)
         ro = config.rollout
         self.explorer = SamplerWorker(self.policy, self.reward, ro.explore_precision, ro.explore, ro.quant, ro.compute_dtype)
-        self.regenerator = SamplerWorker(self.policy, self.reward, ro.regenerate_precision, ro.regenerate, ro.quant, ro.compute_dtype)
+        # direct mode trains on the explored samples: there is no regeneration pool
+        self.regenerator = (
+            SamplerWorker(self.policy, self.reward, ro.regenerate_precision, ro.regenerate, ro.quant, ro.compute_dtype)
+            if ro.mode == "sol"
+            else None
+        )
         self.trainer = NFTTrainer(
             self.policy,
             config.train.nft,
@@ -135,14 +140,23 @@ class LocalRun:
 
     def iteration(self, it: int) -> dict:
         times = {}
+        direct = self.regenerator is None
         start = time.perf_counter()
-        candidates = self.explorer.explore(self.groups(it))
+        groups = self.groups(it)
+        candidates = self.explorer.explore(groups, keep_samples=direct)
+        if direct:
+            candidates, x0 = candidates
+            keys = [(g.prompt_id, s) for g in groups for s in g.seeds]
+            samples = dict(zip(keys, x0))
         times["explore"] = time.perf_counter() - start
         start = time.perf_counter()
         selections = self.choose(candidates)
         times["select"] = time.perf_counter() - start
         start = time.perf_counter()
-        batch = self.regenerator.regenerate(selections)
+        if direct:
+            batch = self.explorer.batch_from_samples(selections, samples)
+        else:
+            batch = self.regenerator.regenerate(selections)
         times["regenerate"] = time.perf_counter() - start
         start = time.perf_counter()
         stats = self.trainer.step(batch)
@@ -150,7 +164,7 @@ class LocalRun:
         start = time.perf_counter()
         self.version = self.trainer.step_count
         rollout_state = self.policy.adapter_state(OLD)
-        for worker in (self.explorer, self.regenerator):
+        for worker in (w for w in (self.explorer, self.regenerator) if w is not None):
             served = worker.load_weights(rollout_state, self.version)
             if served != self.version:
                 raise RuntimeError(f"sampler serves version {served}, expected {self.version}")
@@ -190,8 +204,13 @@ class LocalRun:
         base = evaluate(self.policy.inference_copy(cfg.eval.precision, adapter=None, compute_dtype=cfg.rollout.compute_dtype),
                         self.eval_prompts, cfg.eval.n, cfg.eval.sampling, cfg.eval.seed)
         self.log(f"base model: eval accuracy {base['accuracy']:.3f}, score {base['score']:.3f}")
+        iterations, train_start = 0, time.perf_counter()
         for it in range(cfg.train.iterations):
+            if cfg.train.max_seconds and time.perf_counter() - train_start >= cfg.train.max_seconds:
+                self.log(f"stopping after {it} iterations: train.max_seconds={cfg.train.max_seconds} reached")
+                break
             row = self.iteration(it)
+            iterations = it + 1
             if cfg.eval.every and (it + 1) % cfg.eval.every == 0 and it + 1 < cfg.train.iterations:
                 row["eval"] = self.evaluate("ema")
             row["elapsed"] = round(time.perf_counter() - run_start, 1)
@@ -210,7 +229,8 @@ class LocalRun:
             "final_eval": final["ema"],
             "final_eval_policy": final["policy"],
             "improvement": round(final["ema"]["accuracy"] - base["accuracy"], 4),
-            "iterations": cfg.train.iterations,
+            "iterations": iterations,
+            "train_seconds": round(time.perf_counter() - train_start, 1),
             "seconds": round(time.perf_counter() - run_start, 1),
         }
         (self.out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")

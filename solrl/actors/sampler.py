@@ -60,19 +60,40 @@ class SamplerWorker:
             rewards.append(self.reward(img, p).float())
         return torch.cat(xs), torch.cat(images), torch.cat(rewards)
 
-    def explore(self, groups: Sequence[PromptGroup]) -> list[Candidates]:
-        """Score every seed of every group with a cheap preview; keep only the scalars."""
+    def explore(self, groups: Sequence[PromptGroup], keep_samples: bool = False):
+        """Score every seed of every group with a cheap preview; keep only the scalars.
+
+        With keep_samples the previews' x0 come back too (B, ...), in group-then-seed order, for
+        the baselines that train on explored samples directly.
+        """
         start = time.perf_counter()
         prompts = [g.prompt for g in groups for _ in g.seeds]
         seeds = [s for g in groups for s in g.seeds]
-        _, _, rewards = self._generate(prompts, seeds)
+        x0, _, rewards = self._generate(prompts, seeds)
         seconds = (time.perf_counter() - start) / max(1, len(groups))
         out, offset = [], 0
         for g in groups:
             r = rewards[offset : offset + len(g.seeds)].tolist()
             offset += len(g.seeds)
             out.append(Candidates(g, tuple(r), self.version, seconds))
-        return out
+        return (out, x0) if keep_samples else out
+
+    def batch_from_samples(self, selections: Sequence[Selection], samples: dict[tuple[int, int], torch.Tensor]) -> TrainBatch:
+        """A TrainBatch of already-sampled x0 (keyed by (prompt id, seed)), labelled with the
+        rewards they were scored with: what training directly on explored samples means."""
+        prompts = [s.group.prompt for s in selections for _ in s.seeds]
+        with torch.no_grad():
+            cond = self.model.encode_prompts(prompts)
+        rewards = torch.tensor([r for s in selections for r in s.proxy_rewards], dtype=torch.float32)
+        return TrainBatch(
+            x0=torch.stack([samples[(s.group.prompt_id, seed)] for s in selections for seed in s.seeds]),
+            cond=cond.to(dtype=torch.float32),
+            rewards=rewards,
+            groups=torch.tensor([s.group.prompt_id for s in selections for _ in s.seeds], dtype=torch.long),
+            seeds=torch.tensor([seed for s in selections for seed in s.seeds], dtype=torch.long),
+            version=self.version,
+            proxy_rewards=rewards,
+        )
 
     def regenerate(self, selections: Sequence[Selection]) -> TrainBatch:
         """Rebuild the selected seeds at full quality, rescored: the training batch."""

@@ -13,11 +13,10 @@ import torch
 from diffusers import SD3Transformer2DModel
 from pydantic import BaseModel, ConfigDict
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from solrl.models.base import Conditioning, LoraSpec
-from solrl.models.lora_policy import DiffusersPolicy
+from solrl.models.sd3_pixel import SD3PixelPolicy
 
 PAD, BOS, EOS, UNK = "[PAD]", "[BOS]", "[EOS]", "[UNK]"
 MAX_TOKENS = 10  # the longest caption has 7 words, plus BOS and EOS
@@ -54,7 +53,7 @@ def shipped_model_path() -> pathlib.Path:
     return pathlib.Path(str(resources.files("solrl.toy").joinpath("weights")))
 
 
-class ShapesModel(DiffusersPolicy):
+class ShapesModel(SD3PixelPolicy):
     """A PolicyModel over 3 x 32 x 32 images in [-1, 1] (black background = -1)."""
 
     # SOLRL_SPEC's rules as data: embedders, norms' modulation and the final layer stay high precision.
@@ -139,14 +138,3 @@ class ShapesModel(DiffusersPolicy):
         mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.long, device=device)
         out = self.text_encoder(input_ids=ids, attention_mask=mask)
         return Conditioning({"encoder_hidden_states": out.last_hidden_state, "pooled_projections": out.pooler_output})
-
-    def _forward(self, transformer: nn.Module, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        return transformer(
-            hidden_states=x_t,
-            encoder_hidden_states=cond["encoder_hidden_states"],
-            pooled_projections=cond["pooled_projections"],
-            timestep=t.to(x_t.dtype) * 1000.0,
-        ).sample
-
-    def decode(self, x0: torch.Tensor) -> torch.Tensor:
-        return ((x0.float() + 1.0) / 2.0).clamp(0.0, 1.0)

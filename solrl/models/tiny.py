@@ -11,7 +11,7 @@ from diffusers import SD3Transformer2DModel
 from torch import nn
 
 from solrl.models.base import Conditioning, LoraSpec
-from solrl.models.lora_policy import DiffusersPolicy
+from solrl.models.sd3_pixel import SD3PixelPolicy
 
 
 class HashTextEncoder(nn.Module):
@@ -38,7 +38,7 @@ class HashTextEncoder(nn.Module):
         return Conditioning({"encoder_hidden_states": hidden, "pooled_projections": pooled})
 
 
-class TinyPolicyModel(DiffusersPolicy):
+class TinyPolicyModel(SD3PixelPolicy):
     """SD3-architecture policy on 3 x size x size pixels; deterministic for a given seed."""
 
     quant_skip_patterns = ("time_text_embed.*", "context_embedder", "*norm*", "proj_out")
@@ -66,15 +66,3 @@ class TinyPolicyModel(DiffusersPolicy):
 
     def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
         return self.text_encoder(prompts)
-
-    def _forward(self, transformer: nn.Module, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        # SD3 is trained on timesteps t * 1000.
-        return transformer(
-            hidden_states=x_t,
-            encoder_hidden_states=cond["encoder_hidden_states"],
-            pooled_projections=cond["pooled_projections"],
-            timestep=t.to(x_t.dtype) * 1000.0,
-        ).sample
-
-    def decode(self, x0: torch.Tensor) -> torch.Tensor:
-        return ((x0.float() + 1.0) / 2.0).clamp(0.0, 1.0)
