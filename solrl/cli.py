@@ -106,7 +106,10 @@ def _toy_pretrain(args: argparse.Namespace) -> int:
         copy = model.inference_copy("fp32", adapter=None)
         return evaluate(copy, prompts, 8, SamplingConfig(steps=10, solver="euler"), 1234)
 
-    command = "solrl " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = (
+        f"solrl toy pretrain --out {shlex.quote(args.out)} --steps {args.steps} "
+        f"--batch-size {args.batch_size} --seed {args.seed}"
+    )
     metadata = main_pretrain(args.out, config, command, eval_fn)
     print(json.dumps(metadata["eval"]))
     return 0
