@@ -67,6 +67,8 @@ class EvalConfig(_Strict):
 class RunConfig(_Strict):
     seed: int = 0
     prompts: str = "train"
+    # uniform: every prompt equally often. by_task: every task equally often (shapes captions).
+    prompt_sampling: Literal["uniform", "by_task"] = "uniform"
     reward: Literal["shapes"] = "shapes"
     deterministic: bool = False
     model: ModelConfig = Field(default_factory=ModelConfig)

@@ -23,9 +23,10 @@ from solrl.models.base import OLD, POLICY, LoraSpec
 from solrl.models.shapes import ShapesModel
 from solrl.rewards.shapes import ShapesReward
 from solrl.sampling import derive_seeds
+from solrl.sampling.noise import hash_ints
 from solrl.selection import select
 from solrl.stats import kendall, spearman
-from solrl.toy.captions import load_prompts
+from solrl.toy.captions import load_prompts, parse_caption
 from solrl.toy.evaluate import evaluate
 from solrl.types import Candidates, PromptGroup, Selection
 
@@ -44,18 +45,39 @@ def build_reward(name: str):
 
 
 class PromptOrder:
-    """An endless, seeded order over the prompts: a fresh shuffle each epoch."""
+    """An endless, seeded order over the prompts.
 
-    def __init__(self, n_prompts: int, seed: int):
+    Without strata: a fresh shuffle of all prompts each epoch. With strata (one label per prompt,
+    e.g. its task): each round visits every stratum once in a shuffled order, and each stratum
+    walks its own shuffled cycle, so a task with few captions is trained as often as one with many.
+    """
+
+    def __init__(self, n_prompts: int, seed: int, strata: list[str] | None = None):
         self.n, self.seed, self.position = n_prompts, seed, 0
+        self.members: dict[str, list[int]] = {}
+        for i, label in enumerate(strata or []):
+            self.members.setdefault(label, []).append(i)
+        self.labels = sorted(self.members)
+        self.drawn = dict.fromkeys(self.labels, 0)
+
+    def _shuffled(self, items: list[int], *key: int) -> list[int]:
+        items = list(items)
+        random.Random(hash_ints(self.seed, *key)).shuffle(items)
+        return items
 
     def take(self, k: int) -> list[int]:
         out = []
         for _ in range(k):
-            epoch, index = divmod(self.position, self.n)
-            order = list(range(self.n))
-            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
-            out.append(order[index])
+            if not self.labels:
+                epoch, index = divmod(self.position, self.n)
+                out.append(self._shuffled(list(range(self.n)), epoch)[index])
+            else:
+                rnd, slot = divmod(self.position, len(self.labels))
+                label = self.labels[self._shuffled(list(range(len(self.labels))), -1, rnd)[slot]]
+                members = self.members[label]
+                epoch, index = divmod(self.drawn[label], len(members))
+                out.append(self._shuffled(members, -2, self.labels.index(label), epoch)[index])
+                self.drawn[label] += 1
             self.position += 1
         return out
 
@@ -91,7 +113,8 @@ class LocalRun:
         self.reward = build_reward(config.reward)
         self.prompts = load_prompts(config.prompts)
         self.eval_prompts = load_prompts(config.eval.prompts)
-        self.order = PromptOrder(len(self.prompts), config.seed)
+        strata = [parse_caption(p).task for p in self.prompts] if config.prompt_sampling == "by_task" else None
+        self.order = PromptOrder(len(self.prompts), config.seed, strata)
         ro = config.rollout
         self.explorer = SamplerWorker(self.policy, self.reward, ro.explore_precision, ro.explore, ro.quant, ro.compute_dtype)
         # direct mode trains on the explored samples: there is no regeneration pool

@@ -45,6 +45,17 @@ def test_prompt_order_visits_every_prompt_once_per_epoch():
     assert again.take(14) == first + second
 
 
+def test_prompt_order_by_stratum_balances_tasks():
+    strata = ["big"] * 9 + ["small"] * 1 + ["mid"] * 3
+    order = PromptOrder(len(strata), seed=0, strata=strata)
+    drawn = order.take(30)
+    counts = {label: sum(strata[i] == label for i in drawn) for label in ("big", "small", "mid")}
+    assert counts == {"big": 10, "small": 10, "mid": 10}
+    big = [i for i in drawn if strata[i] == "big"]
+    assert sorted(big[:9]) == list(range(9))  # each stratum walks its whole cycle before repeating
+    assert PromptOrder(len(strata), seed=0, strata=strata).take(30) == drawn
+
+
 def test_local_run_end_to_end(model_dir, tmp_path):
     prompts = tmp_path / "eval.txt"
     prompts.write_text("a red circle\ntwo squares\n")
