@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from solrl.actors.sampler import SamplerWorker, finite_mean
+from solrl.actors.sampler import SamplerWorker
 from solrl.config import ModelConfig, RunConfig, dump_config
 from solrl.learner.nft_trainer import NFTTrainer
 from solrl.models.base import OLD, POLICY, LoraSpec
@@ -25,7 +25,7 @@ from solrl.rewards.shapes import ShapesReward
 from solrl.sampling import derive_seeds
 from solrl.sampling.noise import hash_ints
 from solrl.selection import select
-from solrl.stats import kendall, spearman
+from solrl.stats import finite_mean, kendall, spearman
 from solrl.toy.captions import load_prompts, parse_caption
 from solrl.toy.evaluate import evaluate
 from solrl.types import Candidates, PromptGroup, Selection

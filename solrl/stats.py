@@ -48,3 +48,10 @@ def top_k_overlap(a: Sequence[float], b: Sequence[float], k: int, largest: bool 
     top_a = set(np.argsort(sign * x, kind="stable")[:k].tolist())
     top_b = set(np.argsort(sign * y, kind="stable")[:k].tolist())
     return len(top_a & top_b) / k
+
+
+def finite_mean(values: Sequence[float]) -> float:
+    """Mean of the finite values (NaN when there are none)."""
+    arr = np.asarray(values, dtype=np.float64)
+    arr = arr[np.isfinite(arr)]
+    return float(arr.mean()) if len(arr) else float("nan")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 
 from solrl.models.base import OLD, Precision
@@ -114,9 +113,3 @@ class SamplerWorker:
             proxy_rewards=proxy,
         )
 
-
-def finite_mean(values: Sequence[float]) -> float:
-    """Mean of the finite values (NaN when there are none)."""
-    arr = np.asarray(values, dtype=np.float64)
-    arr = arr[np.isfinite(arr)]
-    return float(arr.mean()) if len(arr) else float("nan")

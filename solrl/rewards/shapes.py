@@ -168,8 +168,9 @@ def score_detections(spec: Spec, detections: Sequence[Detection]) -> tuple[float
     else:  # so many objects that the count penalty dominates; assign greedily
         pool, assigned = list(recognised), []
         for want in spec.objects:
-            pick = next((d for d in pool if d.shape == want.shape and d.color in (want.color, None) or d.shape == want.shape and want.color is None), None)
-            pick = pick or next((d for d in pool if d.shape == want.shape), None)
+            # prefer a detection that also has the wanted colour, else any of the right shape
+            same_shape = [d for d in pool if d.shape == want.shape]
+            pick = next((d for d in same_shape if want.color in (None, d.color)), same_shape[0] if same_shape else None)
             if pick is not None:
                 pool.remove(pick)
             assigned.append(pick)
