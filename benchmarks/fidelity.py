@@ -10,6 +10,7 @@ the shapes reward. Per prompt we compare the two rankings, then average over pro
   (seeds best_worst would train as good that are among the worst).
 
     python benchmarks/fidelity.py [--n 96] [--prompts eval] [--explore-steps 6] [--regen-steps 10]
+        [--explore-precision nvfp4] [--regen-precision bf16]
 """
 
 from __future__ import annotations
@@ -39,11 +40,13 @@ def main() -> None:
     parser.add_argument("--explore-steps", type=int, default=6)
     parser.add_argument("--regen-steps", type=int, default=10)
     parser.add_argument("--solver", default="euler", choices=["euler", "dpm2"])
+    parser.add_argument("--explore-precision", default="nvfp4", choices=["fp32", "bf16", "nvfp4", "fp8_e4m3"])
+    parser.add_argument("--regen-precision", default="bf16", choices=["fp32", "bf16", "nvfp4", "fp8_e4m3"])
     parser.add_argument("--model", help="ShapesModel folder (default: shipped weights)")
     args = parser.parse_args()
     policy = ShapesModel.from_pretrained(args.model)
-    proxy_model = policy.inference_copy("nvfp4", adapter=None)
-    bf16_model = policy.inference_copy("bf16", adapter=None)
+    proxy_model = policy.inference_copy(args.explore_precision, adapter=None)
+    bf16_model = policy.inference_copy(args.regen_precision, adapter=None)
     reward = ShapesReward()
     explore = SamplingConfig(steps=args.explore_steps, solver=args.solver)
     regen = SamplingConfig(steps=args.regen_steps, solver=args.solver)
@@ -76,7 +79,8 @@ def main() -> None:
     rows.append(["paper (SD3.5/FLUX, Table 8)", "-", "0.798", "0.927", "0.969", "-", "-", "-"])
     headers = ["prompts", "count", "Kendall tau", "Spearman rho", "top-4 match", "top-12 match", "bottom-12 false incl.", "same reward"]
     append_results(
-        f"Proxy fidelity: NVFP4 {args.explore_steps}-step vs BF16 {args.regen_steps}-step rewards, N={args.n}",
+        f"Proxy fidelity: {args.explore_precision} {args.explore_steps}-step vs {args.regen_precision} "
+        f"{args.regen_steps}-step rewards, N={args.n}",
         table(headers, rows),
         "per-prompt statistics averaged over prompts (NaN where a prompt's rewards are all equal is skipped); "
         "the shapes reward takes few distinct values, so ties are common",
