@@ -53,6 +53,8 @@ class TrainConfig(_Strict):
     nft: NFTConfig = Field(default_factory=NFTConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     micro_batch: int | None = Field(default=None, ge=1)
+    # Optimizer steps per iteration, each on an equal share of the prompt groups (SOLRL_SPEC: 1).
+    updates_per_iteration: int = Field(default=1, ge=1)
 
 
 class EvalConfig(_Strict):
@@ -83,6 +85,11 @@ class RunConfig(_Strict):
             raise ValueError(
                 f"selection.k={self.selection.k} exceeds rollout.candidates={self.rollout.candidates}; "
                 f"keep at most as many seeds as are explored"
+            )
+        if self.train.updates_per_iteration > self.rollout.prompts_per_iteration:
+            raise ValueError(
+                f"train.updates_per_iteration={self.train.updates_per_iteration} exceeds "
+                f"rollout.prompts_per_iteration={self.rollout.prompts_per_iteration}; each update needs a whole prompt group"
             )
         return self
 

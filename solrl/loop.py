@@ -182,7 +182,9 @@ class LocalRun:
             batch = self.regenerator.regenerate(selections)
         times["regenerate"] = time.perf_counter() - start
         start = time.perf_counter()
-        stats = self.trainer.step(batch)
+        updates = [self.trainer.step(part) for part in batch.split_by_group(self.config.train.updates_per_iteration)]
+        stats = {k: float(np.mean([u[k] for u in updates])) for k in updates[0]}
+        stats["old_decay"] = updates[-1]["old_decay"]
         times["learn"] = time.perf_counter() - start
         start = time.perf_counter()
         self.version = self.trainer.step_count

@@ -62,3 +62,23 @@ class TrainBatch:
 
     def __len__(self) -> int:
         return self.x0.shape[0]
+
+    def select(self, rows: torch.Tensor) -> TrainBatch:
+        """The samples at index tensor `rows`, as a TrainBatch."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        proxy = None if self.proxy_rewards is None else self.proxy_rewards[rows]
+        return TrainBatch(
+            self.x0[rows], self.cond.select(rows), self.rewards[rows], self.groups[rows], self.seeds[rows], self.version, proxy
+        )
+
+    def split_by_group(self, parts: int) -> list[TrainBatch]:
+        """`parts` mini-batches of whole prompt groups (as even as the group count allows), in
+        first-appearance order, so per-group advantages stay computable within each."""
+        order = list(dict.fromkeys(self.groups.tolist()))
+        if not 1 <= parts <= len(order):
+            raise ValueError(f"cannot split {len(order)} prompt groups into {parts} mini-batches; use 1..{len(order)}")
+        out = []
+        for k in range(parts):
+            chosen = set(order[k * len(order) // parts : (k + 1) * len(order) // parts])
+            out.append(self.select(torch.tensor([i for i, g in enumerate(self.groups.tolist()) if g in chosen])))
+        return out

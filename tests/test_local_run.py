@@ -97,3 +97,43 @@ def test_local_run_end_to_end(model_dir, tmp_path):
         assert not b_moved
     else:
         assert b_moved
+
+
+def test_updates_per_iteration_steps_once_per_share_of_groups(model_dir, tmp_path):
+    prompts = tmp_path / "eval.txt"
+    prompts.write_text("a red circle\n")
+    config = load_config(
+        overrides=[
+            f"model.path={model_dir}",
+            "model.lora={rank: 2, alpha: 4}",
+            "rollout.prompts_per_iteration=3",
+            "rollout.candidates=4",
+            "rollout.explore.steps=2",
+            "rollout.regenerate.steps=2",
+            "selection.k=2",
+            "train.iterations=1",
+            "train.updates_per_iteration=2",
+            f"eval.prompts={prompts}",
+            "eval.n=1",
+            "eval.sampling.steps=2",
+        ]
+    )
+    LocalRun(config, tmp_path / "run", log=lambda _: None).run()
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
+    assert row["version"] == 2 and row["regenerated"] == 6
+
+
+def test_train_batch_splits_into_whole_groups():
+    from solrl.models.base import Conditioning
+    from solrl.types import TrainBatch
+
+    groups = torch.tensor([5, 5, 2, 2, 9, 9, 7, 7])
+    batch = TrainBatch(
+        torch.arange(8.0).view(8, 1), Conditioning({"c": torch.arange(8.0).view(8, 1)}), torch.rand(8), groups, torch.arange(8), 3
+    )
+    parts = batch.split_by_group(3)
+    assert [p.groups.tolist() for p in parts] == [[5, 5], [2, 2], [9, 9, 7, 7]]
+    assert parts[2].x0.view(-1).tolist() == parts[2].cond.tensors["c"].view(-1).tolist() == [4, 5, 6, 7]
+    assert all(p.version == 3 for p in parts)
+    with pytest.raises(ValueError, match="cannot split 4 prompt groups into 5"):
+        batch.split_by_group(5)
