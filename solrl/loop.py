@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from solrl.actors.sampler import SamplerWorker
 from solrl.config import ModelConfig, RunConfig, dump_config
 from solrl.learner.nft_trainer import NFTTrainer
+from solrl.learner.weight_sync import WeightUpdate, check_served
 from solrl.models.base import OLD, POLICY, LoraSpec
 from solrl.models.shapes import ShapesModel
 from solrl.rewards.shapes import ShapesReward
@@ -188,11 +189,10 @@ class LocalRun:
         times["learn"] = time.perf_counter() - start
         start = time.perf_counter()
         self.version = self.trainer.step_count
-        rollout_state = self.policy.adapter_state(OLD)
-        for worker in (w for w in (self.explorer, self.regenerator) if w is not None):
-            served = worker.load_weights(rollout_state, self.version)
-            if served != self.version:
-                raise RuntimeError(f"sampler serves version {served}, expected {self.version}")
+        update = WeightUpdate.build(self.version, self.policy.adapter_state(OLD))
+        for name, worker in (("explore", self.explorer), ("regenerate", self.regenerator)):
+            if worker is not None:
+                check_served(name, worker.apply_update(update), self.version)
         times["sync"] = time.perf_counter() - start
         proxy_all = [r for c in candidates for r in c.proxy_rewards]
         rho, tau = [], []

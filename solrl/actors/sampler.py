@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import torch
 
 from solrl.models.base import OLD, Precision
+from solrl.learner.weight_sync import WeightUpdate
 from solrl.models.lora_policy import DiffusersPolicy
 from solrl.quant.linear import QuantRecipe
 from solrl.sampling import SamplingConfig, sample
@@ -44,6 +45,10 @@ class SamplerWorker:
         """Merge a new rollout-policy adapter and re-quantize; returns the version now served."""
         self.model.update_adapter(adapter_state, version)
         return self.version
+
+    def apply_update(self, update: WeightUpdate) -> int:
+        """Verify a published WeightUpdate's checksum, then merge it; returns the version served."""
+        return self.load_weights(update.verify(), update.version)
 
     def _generate(self, prompts: Sequence[str], seeds: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x0, images, rewards) for (prompt, seed) pairs, in batches."""
