@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from solrl.actors.sampler import SamplerWorker
+from solrl.actors.selector import Selector
 from solrl.config import ModelConfig, RunConfig, dump_config
 from solrl.learner.nft_trainer import NFTTrainer
 from solrl.learner.weight_sync import WeightUpdate, check_served
@@ -25,7 +26,6 @@ from solrl.models.shapes import ShapesModel
 from solrl.rewards.shapes import ShapesReward
 from solrl.sampling import derive_seeds
 from solrl.sampling.noise import hash_ints
-from solrl.selection import select
 from solrl.stats import finite_mean, kendall, spearman
 from solrl.toy.captions import load_prompts, parse_caption
 from solrl.toy.evaluate import evaluate
@@ -133,6 +133,7 @@ class LocalRun:
             seed=config.seed,
             micro_batch=config.train.micro_batch,
         )
+        self.selector = Selector(config.selection)
         self.version = 0
 
     def groups(self, iteration: int) -> list[PromptGroup]:
@@ -141,19 +142,7 @@ class LocalRun:
         return [PromptGroup(i, self.prompts[i], tuple(derive_seeds(self.config.seed, iteration, i, n)), iteration, self.version) for i in ids]
 
     def choose(self, candidates: list[Candidates]) -> list[Selection]:
-        sel = self.config.selection
-        out = []
-        for c in candidates:
-            chosen = select(c.proxy_rewards, sel.k, sel.mode, seed=c.group.seeds[0])
-            out.append(
-                Selection(
-                    c.group,
-                    tuple(c.group.seeds[i] for i in chosen.indices),
-                    tuple(c.proxy_rewards[i] for i in chosen.indices),
-                    excluded=len(chosen.excluded),
-                )
-            )
-        return out
+        return [self.selector.choose(c) for c in candidates]
 
     def evaluate(self, adapter: str) -> dict:
         ev = self.config.eval
