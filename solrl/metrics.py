@@ -1,0 +1,124 @@
+"""Every Prometheus metric of a run, defined once, and the endpoint that serves them.
+
+The driver fills them from the same per-iteration row it writes to metrics.jsonl
+(`RunMetrics.observe_iteration`), so the dashboard and the run directory never disagree.
+The endpoint binds to loopback by default and demands a bearer token when bound elsewhere.
+"""
+
+from __future__ import annotations
+
+import hmac
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class RunMetrics:
+    """The run's metrics in their own registry (several runs may share a process, e.g. tests)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = r = registry or CollectorRegistry()
+        self.iteration = Gauge("solrl_iteration", "Iterations completed", registry=r)
+        self.policy_version = Gauge("solrl_policy_version", "Policy version the learner has published", registry=r)
+        self.candidates = Counter("solrl_candidates", "Candidates explored (proxy-scored seeds)", registry=r)
+        self.regenerated = Counter("solrl_regenerated", "Samples regenerated at full precision", registry=r)
+        self.candidates_per_s = Gauge("solrl_candidates_per_second", "Explore throughput over the last iteration", registry=r)
+        self.regenerated_per_s = Gauge("solrl_regenerated_per_second", "Regeneration throughput over the last iteration", registry=r)
+        self.stage_seconds = Gauge("solrl_stage_seconds", "Seconds spent in each stage in the last iteration", ["stage"], registry=r)
+        self.iteration_seconds = Gauge("solrl_iteration_seconds", "End-to-end seconds of the last iteration", registry=r)
+        self.busy_ratio = Gauge("solrl_worker_busy_ratio", "Fraction of the last iteration a worker spent working", ["worker"], registry=r)
+        self.queue_depth = Gauge("solrl_queue_depth", "Items waiting in a driver queue", ["queue"], registry=r)
+        self.policy_lag = Gauge("solrl_policy_lag", "Largest version lag among samples trained in the last iteration", registry=r)
+        self.sync_seconds = Gauge("solrl_weight_sync_seconds", "Seconds to publish and apply the last weight update", registry=r)
+        self.sync_bytes = Counter("solrl_weight_sync_bytes", "Bytes of weight updates published", registry=r)
+        self.spearman = Gauge("solrl_proxy_spearman", "Proxy vs BF16 reward Spearman rho, last iteration", registry=r)
+        self.kendall = Gauge("solrl_proxy_kendall", "Proxy vs BF16 reward Kendall tau, last iteration", registry=r)
+        self.reward = Gauge("solrl_reward", "Reward statistics of the last iteration", ["source", "stat"], registry=r)
+        self.loss = Gauge("solrl_loss", "DiffusionNFT loss of the last iteration", registry=r)
+        self.dropped = Counter("solrl_dropped_records", "Records dropped and why", ["reason"], registry=r)
+        self.restarts = Counter("solrl_worker_restarts", "Workers replaced after dying", ["pool"], registry=r)
+
+    def observe_iteration(self, row: dict) -> None:
+        """Update every per-iteration metric from one metrics.jsonl row."""
+        seconds = row.get("seconds", {})
+        total = float(row.get("iteration_seconds") or sum(seconds.values()) or 0.0)
+        self.iteration.set(row["iteration"] + 1)
+        self.policy_version.set(row["version"])
+        self.candidates.inc(row["candidates"])
+        self.regenerated.inc(row["regenerated"])
+        for stage, s in seconds.items():
+            self.stage_seconds.labels(stage).set(s)
+        self.iteration_seconds.set(total)
+        if seconds.get("explore"):
+            self.candidates_per_s.set(row["candidates"] / seconds["explore"])
+        if seconds.get("regenerate"):
+            self.regenerated_per_s.set(row["regenerated"] / seconds["regenerate"])
+        for worker, ratio in row.get("busy", {}).items():
+            self.busy_ratio.labels(worker).set(ratio)
+        for queue, depth in row.get("queues", {}).items():
+            self.queue_depth.labels(queue).set(depth)
+        self.policy_lag.set(row.get("policy_lag", 0))
+        if "sync" in seconds:
+            self.sync_seconds.set(seconds["sync"])
+        self.sync_bytes.inc(row.get("sync_bytes", 0))
+        self.spearman.set(row["spearman"])
+        self.kendall.set(row["kendall"])
+        for source in ("proxy", "bf16"):
+            for stat in ("mean", "max", "std"):
+                key = f"{source}_reward_{stat}"
+                if key in row:
+                    self.reward.labels(source, stat).set(row[key])
+        self.loss.set(row["loss"])
+        for reason, n in row.get("dropped", {}).items():
+            self.dropped.labels(reason).inc(n)
+        if row.get("excluded_rewards"):
+            self.dropped.labels("non_finite_reward").inc(row["excluded_rewards"])
+        for pool, n in row.get("restarts", {}).items():
+            self.restarts.labels(pool).inc(n)
+
+    def render(self) -> bytes:
+        """The exposition text Prometheus scrapes."""
+        return generate_latest(self.registry)
+
+
+class MetricsServer:
+    """Serves /metrics over HTTP in a daemon thread; a token is required off loopback."""
+
+    def __init__(self, metrics: RunMetrics, port: int, host: str = "127.0.0.1", token: str | None = None):
+        if host not in LOOPBACK and not token:
+            raise ValueError(
+                f"metrics host {host!r} is not loopback and no token is set; pass a token "
+                "(SOLRL_METRICS_TOKEN) or bind to 127.0.0.1"
+            )
+        expected = f"Bearer {token}".encode() if token else None
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's naming)
+                if expected is not None and not hmac.compare_digest(self.headers.get("Authorization", "").encode(), expected):
+                    self.send_error(401, "missing or wrong bearer token")
+                    return
+                if self.path.split("?")[0] != "/metrics":
+                    self.send_error(404, "only /metrics is served")
+                    return
+                body = metrics.render()
+                self.send_response(200)
+                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):  # scrapes every few seconds would flood the console
+                pass
+
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, name="solrl-metrics", daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        """Stop serving and release the port."""
+        self.server.shutdown()
+        self.server.server_close()

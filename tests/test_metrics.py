@@ -1,0 +1,69 @@
+"""Prometheus metrics: filled from a metrics.jsonl row, served over a real HTTP socket on loopback."""
+
+import urllib.error
+import urllib.request
+
+import pytest
+
+from solrl.metrics import MetricsServer, RunMetrics
+
+ROW = {
+    "iteration": 2,
+    "version": 3,
+    "candidates": 256,
+    "regenerated": 64,
+    "seconds": {"explore": 8.0, "select": 0.01, "regenerate": 2.0, "learn": 5.0, "sync": 0.02},
+    "busy": {"rollout-0": 0.9},
+    "queues": {"explore": 4},
+    "policy_lag": 1,
+    "sync_bytes": 1000,
+    "spearman": 0.5,
+    "kendall": 0.4,
+    "proxy_reward_mean": 0.3,
+    "bf16_reward_mean": 0.35,
+    "bf16_reward_std": 0.1,
+    "loss": 0.02,
+    "dropped": {"stale": 2},
+    "excluded_rewards": 1,
+    "restarts": {"rollout": 1},
+}
+
+
+def _value(text: str, line_start: str) -> float:
+    return float(next(line for line in text.splitlines() if line.startswith(line_start)).split()[-1])
+
+
+def test_row_maps_onto_metrics():
+    m = RunMetrics()
+    m.observe_iteration(ROW)
+    m.observe_iteration({**ROW, "iteration": 3})
+    text = m.render().decode()
+    assert _value(text, "solrl_iteration ") == 4
+    assert _value(text, "solrl_candidates_total") == 512
+    assert _value(text, "solrl_candidates_per_second") == 32
+    assert _value(text, "solrl_regenerated_per_second") == 32
+    assert _value(text, 'solrl_stage_seconds{stage="learn"}') == 5
+    assert _value(text, 'solrl_worker_busy_ratio{worker="rollout-0"}') == 0.9
+    assert _value(text, 'solrl_queue_depth{queue="explore"}') == 4
+    assert _value(text, "solrl_weight_sync_bytes_total") == 2000
+    assert _value(text, 'solrl_reward{source="bf16",stat="std"}') == 0.1
+    assert _value(text, 'solrl_dropped_records_total{reason="stale"}') == 4
+    assert _value(text, 'solrl_dropped_records_total{reason="non_finite_reward"}') == 2
+    assert _value(text, 'solrl_worker_restarts_total{pool="rollout"}') == 2
+
+
+def test_endpoint_serves_on_loopback_and_checks_the_token():
+    m = RunMetrics()
+    m.observe_iteration(ROW)
+    server = MetricsServer(m, port=0, token="s3cret")
+    url = f"http://127.0.0.1:{server.port}/metrics"
+    try:
+        with pytest.raises(urllib.error.HTTPError, match="401"):
+            urllib.request.urlopen(url, timeout=5)
+        request = urllib.request.Request(url, headers={"Authorization": "Bearer s3cret"})
+        body = urllib.request.urlopen(request, timeout=5).read().decode()
+        assert _value(body, "solrl_policy_version") == 3
+    finally:
+        server.close()
+    with pytest.raises(ValueError, match="not loopback and no token"):
+        MetricsServer(m, port=0, host="0.0.0.0")
