@@ -67,29 +67,35 @@ class NFTTrainer:
             [seed_noise(hash_ints(self.seed, self.step_count, int(s), time_index), shape) for s in seeds]
         )
 
-    def step(self, batch: TrainBatch) -> dict[str, float]:
-        """One optimizer step on `batch`; returns the loss statistics averaged over times."""
+    def step(self, batch: TrainBatch, rows: torch.Tensor | None = None) -> dict[str, float]:
+        """One optimizer step on `batch`; returns the loss statistics averaged over times.
+
+        Data-parallel ranks pass the whole batch and their own `rows`: advantages need every
+        sample's reward, and each rank's gradient is its rows' share of the whole batch's mean, so
+        summing the ranks' gradients (not averaging them) gives the single-process step.
+        """
         model, device = self.model, batch.x0.device
         advantages = group_advantages(batch.rewards, batch.groups, self.nft.adv_eps)
         r = optimality_probability(advantages, self.nft.adv_clip).to(device)
         generator = torch.Generator().manual_seed(hash_ints(self.seed, self.step_count, -1))
         times = pick_train_times(self.grid, self.nft.timestep_fraction, generator)
         n = len(batch)
-        chunk = self.micro_batch or n
+        mine = torch.arange(n) if rows is None else torch.as_tensor(rows, dtype=torch.long)
+        chunk = self.micro_batch or max(1, len(mine))
         self.optimizer.zero_grad(set_to_none=True)
         totals: dict[str, float] = {}
         for ti, t in enumerate(times):
-            for start in range(0, n, chunk):
-                rows = slice(start, start + chunk)
-                x0, cond = batch.x0[rows], batch.cond.select(rows)
-                eps = self._noise(batch.seeds[rows], ti, x0.shape[1:]).to(device=device, dtype=x0.dtype)
+            for start in range(0, len(mine), chunk):
+                idx = mine[start : start + chunk]
+                x0, cond = batch.x0[idx], batch.cond.select(idx)
+                eps = self._noise(batch.seeds[idx], ti, x0.shape[1:]).to(device=device, dtype=x0.dtype)
                 tt = torch.full((x0.shape[0],), t, dtype=torch.float32, device=device)
                 x_t = interpolate(x0, eps, tt)
                 with torch.no_grad():
                     v_old = model.velocity(x_t, tt, cond, adapter=OLD)
                     v_ref = model.velocity(x_t, tt, cond, adapter=None)
                 v_theta = model.velocity(x_t, tt, cond, adapter=POLICY)
-                loss, stats = nft_loss(v_theta, v_old, v_ref, x0, x_t, tt, r[rows], self.nft)
+                loss, stats = nft_loss(v_theta, v_old, v_ref, x0, x_t, tt, r[idx], self.nft)
                 # Each (time, micro-batch) contributes its share of the mean over times and samples.
                 weight = x0.shape[0] / (n * len(times))
                 (loss * weight).backward()
