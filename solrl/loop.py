@@ -18,12 +18,11 @@ from safetensors.torch import load_file, save_file
 
 from solrl.actors.sampler import SamplerWorker
 from solrl.actors.selector import Selector
-from solrl.config import ModelConfig, RunConfig, dump_config
+from solrl.builders import build_policy, build_reward
+from solrl.config import RunConfig, dump_config
 from solrl.learner.nft_trainer import NFTTrainer
 from solrl.learner.weight_sync import WeightUpdate, check_served
 from solrl.models.base import OLD, POLICY, LoraSpec
-from solrl.models.shapes import ShapesModel
-from solrl.rewards.shapes import ShapesReward
 from solrl.sampling import derive_seeds
 from solrl.sampling.noise import hash_ints
 from solrl.stats import finite_mean, kendall, spearman
@@ -32,17 +31,6 @@ from solrl.toy.evaluate import evaluate
 from solrl.types import Candidates, PromptGroup, Selection
 
 LORA_FILES = {"policy": "policy.safetensors", "old": "old.safetensors", "ema": "ema.safetensors"}
-
-
-def build_policy(model: ModelConfig) -> ShapesModel:
-    """The policy a run trains: pretrained base weights plus fresh LoRA adapters."""
-    return ShapesModel.from_pretrained(model.path, lora=model.lora)
-
-
-def build_reward(name: str):
-    if name == "shapes":
-        return ShapesReward()
-    raise ValueError(f"reward {name!r} is unknown; choose 'shapes'")
 
 
 class PromptOrder:

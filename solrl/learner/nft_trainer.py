@@ -67,12 +67,13 @@ class NFTTrainer:
             [seed_noise(hash_ints(self.seed, self.step_count, int(s), time_index), shape) for s in seeds]
         )
 
-    def step(self, batch: TrainBatch, rows: torch.Tensor | None = None) -> dict[str, float]:
+    def step(self, batch: TrainBatch, rows: torch.Tensor | None = None, grad_scale: float = 1.0) -> dict[str, float]:
         """One optimizer step on `batch`; returns the loss statistics averaged over times.
 
         Data-parallel ranks pass the whole batch and their own `rows`: advantages need every
         sample's reward, and each rank's gradient is its rows' share of the whole batch's mean, so
-        summing the ranks' gradients (not averaging them) gives the single-process step.
+        the sum of the ranks' gradients is the single-process gradient. Data-parallel wrappers
+        average instead: they pass grad_scale = world size.
         """
         model, device = self.model, batch.x0.device
         advantages = group_advantages(batch.rewards, batch.groups, self.nft.adv_eps)
@@ -98,7 +99,7 @@ class NFTTrainer:
                 loss, stats = nft_loss(v_theta, v_old, v_ref, x0, x_t, tt, r[idx], self.nft)
                 # Each (time, micro-batch) contributes its share of the mean over times and samples.
                 weight = x0.shape[0] / (n * len(times))
-                (loss * weight).backward()
+                (loss * (weight * grad_scale)).backward()
                 for k, v in stats.items():
                     totals[k] = totals.get(k, 0.0) + v * weight
         params = model.trainable_parameters()

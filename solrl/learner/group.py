@@ -1,0 +1,133 @@
+"""One rank of the learner group: torch.distributed + FSDP2 around the same NFTTrainer the
+single-process loop uses.
+
+Every rank receives the whole TrainBatch (advantages need all rewards) and trains its own rows;
+the ranks' gradients add up to the single-process gradient, so the step equals it.
+The cluster layer places N of these in a Ray placement group; tests spawn them as processes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor, distribute_tensor
+
+from solrl.builders import build_policy
+from solrl.config import RunConfig
+from solrl.learner.nft_trainer import NFTTrainer
+from solrl.learner.weight_sync import WeightUpdate
+from solrl.models.base import OLD, POLICY
+from solrl.types import TrainBatch
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free right now on `host`, for the process group's rendezvous."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A plain CPU tensor of a (possibly sharded) parameter or state; collective on DTensors."""
+    return (t.full_tensor() if isinstance(t, DTensor) else t).detach().float().cpu().clone()
+
+
+def _shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return distribute_tensor(full.to(like.dtype), like.device_mesh, like.placements) if isinstance(like, DTensor) else full
+
+
+def shard_model(transformer: torch.nn.Module) -> None:
+    """FSDP2 over each transformer block, then the root."""
+    for block in getattr(transformer, "transformer_blocks", []):
+        fully_shard(block)
+    fully_shard(transformer)
+
+
+class LearnerRank:
+    """Policy, old policy, optimizer and evaluation EMA of one data-parallel rank."""
+
+    def __init__(self, config: RunConfig, rank: int, world: int, master_addr: str, master_port: int, backend: str | None = None):
+        self.config, self.rank, self.world = config, rank, world
+        torch.manual_seed(config.seed)
+        if world > 1 and not dist.is_initialized():
+            os.environ.setdefault("MASTER_ADDR", master_addr)
+            os.environ["MASTER_PORT"] = str(master_port)
+            backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+            dist.init_process_group(backend, rank=rank, world_size=world, timeout=datetime.timedelta(minutes=5))
+        self.policy = build_policy(config.model)
+        if world > 1:
+            shard_model(self.policy.transformer)
+        ro, train = config.rollout, config.train
+        self.trainer = NFTTrainer(
+            self.policy, train.nft, train.optim, ro.regenerate.steps, ro.regenerate.shift, config.seed, train.micro_batch
+        )
+
+    @property
+    def version(self) -> int:
+        return self.trainer.step_count
+
+    def step(self, batch: TrainBatch) -> dict[str, float]:
+        """One optimizer step on this rank's rows; statistics are summed over ranks."""
+        # FSDP averages gradients over ranks (gloo has no pre-scaled sum): scale them back to a sum.
+        stats = self.trainer.step(batch, rows=torch.arange(self.rank, len(batch), self.world), grad_scale=self.world)
+        if self.world > 1:
+            keys = ("loss", "policy_loss", "kl")
+            summed = torch.tensor([stats[k] for k in keys], dtype=torch.float64)
+            dist.all_reduce(summed)
+            stats.update(zip(keys, summed.tolist()))
+        return stats
+
+    def adapter_state(self, adapter: str = OLD) -> dict[str, torch.Tensor]:
+        """One adapter's full (unsharded) weights; every rank must call it."""
+        return {k: _full(p) for k, p in self.policy.adapter_parameters(adapter).items()}
+
+    def ema_state(self) -> dict[str, torch.Tensor]:
+        """The evaluation EMA, unsharded; every rank must call it."""
+        keys = list(self.policy.adapter_parameters(POLICY).keys())
+        return {k: _full(v) for k, v in zip(keys, self.trainer.ema, strict=True)}
+
+    def weight_update(self) -> WeightUpdate | None:
+        """The rollout (old) policy at the current version, built on rank 0; collective."""
+        state = self.adapter_state(OLD)
+        return WeightUpdate.build(self.version, state) if self.rank == 0 else None
+
+    # -- checkpoint state ------------------------------------------------------------------------
+    def state(self) -> dict[str, torch.Tensor]:
+        """Every tensor a checkpoint needs, unsharded: adapters, EMA and AdamW moments; collective."""
+        out = {f"policy.{k}": v for k, v in self.adapter_state(POLICY).items()}
+        out.update({f"old.{k}": v for k, v in self.adapter_state(OLD).items()})
+        out.update({f"ema.{k}": v for k, v in self.ema_state().items()})
+        params = dict(self.policy.adapter_parameters(POLICY))
+        for key, p in params.items():
+            for name, value in self.trainer.optimizer.state.get(p, {}).items():
+                out[f"optim.{key}.{name}"] = _full(value) if value.dim() else value.detach().float().cpu().reshape(())
+        return out
+
+    @torch.no_grad()
+    def load_state(self, tensors: dict[str, torch.Tensor], step: int) -> None:
+        """Restore what `state` returned (each rank takes its own shards)."""
+        for prefix, adapter in (("policy", POLICY), ("old", OLD)):
+            for k, p in self.policy.adapter_parameters(adapter).items():
+                p.copy_(_shard_like(tensors[f"{prefix}.{k}"], p))
+        params = self.policy.adapter_parameters(POLICY)
+        for (k, p), e in zip(params.items(), self.trainer.ema, strict=True):
+            e.copy_(_shard_like(tensors[f"ema.{k}"], e))
+        self.trainer.optimizer.state.clear()
+        for k, p in params.items():
+            names = [n for n in ("step", "exp_avg", "exp_avg_sq") if f"optim.{k}.{n}" in tensors]
+            if names:
+                self.trainer.optimizer.state[p] = {
+                    n: tensors[f"optim.{k}.{n}"].clone() if n == "step" else _shard_like(tensors[f"optim.{k}.{n}"], p)
+                    for n in names
+                }
+        self.trainer.step_count = step
+
+    def close(self) -> None:
+        """Leave the process group."""
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
