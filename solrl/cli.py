@@ -49,7 +49,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _load_sampler(args: argparse.Namespace):
     """The model `toy eval` / `toy grid` sample from: base weights, optionally with a trained LoRA."""
-    from solrl.loop import load_lora
+    from solrl.runs import load_lora
     from solrl.models.shapes import ShapesModel
 
     if args.lora:

@@ -66,6 +66,21 @@ class EvalConfig(_Strict):
     every: int = Field(default=0, ge=0)  # also evaluate every this many iterations (0: start and end only)
 
 
+class ClusterConfig(_Strict):
+    """How the distributed run is laid out (ignored by --local)."""
+
+    rollout_workers: int = Field(default=2, ge=1)
+    regen_workers: int = Field(default=1, ge=1)
+    learner_ranks: int = Field(default=2, ge=1)
+    cpus_per_worker: float = Field(default=1, gt=0)
+    gpus_per_worker: float = Field(default=0, ge=0)
+    # How many policy versions explore may run ahead of training (0 = synchronous).
+    max_policy_lag: int = Field(default=0, ge=0)
+    groups_per_task: int = Field(default=1, ge=1)  # prompt groups a rollout worker takes at a time
+    checkpoint_every: int = Field(default=1, ge=0)  # iterations between checkpoints (0: only at the end)
+    max_restarts: int = Field(default=10, ge=0)  # worker replacements before the run gives up
+
+
 class RunConfig(_Strict):
     seed: int = 0
     prompts: str = "train"
@@ -78,6 +93,7 @@ class RunConfig(_Strict):
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
     @model_validator(mode="after")
     def _k_fits_n(self) -> RunConfig:

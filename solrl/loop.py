@@ -8,89 +8,23 @@ from __future__ import annotations
 
 import json
 import pathlib
-import random
 import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
-from solrl.actors.sampler import SamplerWorker
+from solrl.actors.sampler import sampler_from_config
 from solrl.actors.selector import Selector
-from solrl.builders import build_policy, build_reward
+from solrl.builders import build_policy
 from solrl.config import RunConfig, dump_config
 from solrl.learner.nft_trainer import NFTTrainer
 from solrl.learner.weight_sync import WeightUpdate, check_served
-from solrl.models.base import OLD, POLICY, LoraSpec
-from solrl.sampling import derive_seeds
-from solrl.sampling.noise import hash_ints
-from solrl.stats import finite_mean, kendall, spearman
-from solrl.toy.captions import load_prompts, parse_caption
+from solrl.models.base import OLD, POLICY
+from solrl.toy.captions import load_prompts
 from solrl.toy.evaluate import evaluate
+from solrl.runs import iteration_row, make_groups, prompt_order, save_lora
 from solrl.types import Candidates, PromptGroup, Selection
-
-LORA_FILES = {"policy": "policy.safetensors", "old": "old.safetensors", "ema": "ema.safetensors"}
-
-
-class PromptOrder:
-    """An endless, seeded order over the prompts.
-
-    Without strata: a fresh shuffle of all prompts each epoch. With strata (one label per prompt,
-    e.g. its task): each round visits every stratum once in a shuffled order, and each stratum
-    walks its own shuffled cycle, so a task with few captions is trained as often as one with many.
-    """
-
-    def __init__(self, n_prompts: int, seed: int, strata: list[str] | None = None):
-        self.n, self.seed, self.position = n_prompts, seed, 0
-        self.members: dict[str, list[int]] = {}
-        for i, label in enumerate(strata or []):
-            self.members.setdefault(label, []).append(i)
-        self.labels = sorted(self.members)
-        self.drawn = dict.fromkeys(self.labels, 0)
-
-    def _shuffled(self, items: list[int], *key: int) -> list[int]:
-        items = list(items)
-        random.Random(hash_ints(self.seed, *key)).shuffle(items)
-        return items
-
-    def take(self, k: int) -> list[int]:
-        out = []
-        for _ in range(k):
-            if not self.labels:
-                epoch, index = divmod(self.position, self.n)
-                out.append(self._shuffled(list(range(self.n)), epoch)[index])
-            else:
-                rnd, slot = divmod(self.position, len(self.labels))
-                label = self.labels[self._shuffled(list(range(len(self.labels))), -1, rnd)[slot]]
-                members = self.members[label]
-                epoch, index = divmod(self.drawn[label], len(members))
-                out.append(self._shuffled(members, -2, self.labels.index(label), epoch)[index])
-                self.drawn[label] += 1
-            self.position += 1
-        return out
-
-
-def save_lora(directory: pathlib.Path, states: dict[str, dict[str, torch.Tensor]], spec: LoraSpec, meta: dict) -> None:
-    """One safetensors file per adapter (policy, old, ema) plus the LoRA shape."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, state in states.items():
-        save_file({k: v.contiguous() for k, v in state.items()}, str(directory / LORA_FILES[name]))
-    (directory / "adapter_config.json").write_text(json.dumps({**spec.model_dump(), **meta}, indent=2) + "\n")
-
-
-def load_lora(directory: str | pathlib.Path, which: str = "ema") -> tuple[dict[str, torch.Tensor], LoraSpec]:
-    """An adapter state saved by save_lora, and its LoRA shape."""
-    directory = pathlib.Path(directory)
-    if which not in LORA_FILES:
-        raise ValueError(f"adapter {which!r} is unknown; choose one of {list(LORA_FILES)}")
-    config = directory / "adapter_config.json"
-    if not config.is_file():
-        raise FileNotFoundError(f"{directory} is not a solrl LoRA folder: adapter_config.json is missing")
-    fields = json.loads(config.read_text())
-    spec = LoraSpec(**{k: fields[k] for k in LoraSpec.model_fields})
-    return load_file(str(directory / LORA_FILES[which])), spec
-
 
 class LocalRun:
     """Everything one single-process run holds."""
@@ -99,19 +33,13 @@ class LocalRun:
         torch.manual_seed(config.seed)
         self.config, self.out, self.log = config, out, log
         self.policy = build_policy(config.model)
-        self.reward = build_reward(config.reward)
         self.prompts = load_prompts(config.prompts)
         self.eval_prompts = load_prompts(config.eval.prompts)
-        strata = [parse_caption(p).task for p in self.prompts] if config.prompt_sampling == "by_task" else None
-        self.order = PromptOrder(len(self.prompts), config.seed, strata)
+        self.order = prompt_order(config, self.prompts)
         ro = config.rollout
-        self.explorer = SamplerWorker(self.policy, self.reward, ro.explore_precision, ro.explore, ro.quant, ro.compute_dtype)
+        self.explorer = sampler_from_config(config, "explore", self.policy)
         # direct mode trains on the explored samples: there is no regeneration pool
-        self.regenerator = (
-            SamplerWorker(self.policy, self.reward, ro.regenerate_precision, ro.regenerate, ro.quant, ro.compute_dtype)
-            if ro.mode == "sol"
-            else None
-        )
+        self.regenerator = sampler_from_config(config, "regenerate", self.policy) if ro.mode == "sol" else None
         self.trainer = NFTTrainer(
             self.policy,
             config.train.nft,
@@ -125,9 +53,7 @@ class LocalRun:
         self.version = 0
 
     def groups(self, iteration: int) -> list[PromptGroup]:
-        ids = self.order.take(self.config.rollout.prompts_per_iteration)
-        n = self.config.rollout.candidates
-        return [PromptGroup(i, self.prompts[i], tuple(derive_seeds(self.config.seed, iteration, i, n)), iteration, self.version) for i in ids]
+        return make_groups(self.config, self.prompts, self.order, iteration, self.version)
 
     def choose(self, candidates: list[Candidates]) -> list[Selection]:
         return [self.selector.choose(c) for c in candidates]
@@ -171,30 +97,12 @@ class LocalRun:
             if worker is not None:
                 check_served(name, worker.apply_update(update), self.version)
         times["sync"] = time.perf_counter() - start
-        proxy_all = [r for c in candidates for r in c.proxy_rewards]
-        rho, tau = [], []
-        offset = 0
-        for s in selections:
-            bf16 = batch.rewards[offset : offset + len(s.seeds)].tolist()
-            offset += len(s.seeds)
-            rho.append(spearman(s.proxy_rewards, bf16))
-            tau.append(kendall(s.proxy_rewards, bf16))
-        return {
-            "iteration": it,
-            "version": self.version,
-            "proxy_reward_mean": finite_mean(proxy_all),
-            "proxy_reward_max": float(np.nanmax(proxy_all)),
-            "selected_proxy_mean": finite_mean([r for s in selections for r in s.proxy_rewards]),
-            "bf16_reward_mean": float(batch.rewards.mean()),
-            "bf16_reward_std": float(batch.rewards.std(correction=0)),
-            "spearman": finite_mean(rho),
-            "kendall": finite_mean(tau),
-            "excluded_rewards": sum(s.excluded for s in selections),
-            "candidates": len(proxy_all),
-            "regenerated": len(batch),
-            "seconds": {k: round(v, 3) for k, v in times.items()},
-            **{k: stats[k] for k in ("loss", "policy_loss", "kl", "grad_norm", "old_decay")},
-        }
+        rewards = batch.rewards.tolist()
+        per_selection, offset = [], 0
+        for sel in selections:
+            per_selection.append(rewards[offset : offset + len(sel.seeds)])
+            offset += len(sel.seeds)
+        return iteration_row(it, self.version, candidates, selections, per_selection, times, stats)
 
     def run(self) -> dict:
         cfg = self.config

@@ -3,6 +3,7 @@ tensors travel once, in a TrainBatch, from regeneration to the learner."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -69,6 +70,22 @@ class TrainBatch:
         proxy = None if self.proxy_rewards is None else self.proxy_rewards[rows]
         return TrainBatch(
             self.x0[rows], self.cond.select(rows), self.rewards[rows], self.groups[rows], self.seeds[rows], self.version, proxy
+        )
+
+    @staticmethod
+    def concat(batches: Sequence[TrainBatch]) -> TrainBatch:
+        """One batch of all rows, in order; the version is the oldest one present."""
+        if not batches:
+            raise ValueError("cannot concatenate zero TrainBatches")
+        proxies = [b.proxy_rewards for b in batches]
+        return TrainBatch(
+            torch.cat([b.x0 for b in batches]),
+            Conditioning({k: torch.cat([b.cond.tensors[k] for b in batches]) for k in batches[0].cond.tensors}),
+            torch.cat([b.rewards for b in batches]),
+            torch.cat([b.groups for b in batches]),
+            torch.cat([b.seeds for b in batches]),
+            min(b.version for b in batches),
+            None if any(p is None for p in proxies) else torch.cat(proxies),
         )
 
     def split_by_group(self, parts: int) -> list[TrainBatch]:

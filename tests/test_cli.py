@@ -80,7 +80,7 @@ def test_pretrain_writes_a_loadable_folder(tmp_path):
 
 
 def test_unknown_adapter_file_is_named(tmp_path):
-    from solrl.loop import load_lora
+    from solrl.runs import load_lora
 
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
         load_lora(tmp_path)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from solrl.config import load_config
-from solrl.loop import LocalRun, PromptOrder, load_lora
+from solrl.loop import LocalRun
+from solrl.runs import PromptOrder, load_lora
 from solrl.models.base import POLICY, LoraSpec
 from solrl.models.shapes import ShapesArchitecture, ShapesModel
 from solrl.toy.captions import all_captions

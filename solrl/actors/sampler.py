@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 
 from solrl.models.base import OLD, Precision
+from solrl.builders import build_policy, build_reward
+from solrl.config import RunConfig
 from solrl.learner.weight_sync import WeightUpdate
 from solrl.models.lora_policy import DiffusersPolicy
 from solrl.quant.linear import QuantRecipe
 from solrl.sampling import SamplingConfig, sample
 from solrl.types import Candidates, PromptGroup, Selection, TrainBatch
+
+Role = Literal["explore", "regenerate"]
 
 
 class SamplerWorker:
@@ -118,3 +123,16 @@ class SamplerWorker:
             proxy_rewards=proxy,
         )
 
+
+def sampler_from_config(config: RunConfig, role: Role, policy: DiffusersPolicy | None = None) -> SamplerWorker:
+    """The explore or regenerate worker a run config describes, on `policy` (built if omitted).
+
+    With `deterministic: true` every image is sampled alone (micro_batch 1), so a sample's bits do
+    not depend on which other seeds shared its batch, or on which worker drew it.
+    """
+    ro = config.rollout
+    sampling, precision = (ro.explore, ro.explore_precision) if role == "explore" else (ro.regenerate, ro.regenerate_precision)
+    if config.deterministic:
+        sampling = sampling.model_copy(update={"micro_batch": 1})
+    policy = policy if policy is not None else build_policy(config.model)
+    return SamplerWorker(policy, build_reward(config.reward), precision, sampling, ro.quant, ro.compute_dtype)

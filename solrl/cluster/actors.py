@@ -1,0 +1,116 @@
+"""The plain workers, as Ray actors. Each wrapper builds its worker from the run config inside
+the actor's process and forwards calls; Ray is applied at spawn time (`ray.remote(cls)`), so
+these classes stay importable and testable without a cluster."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+
+import torch
+
+from solrl.actors.sampler import Role, sampler_from_config
+from solrl.config import RunConfig
+from solrl.learner.group import LearnerRank
+from solrl.learner.weight_sync import WeightUpdate
+from solrl.models.base import OLD, POLICY
+from solrl.sampling import SamplingConfig
+from solrl.toy.captions import load_prompts
+from solrl.toy.evaluate import evaluate
+from solrl.types import PromptGroup, Selection, TrainBatch
+
+
+def _threads(cpus: float) -> None:
+    # Ray sets OMP_NUM_THREADS from num_cpus; torch reads it only at import, so set it explicitly.
+    torch.set_num_threads(max(1, int(cpus)))
+
+
+class SamplerActor:
+    """A SamplerWorker (explore or regenerate) living in its own process."""
+
+    def __init__(self, config: RunConfig, role: Role, name: str, cpus: float = 1):
+        _threads(cpus)
+        self.name, self.role = name, role
+        self.worker = sampler_from_config(config, role)
+        self.config = config
+
+    def info(self) -> dict:
+        """Name, role, process id and the policy version served."""
+        return {"name": self.name, "role": self.role, "pid": os.getpid(), "version": self.worker.version}
+
+    def explore(self, groups: Sequence[PromptGroup]):
+        """(candidates, busy seconds) for whole prompt groups."""
+        start = time.perf_counter()
+        out = self.worker.explore(groups)
+        return out, time.perf_counter() - start
+
+    def regenerate(self, selections: Sequence[Selection]) -> tuple[TrainBatch, dict]:
+        """The TrainBatch (left in the object store for the learners) and a small summary for
+        the driver: BF16 rewards per selection, busy seconds, version."""
+        start = time.perf_counter()
+        batch = self.worker.regenerate(selections)
+        rewards, offset = [], 0
+        for s in selections:
+            rewards.append(batch.rewards[offset : offset + len(s.seeds)].tolist())
+            offset += len(s.seeds)
+        return batch, {"rewards": rewards, "seconds": time.perf_counter() - start, "version": batch.version, "worker": self.name}
+
+    def apply_update(self, update: WeightUpdate) -> int:
+        """Verify and merge a published weight update; the version now served."""
+        return self.worker.apply_update(update)
+
+    def evaluate(self, adapter_state: dict[str, torch.Tensor] | None, prompts: str, n: int, sampling: SamplingConfig, precision: str, seed: int) -> dict:
+        """The shapes eval of the base model plus `adapter_state` (None: the base model alone)."""
+        policy = self.worker.policy
+        model = policy.inference_copy(precision, adapter=None, compute_dtype=self.config.rollout.compute_dtype)
+        if adapter_state is not None:
+            model.update_adapter(adapter_state)
+        return evaluate(model, load_prompts(prompts), n, sampling, seed)
+
+
+class LearnerActor:
+    """One LearnerRank in its own process."""
+
+    def __init__(self, config: RunConfig, rank: int, world: int, master_addr: str, master_port: int, cpus: float = 1):
+        _threads(cpus)
+        self.rank = LearnerRank(config, rank, world, master_addr, master_port)
+        self.updates = config.train.updates_per_iteration
+
+    def info(self) -> dict:
+        return {"rank": self.rank.rank, "pid": os.getpid(), "version": self.rank.version}
+
+    def step(self, *batches: TrainBatch) -> tuple[dict, WeightUpdate | None]:
+        """Train on the concatenated batches; returns (stats, the new rollout policy's
+        WeightUpdate on rank 0, None elsewhere)."""
+        batch = TrainBatch.concat(batches)
+        start = time.perf_counter()
+        parts = batch.split_by_group(min(self.updates, len(set(batch.groups.tolist()))))
+        stats = [self.rank.step(p) for p in parts]
+        out = {k: float(sum(s[k] for s in stats) / len(stats)) for k in ("loss", "policy_loss", "kl", "grad_norm")}
+        out.update(old_decay=stats[-1]["old_decay"], version=self.rank.version, seconds=time.perf_counter() - start)
+        sync_start = time.perf_counter()
+        update = self.rank.weight_update()
+        out["publish_seconds"] = time.perf_counter() - sync_start
+        return out, update
+
+    def state(self) -> dict[str, torch.Tensor] | None:
+        """Full checkpoint tensors on rank 0 (None elsewhere); every rank must be called."""
+        tensors = self.rank.state()
+        return tensors if self.rank.rank == 0 else None
+
+    def load_state(self, tensors: dict[str, torch.Tensor], step: int) -> int:
+        self.rank.load_state(tensors, step)
+        return self.rank.version
+
+    def ema_state(self) -> dict[str, torch.Tensor] | None:
+        state = self.rank.ema_state()
+        return state if self.rank.rank == 0 else None
+
+    def adapter_states(self) -> dict[str, dict[str, torch.Tensor]] | None:
+        """policy, old and ema adapter states on rank 0 (collective)."""
+        states = {"policy": self.rank.adapter_state(POLICY), "old": self.rank.adapter_state(OLD), "ema": self.rank.ema_state()}
+        return states if self.rank.rank == 0 else None
+
+    def close(self) -> None:
+        self.rank.close()

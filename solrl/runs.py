@@ -1,0 +1,135 @@
+"""What every runner shares (the single-process loop and the Ray driver): the prompt order,
+prompt groups and their seeds, the per-iteration metrics row, and the LoRA files."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import random
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from solrl.config import RunConfig
+from solrl.models.base import LoraSpec
+from solrl.sampling import derive_seeds
+from solrl.sampling.noise import hash_ints
+from solrl.stats import finite_mean, kendall, spearman
+from solrl.toy.captions import parse_caption
+from solrl.types import Candidates, PromptGroup, Selection
+
+LORA_FILES = {"policy": "policy.safetensors", "old": "old.safetensors", "ema": "ema.safetensors"}
+
+
+class PromptOrder:
+    """An endless, seeded order over the prompts.
+
+    Without strata: a fresh shuffle of all prompts each epoch. With strata (one label per prompt,
+    e.g. its task): each round visits every stratum once in a shuffled order, and each stratum
+    walks its own shuffled cycle, so a task with few captions is trained as often as one with many.
+    """
+
+    def __init__(self, n_prompts: int, seed: int, strata: list[str] | None = None):
+        self.n, self.seed, self.position = n_prompts, seed, 0
+        self.members: dict[str, list[int]] = {}
+        for i, label in enumerate(strata or []):
+            self.members.setdefault(label, []).append(i)
+        self.labels = sorted(self.members)
+        self.drawn = dict.fromkeys(self.labels, 0)
+
+    def _shuffled(self, items: list[int], *key: int) -> list[int]:
+        items = list(items)
+        random.Random(hash_ints(self.seed, *key)).shuffle(items)
+        return items
+
+    def take(self, k: int) -> list[int]:
+        out = []
+        for _ in range(k):
+            if not self.labels:
+                epoch, index = divmod(self.position, self.n)
+                out.append(self._shuffled(list(range(self.n)), epoch)[index])
+            else:
+                rnd, slot = divmod(self.position, len(self.labels))
+                label = self.labels[self._shuffled(list(range(len(self.labels))), -1, rnd)[slot]]
+                members = self.members[label]
+                epoch, index = divmod(self.drawn[label], len(members))
+                out.append(self._shuffled(members, -2, self.labels.index(label), epoch)[index])
+                self.drawn[label] += 1
+            self.position += 1
+        return out
+
+    def state(self) -> dict:
+        """Where the order stands, for checkpoints."""
+        return {"position": self.position, "drawn": dict(self.drawn)}
+
+    def load_state(self, state: dict) -> None:
+        self.position = int(state["position"])
+        self.drawn = {k: int(v) for k, v in state["drawn"].items()}
+
+
+def save_lora(directory: pathlib.Path, states: dict[str, dict[str, torch.Tensor]], spec: LoraSpec, meta: dict) -> None:
+    """One safetensors file per adapter (policy, old, ema) plus the LoRA shape."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, state in states.items():
+        save_file({k: v.contiguous() for k, v in state.items()}, str(directory / LORA_FILES[name]))
+    (directory / "adapter_config.json").write_text(json.dumps({**spec.model_dump(), **meta}, indent=2) + "\n")
+
+
+def load_lora(directory: str | pathlib.Path, which: str = "ema") -> tuple[dict[str, torch.Tensor], LoraSpec]:
+    """An adapter state saved by save_lora, and its LoRA shape."""
+    directory = pathlib.Path(directory)
+    if which not in LORA_FILES:
+        raise ValueError(f"adapter {which!r} is unknown; choose one of {list(LORA_FILES)}")
+    config = directory / "adapter_config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{directory} is not a solrl LoRA folder: adapter_config.json is missing")
+    fields = json.loads(config.read_text())
+    spec = LoraSpec(**{k: fields[k] for k in LoraSpec.model_fields})
+    return load_file(str(directory / LORA_FILES[which])), spec
+
+
+def prompt_order(config: RunConfig, prompts: Sequence[str]) -> PromptOrder:
+    """The run's prompt order (task-balanced when prompt_sampling is by_task)."""
+    strata = [parse_caption(p).task for p in prompts] if config.prompt_sampling == "by_task" else None
+    return PromptOrder(len(prompts), config.seed, strata)
+
+
+def make_groups(config: RunConfig, prompts: Sequence[str], order: PromptOrder, iteration: int, version: int) -> list[PromptGroup]:
+    """The next prompts_per_iteration prompt groups; seeds derive from (run seed, iteration, prompt)."""
+    n = config.rollout.candidates
+    return [
+        PromptGroup(i, prompts[i], tuple(derive_seeds(config.seed, iteration, i, n)), iteration, version)
+        for i in order.take(config.rollout.prompts_per_iteration)
+    ]
+
+
+def iteration_row(
+    it: int,
+    version: int,
+    candidates: Sequence[Candidates],
+    selections: Sequence[Selection],
+    bf16: Sequence[Sequence[float]],
+    seconds: dict[str, float],
+    stats: dict[str, float],
+) -> dict:
+    """The metrics.jsonl row of one iteration; `bf16` holds each selection's BF16 rewards."""
+    proxy_all = [r for c in candidates for r in c.proxy_rewards]
+    flat = torch.tensor([r for rs in bf16 for r in rs], dtype=torch.float64)
+    return {
+        "iteration": it,
+        "version": version,
+        "proxy_reward_mean": finite_mean(proxy_all),
+        "proxy_reward_max": float(np.nanmax(proxy_all)) if proxy_all else float("nan"),
+        "selected_proxy_mean": finite_mean([r for s in selections for r in s.proxy_rewards]),
+        "bf16_reward_mean": float(flat.mean()) if len(flat) else float("nan"),
+        "bf16_reward_std": float(flat.std(correction=0)) if len(flat) else float("nan"),
+        "spearman": finite_mean([spearman(s.proxy_rewards, b) for s, b in zip(selections, bf16, strict=True)]),
+        "kendall": finite_mean([kendall(s.proxy_rewards, b) for s, b in zip(selections, bf16, strict=True)]),
+        "excluded_rewards": sum(s.excluded for s in selections),
+        "candidates": len(proxy_all),
+        "regenerated": len(flat),
+        "seconds": {k: round(v, 3) for k, v in seconds.items()},
+        **{k: stats[k] for k in ("loss", "policy_loss", "kl", "grad_norm", "old_decay")},
+    }
