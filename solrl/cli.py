@@ -31,18 +31,31 @@ def _info(_: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from solrl.config import ConfigError, load_config
-    from solrl.loop import LocalRun
 
-    if not args.local:
-        print("solrl train: the distributed (Ray) run is not built yet; pass --local for the single-process run", file=sys.stderr)
-        return 2
     try:
         config = load_config(args.config, args.set)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    if args.resume and not args.out:
+        args.out = args.resume  # a resumed run keeps writing to its own folder
     out = pathlib.Path(args.out or f"runs/{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}")
-    report = LocalRun(config, out).run()
+    if args.local:
+        if args.resume or args.address or args.metrics_port is not None:
+            print("solrl train --local: --resume, --address and --metrics-port need the distributed run; drop --local", file=sys.stderr)
+            return 2
+        from solrl.loop import LocalRun
+
+        report = LocalRun(config, out).run()
+    else:
+        from solrl.cluster import runtime
+        from solrl.cluster.driver import Driver
+
+        started = runtime.start(config, args.address)
+        try:
+            report = Driver(config, out, metrics_port=args.metrics_port, resume=args.resume).run()
+        finally:
+            runtime.stop(started)
     print(json.dumps({"out": str(out), "base_accuracy": report["base_eval"]["accuracy"], "final_accuracy": report["final_eval"]["accuracy"], "improvement": report["improvement"], "seconds": report["seconds"]}))
     return 0
 
@@ -139,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field, e.g. train.iterations=5")
     train.add_argument("--out", help="run directory (default: runs/<timestamp>)")
     train.add_argument("--local", action="store_true", help="run in this process, without Ray")
+    train.add_argument("--address", help="join an existing Ray cluster (default: start an embedded local one)")
+    train.add_argument("--resume", metavar="DIR", help="continue a run from its newest checkpoint (a run folder or checkpoint folder)")
+    train.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT")
     train.set_defaults(func=_train)
 
     toy = sub.add_parser("toy", help="the shapes world: pretrain, eval, grid").add_subparsers(dest="toy_command", required=True)

@@ -92,7 +92,12 @@ class LearnerActor:
         sync_start = time.perf_counter()
         update = self.rank.weight_update()
         out["publish_seconds"] = time.perf_counter() - sync_start
+        out["update_bytes"] = update.nbytes if update is not None else 0
         return out, update
+
+    def weight_update(self) -> WeightUpdate | None:
+        """The current rollout policy as a WeightUpdate on rank 0 (collective)."""
+        return self.rank.weight_update()
 
     def state(self) -> dict[str, torch.Tensor] | None:
         """Full checkpoint tensors on rank 0 (None elsewhere); every rank must be called."""

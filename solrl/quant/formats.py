@@ -53,8 +53,9 @@ def _e2m1_step(m: torch.Tensor) -> torch.Tensor:
     That is 2^(floor(log2|m|) - 1), at least 0.5, read straight off m's exponent bits: two
     integer passes instead of nested torch.where, which dominated emulated NVFP4's cost.
     """
-    exponent = (m.view(torch.int32) & 0x7FFFFFFF) >> 23
-    return ((exponent - 1) << 23).view(torch.float32).clamp_(min=0.5)
+    bits = m.view(torch.int32) & 0x7F800000  # 2^floor(log2|m|): the exponent bits alone
+    bits.sub_(1 << 23)  # halve it; zero and subnormals wrap to -inf, which the clamp lifts to 0.5
+    return bits.view(torch.float32).clamp_(min=0.5)
 
 
 def _e2m1_round(m: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,426 @@
+"""The distributed Sol-RL driver: the single-process loop's steps, on Ray actor pools.
+
+Work is pulled: prompt groups wait in a queue and go to whichever rollout worker is idle; a
+group whose candidates are all in is selected at once and its selection queued for the
+regeneration pool. Regenerated TrainBatches stay in the object store and go to the learner ranks
+by reference. After each learner step the new rollout policy is published once as a
+WeightUpdate and every sampler verifies, merges and reports the version it serves.
+
+A dead sampler's tasks are re-queued and the worker replaced; a dead learner group is restarted
+from the state it had before the failed step (kept in the object store every iteration) and the
+step is redone. With max_policy_lag > 0 the next iteration explores while the learner trains;
+records older than the bound are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import ray
+from ray.exceptions import RayActorError
+
+from solrl.actors.selector import Selector
+from solrl.actors.store import CandidateStore, group_key
+from solrl.cluster.pools import LearnerGroup, SamplerPool, Worker
+from solrl.config import RunConfig, dump_config
+from solrl.learner.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from solrl.learner.weight_sync import WeightSyncError
+from solrl.metrics import MetricsServer, RunMetrics
+from solrl.runs import iteration_row, make_groups, prompt_order, save_lora
+from solrl.toy.captions import load_prompts
+from solrl.types import Candidates, PromptGroup, Selection
+
+
+@dataclass
+class IterationState:
+    """What the driver tracks for one iteration while its groups are in flight."""
+
+    groups: list[PromptGroup]
+    started: float
+    candidates: dict = field(default_factory=dict)  # group key -> Candidates
+    selections: dict = field(default_factory=dict)  # group key -> Selection
+    regenerated: dict = field(default_factory=dict)  # group key -> (batch ref, summary)
+    explore_done: float | None = None
+    dropped: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return len(self.regenerated) + self.dropped == len(self.groups)
+
+
+class Driver:
+    """Runs one distributed Sol-RL run; `on_iteration(driver, row)` is called after each."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        out: pathlib.Path,
+        log: Callable[[str], None] = print,
+        on_iteration: Callable[[Driver, dict], None] | None = None,
+        metrics_port: int | None = None,
+        resume: str | pathlib.Path | None = None,
+    ):
+        if config.rollout.mode != "sol":
+            raise ValueError("rollout.mode='direct' runs only with --local; the distributed run always regenerates")
+        self.config, self.out, self.log, self.on_iteration = config, pathlib.Path(out), log, on_iteration
+        self.prompts = load_prompts(config.prompts)
+        self.order = prompt_order(config, self.prompts)
+        self.selector = Selector(config.selection)
+        self.store = CandidateStore(self.out / "candidates")
+        self.metrics = RunMetrics()
+        self.server = MetricsServer(self.metrics, metrics_port) if metrics_port is not None else None
+        self.version = 0
+        self.start_iteration = 0
+        self.resume = resume
+        self.explore_q: deque[PromptGroup] = deque()
+        self.regen_q: deque[Selection] = deque()
+        self.pending: dict = {}  # task ref -> (kind, pool, worker, payload)
+        self.iterations: dict[int, IterationState] = {}
+        self.order_states: dict[int, dict] = {}  # prompt order before each iteration's groups
+        self.dropped: dict[str, int] = {}
+        self.learner_restarts = 0
+
+    # -- set-up ----------------------------------------------------------------------------------
+    def _start_pools(self) -> None:
+        c = self.config.cluster
+        self.rollout = SamplerPool(self.config, "explore", "rollout")
+        self.regen = SamplerPool(self.config, "regenerate", "regen")
+        self.rollout.resize(c.rollout_workers)
+        self.regen.resize(c.regen_workers)
+        self.learners = LearnerGroup(self.config)
+        self.learner_state = None  # ref to rank 0's full state after the last completed step
+
+    def _restore(self) -> None:
+        tensors, state = load_checkpoint(self.resume)
+        self.log(f"resuming from step {state['step']} (iteration {state['iteration']})")
+        ray.get(self.learners.call("load_state", tensors, state["step"]))
+        self.version = state["step"]
+        self.start_iteration = state["iteration"]
+        self.order.load_state(state["order"])
+        self.store.parts = state.get("log_parts", 0)
+        set_rng_state(state["rng"])
+        self.learner_state = ray.put(tensors)
+        self._publish(self.learners.call("weight_update")[0], self.version)
+
+    # -- scaling -----------------------------------------------------------------------------------
+    def scale(self, pool: str, size: int) -> None:
+        """Resize the 'rollout' or 'regen' pool while the run goes on."""
+        pools = {"rollout": self.rollout, "regen": self.regen}
+        if pool not in pools:
+            raise ValueError(f"pool {pool!r} is unknown; use 'rollout' or 'regen'")
+        pools[pool].resize(size)
+        self.log(f"{pool} pool resized to {size}")
+
+    # -- the event loop ----------------------------------------------------------------------------
+    def _queue_iteration(self, it: int) -> None:
+        self.order_states[it] = self.order.state()
+        groups = make_groups(self.config, self.prompts, self.order, it, self.version)
+        self.iterations[it] = IterationState(groups, time.perf_counter())
+        self.explore_q.extend(groups)
+
+    def _dispatch(self) -> None:
+        per_task = self.config.cluster.groups_per_task
+        for w in self.rollout.idle():
+            if not self.explore_q:
+                break
+            groups = [self.explore_q.popleft() for _ in range(min(per_task, len(self.explore_q)))]
+            w.task = w.handle.explore.remote(groups)
+            self.pending[w.task] = ("explore", self.rollout, w, groups)
+        for w in self.regen.idle():
+            if not self.regen_q:
+                break
+            sel = self.regen_q.popleft()
+            batch_ref, summary_ref = w.handle.regenerate.options(num_returns=2).remote([sel])
+            w.task = summary_ref
+            self.pending[summary_ref] = ("regen", self.regen, w, (sel, batch_ref))
+
+    def _worker_died(self, pool: SamplerPool, w: Worker, kind: str, payload) -> None:
+        if pool.restarts >= self.config.cluster.max_restarts:
+            raise RuntimeError(f"{pool.prefix} workers died {pool.restarts} times (cluster.max_restarts); giving up")
+        self.log(f"{w.name} died; re-queueing its {kind} work and starting a replacement")
+        if kind == "explore":
+            self.explore_q.extendleft(reversed(payload))
+        else:
+            self.regen_q.appendleft(payload[0])
+        if not w.retiring:
+            pool.replace(w)
+        else:
+            pool.workers.pop(w.name, None)
+
+    def _on_explore(self, results: list[Candidates], w: Worker) -> None:
+        for c in results:
+            state = self.iterations.get(c.group.iteration)
+            if state is None or not self.store.add(c, w.name):
+                continue
+            key = group_key(c)
+            state.candidates[key] = c
+            if self._too_stale(c.version):
+                self._drop(state, key, "stale")
+                continue
+            sel = self.selector.choose(c)
+            state.selections[key] = sel
+            self.regen_q.append(sel)
+        for state in self.iterations.values():
+            if state.explore_done is None and len(state.candidates) == len(state.groups):
+                state.explore_done = time.perf_counter()
+
+    def _on_regen(self, sel: Selection, batch_ref, summary: dict) -> None:
+        state = self.iterations[sel.group.iteration]
+        key = group_key(sel)
+        self.store.record_regenerated(sel, summary["rewards"][0], summary["worker"])
+        if self._too_stale(summary["version"]):
+            self._drop(state, key, "stale")
+            return
+        state.regenerated[key] = (batch_ref, summary)
+
+    def _too_stale(self, version: int) -> bool:
+        return self.version - version > self.config.cluster.max_policy_lag
+
+    def _drop(self, state: IterationState, key, reason: str) -> None:
+        state.dropped += 1
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        self.store.close(key, "dropped")
+
+    def _pump(self, until: Callable[[], bool]) -> None:
+        """Hand out work and collect results until `until()` holds."""
+        while not until():
+            self._dispatch()
+            if not self.pending:
+                raise RuntimeError("no work in flight and the iteration is incomplete; every pool is empty or retiring")
+            ready, _ = ray.wait(list(self.pending), num_returns=1)
+            for ref in ready:
+                kind, pool, w, payload = self.pending.pop(ref)
+                w.task = None
+                try:
+                    result = ray.get(ref)
+                except RayActorError:
+                    self._worker_died(pool, w, kind, payload)
+                    continue
+                if kind == "explore":
+                    results, seconds = result
+                    w.busy_seconds += seconds
+                    self._on_explore(results, w)
+                else:
+                    w.busy_seconds += result["seconds"]
+                    self._on_regen(payload[0], payload[1], result)
+                if w.retiring:
+                    pool.remove(w)
+
+    # -- learning and weight sync ------------------------------------------------------------------
+    def _launch(self, it: int, state: IterationState) -> dict:
+        """Start the learner step on an iteration's batches, in the order its groups were drawn."""
+        order = {(g.iteration, g.prompt_id): i for i, g in enumerate(state.groups)}
+        refs = [state.regenerated[k][0] for k in sorted(state.regenerated, key=order.__getitem__)]
+        calls = [r.step.options(num_returns=2).remote(*refs) for r in self.learners.ranks] if refs else []
+        return {"it": it, "state": state, "refs": refs, "calls": calls, "start": time.perf_counter(), "version": self.version}
+
+    def _finish(self, launched: dict) -> tuple[dict, object]:
+        """Wait for a launched step; if a rank died, restart the group from the state before the
+        step and redo it. Returns (stats, rank 0's WeightUpdate ref)."""
+        for _ in range(self.config.cluster.max_restarts + 1):
+            try:
+                stats = ray.get([c[0] for c in launched["calls"]])[0]
+                break
+            except RayActorError:
+                self.learner_restarts += 1
+                self.log(f"a learner rank died; restarting the group at version {self.version} and redoing the step")
+                self.learners.restart()
+                if self.learner_state is not None:
+                    ray.get(self.learners.call("load_state", self.learner_state, self.version))
+                launched["calls"] = [r.step.options(num_returns=2).remote(*launched["refs"]) for r in self.learners.ranks]
+        else:
+            raise RuntimeError(f"the learner group died {self.learner_restarts} times (cluster.max_restarts); giving up")
+        self.learner_state = self.learners.call("state")[0]
+        return stats, launched["calls"][0][1]
+
+    def _publish(self, update_ref, version: int) -> float:
+        """Make `update_ref` the weights every sampler serves and check they do; seconds taken."""
+        start = time.perf_counter()
+        for pool in (self.rollout, self.regen):
+            pool.update = update_ref  # workers spawned from now on apply it first
+        calls = [(pool, w, w.handle.apply_update.remote(update_ref)) for pool in (self.rollout, self.regen) for w in list(pool.workers.values())]
+        for pool, w, ref in calls:
+            try:
+                served = ray.get(ref)
+            except RayActorError:
+                if w.name in pool.workers and not w.retiring:
+                    pool.replace(w)
+                continue
+            if served != version:
+                raise WeightSyncError(f"sampler {w.name} serves policy version {served}, expected {version}")
+        self.version = version
+        return time.perf_counter() - start
+
+    # -- the run -----------------------------------------------------------------------------------
+    def _evaluate(self, adapter_state) -> dict:
+        ev = self.config.eval
+        worker = next(iter(self.regen.workers.values()))
+        return ray.get(worker.handle.evaluate.remote(adapter_state, ev.prompts, ev.n, ev.sampling, ev.precision, ev.seed))
+
+    def _checkpoint(self, it: int) -> None:
+        tensors = ray.get(self.learner_state)
+        state = {
+            "iteration": it + 1,
+            "order": self.order_states.get(it + 1, self.order.state()),
+            "rng": rng_state(),
+            "log_parts": self.store.parts,
+            "config": json.loads(json.dumps(self.config.model_dump(mode="json"))),
+        }
+        save_checkpoint(self.out, self.version, tensors, state)
+
+    def run(self) -> dict:
+        cfg = self.config
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.yaml").write_text(dump_config(cfg))
+        metrics_path = self.out / "metrics.jsonl"
+        if not self.resume:
+            metrics_path.write_text("")
+        run_start = time.perf_counter()
+        self._start_pools()
+        try:
+            if self.resume:
+                self._restore()
+            base = self._evaluate(None)
+            self.log(f"base model: eval accuracy {base['accuracy']:.3f}, score {base['score']:.3f}")
+            train_start = time.perf_counter()
+            last = self._train(metrics_path, train_start)
+            states = ray.get(self.learners.call("adapter_states")[0])
+            save_lora(self.out / "lora", states, cfg.model.lora, {"version": self.version, "base_model": cfg.model.path or "shipped"})
+            final = {name: self._evaluate(states[name]) for name in ("ema", "policy")}
+        finally:
+            self.store.flush()
+            self._shutdown()
+        report = {
+            "base_eval": base,
+            "final_eval": final["ema"],
+            "final_eval_policy": final["policy"],
+            "improvement": round(final["ema"]["accuracy"] - base["accuracy"], 4),
+            "iterations": last,
+            "train_seconds": round(time.perf_counter() - train_start, 1),
+            "seconds": round(time.perf_counter() - run_start, 1),
+            "restarts": {"rollout": self.rollout.restarts, "regen": self.regen.restarts, "learner": self.learner_restarts},
+            "dropped": dict(self.dropped),
+            "duplicates": self.store.duplicates,
+        }
+        (self.out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+        self.log(f"done in {report['seconds']:.0f}s: eval accuracy {base['accuracy']:.3f} -> {final['ema']['accuracy']:.3f} (EMA)")
+        return report
+
+    def _train(self, metrics_path: pathlib.Path, train_start: float) -> int:
+        """Iterations until train.iterations or train.max_seconds; returns how many ran."""
+        total, lag = self.config.train.iterations, self.config.cluster.max_policy_lag
+        it, inflight, stop = self.start_iteration, None, False
+        if it < total:
+            self._queue_iteration(it)
+        while it < total and not stop:
+            state = self.iterations[it]
+            self._pump(lambda: state.complete)
+            regen_done = time.perf_counter()
+            if inflight is not None:  # the previous step trained while this iteration explored
+                stop = self._complete(inflight, metrics_path, train_start)
+            launched = self._launch(it, state)
+            launched["regen_done"] = regen_done
+            it += 1
+            if lag > 0 and it < total and not stop:
+                inflight = launched
+                self._queue_iteration(it)  # explored at the current version while the learner runs
+            else:
+                inflight = None
+                stop = self._complete(launched, metrics_path, train_start) or stop
+                if it < total and not stop:
+                    self._queue_iteration(it)
+        if inflight is not None:
+            self._complete(inflight, metrics_path, train_start)
+        # groups queued for an iteration that will not run are logged as dropped, never lost
+        for state in self.iterations.values():
+            for g in state.groups:
+                key = (g.iteration, g.prompt_id)
+                if key in self.store.open:
+                    self._drop(state, key, "run_ended")
+        return it
+
+    def _complete(self, launched: dict, metrics_path: pathlib.Path, train_start: float) -> bool:
+        """Finish a launched step: publish its weights, log the row, checkpoint. True when
+        train.max_seconds has passed."""
+        it, state = launched["it"], launched["state"]
+        stats, sync_s = None, 0.0
+        if launched["calls"]:
+            stats, update_ref = self._finish(launched)
+            learn_s = time.perf_counter() - launched["start"]
+            for key in state.regenerated:
+                self.store.close(key, "trained")
+            sync_s = self._publish(update_ref, int(stats["version"]))
+        else:
+            learn_s = 0.0
+        row = self._row(it, state, launched["regen_done"], learn_s, sync_s, stats, launched["version"])
+        with metrics_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        self.metrics.observe_iteration(row)
+        self.store.flush()
+        every = self.config.cluster.checkpoint_every
+        if self.learner_state is not None and every and (it + 1) % every == 0:
+            self._checkpoint(it)
+        self.log(
+            f"iter {it + 1}/{self.config.train.iterations}: bf16 reward {row['bf16_reward_mean']:.3f} "
+            f"proxy {row['proxy_reward_mean']:.3f} rho {row['spearman']:.2f} loss {row['loss']:.4f} "
+            f"({row['iteration_seconds']:.1f}s, lag {row['policy_lag']})"
+        )
+        self.iterations.pop(it, None)
+        if self.on_iteration:
+            self.on_iteration(self, row)
+        max_s = self.config.train.max_seconds
+        return bool(max_s and time.perf_counter() - train_start >= max_s)
+
+    def _row(self, it, state: IterationState, regen_done, learn_s, sync_s, stats, trained_at: int) -> dict:
+        keys = [k for k in state.regenerated]
+        selections = [state.selections[k] for k in keys]
+        bf16 = [state.regenerated[k][1]["rewards"][0] for k in keys]
+        versions = [state.regenerated[k][1]["version"] for k in keys]
+        explore_end = state.explore_done or regen_done
+        seconds = {
+            "explore": explore_end - state.started,
+            "regenerate": max(0.0, regen_done - explore_end),
+            "learn": learn_s,
+            "sync": sync_s,
+        }
+        wall = time.perf_counter() - state.started
+        stats = stats or {k: float("nan") for k in ("loss", "policy_loss", "kl", "grad_norm", "old_decay")}
+        row = iteration_row(it, self.version, list(state.candidates.values()), selections, bf16, seconds, stats)
+        busy = {}
+        for pool in (self.rollout, self.regen):
+            for w in pool.workers.values():
+                busy[w.name] = round(min(1.0, w.busy_seconds / wall), 3) if wall > 0 else 0.0
+                w.busy_seconds = 0.0
+        row.update(
+            iteration_seconds=round(wall, 3),
+            busy=busy,
+            queues={"explore": len(self.explore_q), "regenerate": len(self.regen_q)},
+            policy_lag=max((trained_at - v for v in versions), default=0),
+            sync_bytes=int(stats.get("update_bytes", 0)) if stats else 0,
+            dropped=self._delta("dropped", dict(self.dropped)),
+            restarts=self._delta("restarts", {"rollout": self.rollout.restarts, "regen": self.regen.restarts, "learner": self.learner_restarts}),
+            workers={"rollout": self.rollout.size, "regen": self.regen.size},
+        )
+        return row
+
+    def _delta(self, name: str, totals: dict[str, int]) -> dict[str, int]:
+        """Counts since the last row (rows carry per-iteration increments)."""
+        seen = self.__dict__.setdefault(f"_seen_{name}", {})
+        out = {k: v - seen.get(k, 0) for k, v in totals.items() if v - seen.get(k, 0)}
+        seen.update(totals)
+        return out
+
+    def _shutdown(self) -> None:
+        for name in ("rollout", "regen"):
+            pool = getattr(self, name, None)
+            if pool is not None:
+                pool.shutdown()
+        if getattr(self, "learners", None) is not None:
+            self.learners.shutdown()
+        if self.server is not None:
+            self.server.close()
