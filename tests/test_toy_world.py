@@ -150,5 +150,10 @@ def test_partial_credit():
     scores, passed = ShapesReward().evaluate(images, ["a blue circle"])
     # circle (1) and count (1) met, colour (1) not: 2 of 3
     assert float(scores[0]) == pytest.approx(2 / 3) and not bool(passed[0])
+    # a clean object of the wrong shape earns nothing: the count is of the named shape
+    assert float(ShapesReward()(images, ["a square"])[0]) == 0.0
+    two = render_batch([parse_caption("a circle and a square")], 1)
+    # the circle is found (1 of 3); the count fails because the square is not a triangle
+    assert float(ShapesReward()(two, ["a circle and a triangle"])[0]) == pytest.approx(1 / 3)
     with pytest.raises(ValueError, match="one caption per image"):
         ShapesReward().evaluate(images, ["a circle", "a square"])

@@ -4,7 +4,8 @@ thrown away); a BF16 worker regenerates the selected seeds into training samples
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -21,6 +22,20 @@ from solrl.types import Candidates, PromptGroup, Selection, TrainBatch
 Role = Literal["explore", "regenerate"]
 
 
+@contextmanager
+def single_threaded(enabled: bool = True) -> Iterator[None]:
+    """Run torch ops on one thread inside the block (when enabled), then restore."""
+    if not enabled:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class SamplerWorker:
     """Holds a merged copy of the rollout (old) policy in one precision, and a reward model."""
 
@@ -33,8 +48,10 @@ class SamplerWorker:
         quant: QuantRecipe | None = None,
         compute_dtype: str = "auto",
         batch_size: int = 256,
+        deterministic: bool = False,
     ):
         self.policy = policy
+        self.deterministic = deterministic
         self.reward = reward
         self.sampling = sampling
         self.batch_size = batch_size
@@ -60,7 +77,7 @@ class SamplerWorker:
         xs, images, rewards = [], [], []
         for start in range(0, len(seeds), self.batch_size):
             p, s = list(prompts[start : start + self.batch_size]), list(seeds[start : start + self.batch_size])
-            with torch.no_grad():
+            with torch.no_grad(), single_threaded(self.deterministic):
                 cond = self.model.encode_prompts(p)
                 x0 = sample(self.model, cond, s, self.sampling)
                 img = self.model.decode(x0)
@@ -127,12 +144,16 @@ class SamplerWorker:
 def sampler_from_config(config: RunConfig, role: Role, policy: DiffusersPolicy | None = None) -> SamplerWorker:
     """The explore or regenerate worker a run config describes, on `policy` (built if omitted).
 
-    With `deterministic: true` every image is sampled alone (micro_batch 1), so a sample's bits do
-    not depend on which other seeds shared its batch, or on which worker drew it.
+    With `deterministic: true` every image is sampled alone (micro_batch 1) on one thread, so a
+    sample's bits do not depend on which seeds shared its batch or how many cores its worker has
+    (CPU attention and norms reduce in a thread-count-dependent order, and NVFP4 rounding turns
+    those last-bit differences into visible ones).
     """
     ro = config.rollout
     sampling, precision = (ro.explore, ro.explore_precision) if role == "explore" else (ro.regenerate, ro.regenerate_precision)
     if config.deterministic:
         sampling = sampling.model_copy(update={"micro_batch": 1})
     policy = policy if policy is not None else build_policy(config.model)
-    return SamplerWorker(policy, build_reward(config.reward), precision, sampling, ro.quant, ro.compute_dtype)
+    return SamplerWorker(
+        policy, build_reward(config.reward), precision, sampling, ro.quant, ro.compute_dtype, deterministic=config.deterministic
+    )

@@ -224,7 +224,7 @@ class Driver:
         step and redo it. Returns (stats, rank 0's WeightUpdate ref)."""
         for _ in range(self.config.cluster.max_restarts + 1):
             try:
-                stats = ray.get([c[0] for c in launched["calls"]])[0]
+                stats = self._gather([c[0] for c in launched["calls"]])[0]
                 break
             except RayActorError:
                 self.learner_restarts += 1
@@ -237,6 +237,16 @@ class Driver:
             raise RuntimeError(f"the learner group died {self.learner_restarts} times (cluster.max_restarts); giving up")
         self.learner_state = self.learners.call("state")[0]
         return stats, launched["calls"][0][1]
+
+    @staticmethod
+    def _gather(refs: list) -> list:
+        """ray.get that fails as soon as any rank fails: the survivors would wait in a collective
+        for the dead rank until the process group's timeout."""
+        waiting = list(refs)
+        while waiting:
+            ready, waiting = ray.wait(waiting, num_returns=1)
+            ray.get(ready)  # raises RayActorError for a dead rank
+        return ray.get(refs)
 
     def _publish(self, update_ref, version: int) -> float:
         """Make `update_ref` the weights every sampler serves and check they do; seconds taken."""

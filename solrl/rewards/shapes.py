@@ -10,8 +10,10 @@ Detection, batched in torch:
    unrecognised objects: they match nothing, but they count.
 
 Scoring a caption (solrl.toy.captions.Spec): constraints are each expected object's shape, its
-colour (given the right shape), the relation (position task) and the exact object count (all
-of them recognisable shapes).
+colour (given the right shape), the relation (position task) and the exact object count. The
+count is met only when the image holds exactly the caption's objects, each of the named shape:
+GenEval counts the named class, and a count that any clean shape could meet let RL trade every
+caption for one clean circle (a measured collapse).
 score = met / total * min(1, expected objects / detected objects), in [0, 1]: extra objects
 scale the score down, so a patchwork of every colour and shape cannot collect credit.
 strict pass = every constraint met.
@@ -138,11 +140,13 @@ def _relation_holds(a: Detection, b: Detection, relation: str) -> bool:
     }[relation]
 
 
-def _met(spec: Spec, assigned: Sequence[Detection | None]) -> int:
-    met = 0
+def _met(spec: Spec, assigned: Sequence[Detection | None], n_detections: int) -> int:
+    """Constraints met by one assignment of detections to the caption's objects."""
+    met = shapes = 0
     for want, got in zip(spec.objects, assigned):
         if got is not None and got.shape == want.shape:
             met += 1
+            shapes += 1
             if want.color is not None and got.color == want.color:
                 met += 1
     if spec.relation is not None:
@@ -153,7 +157,8 @@ def _met(spec: Spec, assigned: Sequence[Detection | None]) -> int:
             and _relation_holds(a, b, spec.relation)
         ):
             met += 1
-    return met
+    # the count: exactly the caption's objects are present, every one of the named shape
+    return met + (n_detections == len(spec.objects) and shapes == len(spec.objects))
 
 
 def score_detections(spec: Spec, detections: Sequence[Detection]) -> tuple[float, bool]:
@@ -164,8 +169,8 @@ def score_detections(spec: Spec, detections: Sequence[Detection]) -> tuple[float
     # the best one-to-one assignment of detections to the caption's objects
     candidates: list[Detection | None] = recognised + [None] * n
     if len(recognised) <= 6:
-        best = max(_met(spec, perm) for perm in itertools.permutations(candidates, n))
-    else:  # so many objects that the count penalty dominates; assign greedily
+        met = max(_met(spec, perm, len(detections)) for perm in itertools.permutations(candidates, n))
+    else:  # so many objects that the count cannot hold and the count penalty dominates; assign greedily
         pool, assigned = list(recognised), []
         for want in spec.objects:
             # prefer a detection that also has the wanted colour, else any of the right shape
@@ -174,9 +179,7 @@ def score_detections(spec: Spec, detections: Sequence[Detection]) -> tuple[float
             if pick is not None:
                 pool.remove(pick)
             assigned.append(pick)
-        best = _met(spec, assigned)
-    # the count is only right when every object found is a recognisable shape
-    met = best + (len(detections) == n and len(recognised) == n)
+        met = _met(spec, assigned, len(detections))
     score = met / total * min(1.0, n / max(1, len(detections)))
     return score, met == total
 
