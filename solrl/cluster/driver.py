@@ -213,7 +213,11 @@ class Driver:
 
     # -- learning and weight sync ------------------------------------------------------------------
     def _launch(self, it: int, state: IterationState) -> dict:
-        """Start the learner step on an iteration's batches, in the order its groups were drawn."""
+        """Start the learner step on an iteration's batches, in the order its groups were drawn.
+        Batches that fell more than max_policy_lag versions behind while they waited are dropped."""
+        for key in [k for k, (_, summary) in state.regenerated.items() if self._too_stale(summary["version"])]:
+            del state.regenerated[key]
+            self._drop(state, key, "stale")
         order = {(g.iteration, g.prompt_id): i for i, g in enumerate(state.groups)}
         refs = [state.regenerated[k][0] for k in sorted(state.regenerated, key=order.__getitem__)]
         calls = [r.step.options(num_returns=2).remote(*refs) for r in self.learners.ranks] if refs else []
