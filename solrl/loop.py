@@ -18,6 +18,7 @@ from solrl.actors.sampler import sampler_from_config
 from solrl.actors.selector import Selector
 from solrl.builders import build_policy
 from solrl.config import RunConfig, dump_config
+from solrl.determinism import single_threaded
 from solrl.learner.nft_trainer import NFTTrainer
 from solrl.learner.weight_sync import WeightUpdate, check_served
 from solrl.models.base import OLD, POLICY
@@ -86,7 +87,10 @@ class LocalRun:
             batch = self.regenerator.regenerate(selections)
         times["regenerate"] = time.perf_counter() - start
         start = time.perf_counter()
-        updates = [self.trainer.step(part) for part in batch.split_by_group(self.config.train.updates_per_iteration)]
+        # deterministic: train as the distributed learner group does (its rank partition, one thread)
+        partition = self.config.cluster.learner_ranks if self.config.deterministic else 1
+        with single_threaded(self.config.deterministic):
+            updates = [self.trainer.step(part, partition=partition) for part in batch.split_by_group(self.config.train.updates_per_iteration)]
         stats = {k: float(np.mean([u[k] for u in updates])) for k in updates[0]}
         stats["old_decay"] = updates[-1]["old_decay"]
         times["learn"] = time.perf_counter() - start

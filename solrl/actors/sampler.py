@@ -4,8 +4,7 @@ thrown away); a BF16 worker regenerates the selected seeds into training samples
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -13,6 +12,7 @@ import torch
 from solrl.models.base import OLD, Precision
 from solrl.builders import build_policy, build_reward
 from solrl.config import RunConfig
+from solrl.determinism import single_threaded
 from solrl.learner.weight_sync import WeightUpdate
 from solrl.models.lora_policy import DiffusersPolicy
 from solrl.quant.linear import QuantRecipe
@@ -20,20 +20,6 @@ from solrl.sampling import SamplingConfig, sample
 from solrl.types import Candidates, PromptGroup, Selection, TrainBatch
 
 Role = Literal["explore", "regenerate"]
-
-
-@contextmanager
-def single_threaded(enabled: bool = True) -> Iterator[None]:
-    """Run torch ops on one thread inside the block (when enabled), then restore."""
-    if not enabled:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class SamplerWorker:
@@ -65,7 +51,8 @@ class SamplerWorker:
 
     def load_weights(self, adapter_state: dict[str, torch.Tensor], version: int) -> int:
         """Merge a new rollout-policy adapter and re-quantize; returns the version now served."""
-        self.model.update_adapter(adapter_state, version)
+        with single_threaded(self.deterministic):  # merged bits must not depend on the core count
+            self.model.update_adapter(adapter_state, version)
         return self.version
 
     def apply_update(self, update: WeightUpdate) -> int:
@@ -126,7 +113,7 @@ class SamplerWorker:
         prompts = [s.group.prompt for s in selections for _ in s.seeds]
         seeds = [seed for s in selections for seed in s.seeds]
         x0, _, rewards = self._generate(prompts, seeds)
-        with torch.no_grad():
+        with torch.no_grad(), single_threaded(self.deterministic):
             cond = self.model.encode_prompts(prompts)
         groups = torch.tensor([s.group.prompt_id for s in selections for _ in s.seeds], dtype=torch.long)
         proxy = torch.tensor([r for s in selections for r in s.proxy_rewards], dtype=torch.float32)

@@ -14,7 +14,7 @@ import socket
 
 import torch
 import torch.distributed as dist
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from solrl.builders import build_policy
@@ -42,10 +42,15 @@ def _shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def shard_model(transformer: torch.nn.Module) -> None:
-    """FSDP2 over each transformer block, then the root."""
+    """FSDP2 over each transformer block, then the root; gradients are summed over ranks (each
+    rank's loss already carries its share of the batch mean), in a plain SUM gloo supports."""
     for block in getattr(transformer, "transformer_blocks", []):
         fully_shard(block)
     fully_shard(transformer)
+    for module in transformer.modules():
+        if isinstance(module, FSDPModule):
+            module.set_gradient_divide_factor(1.0)
+            module.set_force_sum_reduction_for_comms(True)
 
 
 class LearnerRank:
@@ -53,6 +58,8 @@ class LearnerRank:
 
     def __init__(self, config: RunConfig, rank: int, world: int, master_addr: str, master_port: int, backend: str | None = None):
         self.config, self.rank, self.world = config, rank, world
+        if config.deterministic:
+            torch.set_num_threads(1)  # see solrl/determinism.py
         torch.manual_seed(config.seed)
         if world > 1 and not dist.is_initialized():
             os.environ.setdefault("MASTER_ADDR", master_addr)
@@ -73,8 +80,7 @@ class LearnerRank:
 
     def step(self, batch: TrainBatch) -> dict[str, float]:
         """One optimizer step on this rank's rows; statistics are summed over ranks."""
-        # FSDP averages gradients over ranks (gloo has no pre-scaled sum): scale them back to a sum.
-        stats = self.trainer.step(batch, rows=torch.arange(self.rank, len(batch), self.world), grad_scale=self.world)
+        stats = self.trainer.step(batch, rows=torch.arange(self.rank, len(batch), self.world))
         if self.world > 1:
             keys = ("loss", "policy_loss", "kl")
             summed = torch.tensor([stats[k] for k in keys], dtype=torch.float64)

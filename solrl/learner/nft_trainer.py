@@ -57,8 +57,10 @@ class NFTTrainer:
         self.micro_batch = micro_batch
         self.step_count = 0
         params = model.trainable_parameters()
+        # foreach=False: one implementation for plain and sharded (DTensor) parameters, so a
+        # data-parallel group and its single-process reference round alike
         self.optimizer = torch.optim.AdamW(
-            params, lr=self.optim_cfg.lr, betas=self.optim_cfg.betas, weight_decay=self.optim_cfg.weight_decay
+            params, lr=self.optim_cfg.lr, betas=self.optim_cfg.betas, weight_decay=self.optim_cfg.weight_decay, foreach=False
         )
         self.ema = [p.detach().clone() for p in params]
 
@@ -67,24 +69,46 @@ class NFTTrainer:
             [seed_noise(hash_ints(self.seed, self.step_count, int(s), time_index), shape) for s in seeds]
         )
 
-    def step(self, batch: TrainBatch, rows: torch.Tensor | None = None, grad_scale: float = 1.0) -> dict[str, float]:
+    def step(self, batch: TrainBatch, rows: torch.Tensor | None = None, partition: int = 1) -> dict[str, float]:
         """One optimizer step on `batch`; returns the loss statistics averaged over times.
 
-        Data-parallel ranks pass the whole batch and their own `rows`: advantages need every
-        sample's reward, and each rank's gradient is its rows' share of the whole batch's mean, so
-        the sum of the ranks' gradients is the single-process gradient. Data-parallel wrappers
-        average instead: they pass grad_scale = world size.
+        Data-parallel ranks pass the whole batch and their own `rows` (advantages need every
+        sample's reward); each rank's gradient is its rows' share of the whole batch's mean, and
+        the ranks' gradients are summed. `partition=P` reproduces P such ranks in one process:
+        rows r::P per virtual rank, gradients summed afterwards, so with two ranks (where the sum
+        is exact) one process takes bit-for-bit the step the ranks take together.
         """
-        model, device = self.model, batch.x0.device
+        n = len(batch)
         advantages = group_advantages(batch.rewards, batch.groups, self.nft.adv_eps)
-        r = optimality_probability(advantages, self.nft.adv_clip).to(device)
+        r = optimality_probability(advantages, self.nft.adv_clip).to(batch.x0.device)
         generator = torch.Generator().manual_seed(hash_ints(self.seed, self.step_count, -1))
         times = pick_train_times(self.grid, self.nft.timestep_fraction, generator)
-        n = len(batch)
-        mine = torch.arange(n) if rows is None else torch.as_tensor(rows, dtype=torch.long)
-        chunk = self.micro_batch or max(1, len(mine))
-        self.optimizer.zero_grad(set_to_none=True)
+        params = self.model.trainable_parameters()
         totals: dict[str, float] = {}
+        if rows is not None or partition == 1:
+            self.optimizer.zero_grad(set_to_none=True)
+            self._accumulate(batch, r, times, torch.arange(n) if rows is None else torch.as_tensor(rows, dtype=torch.long), totals)
+        else:
+            summed: list[torch.Tensor | None] = [None] * len(params)
+            for rank in range(partition):
+                self.optimizer.zero_grad(set_to_none=True)
+                self._accumulate(batch, r, times, torch.arange(rank, n, partition), totals)
+                summed = [g if s is None else (s if g is None else s + g) for s, g in zip(summed, (p.grad for p in params))]
+            for p, g in zip(params, summed):
+                p.grad = g
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.optim_cfg.grad_clip)
+        self.optimizer.step()
+        self.step_count += 1
+        eta = old_policy_decay(self.step_count, self.nft)
+        ema_(self.model.adapter_parameters(OLD).values(), self.model.adapter_parameters(POLICY).values(), eta)
+        ema_(self.ema, params, self.nft.ema_decay)
+        totals.update(grad_norm=float(grad_norm), old_decay=eta, step=self.step_count)
+        return totals
+
+    def _accumulate(self, batch: TrainBatch, r: torch.Tensor, times, mine: torch.Tensor, totals: dict[str, float]) -> None:
+        """Backpropagate the loss of rows `mine` at every training time into the grads."""
+        model, device, n = self.model, batch.x0.device, len(batch)
+        chunk = self.micro_batch or max(1, len(mine))
         for ti, t in enumerate(times):
             for start in range(0, len(mine), chunk):
                 idx = mine[start : start + chunk]
@@ -99,18 +123,9 @@ class NFTTrainer:
                 loss, stats = nft_loss(v_theta, v_old, v_ref, x0, x_t, tt, r[idx], self.nft)
                 # Each (time, micro-batch) contributes its share of the mean over times and samples.
                 weight = x0.shape[0] / (n * len(times))
-                (loss * (weight * grad_scale)).backward()
+                (loss * weight).backward()
                 for k, v in stats.items():
                     totals[k] = totals.get(k, 0.0) + v * weight
-        params = model.trainable_parameters()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.optim_cfg.grad_clip)
-        self.optimizer.step()
-        self.step_count += 1
-        eta = old_policy_decay(self.step_count, self.nft)
-        ema_(model.adapter_parameters(OLD).values(), model.adapter_parameters(POLICY).values(), eta)
-        ema_(self.ema, params, self.nft.ema_decay)
-        totals.update(grad_norm=float(grad_norm), old_decay=eta, step=self.step_count)
-        return totals
 
     def ema_state(self) -> dict[str, torch.Tensor]:
         """The evaluation EMA as an adapter state (same keys as model.adapter_state())."""
