@@ -62,8 +62,8 @@ def test_train_local_then_eval_its_lora(tmp_path, capsys):
 
 
 def test_train_errors_are_clear(capsys):
-    assert main(["train", *TINY_RUN]) == 2
-    assert "pass --local" in capsys.readouterr().err
+    assert main(["train", "--local", "--resume", "runs/x", *TINY_RUN]) == 2
+    assert "drop --local" in capsys.readouterr().err
     assert main(["train", "--local", "--set", "selection.mode=top"]) == 2
     assert "selection.mode = 'top'" in capsys.readouterr().err
 
