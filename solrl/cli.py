@@ -53,7 +53,7 @@ def _train(args: argparse.Namespace) -> int:
 
         started = runtime.start(config, args.address)
         try:
-            report = Driver(config, out, metrics_port=args.metrics_port, resume=args.resume).run()
+            report = Driver(config, out, metrics_port=args.metrics_port, resume=args.resume, live=sys.stderr.isatty()).run()
         finally:
             runtime.stop(started)
     print(json.dumps({"out": str(out), "base_accuracy": report["base_eval"]["accuracy"], "final_accuracy": report["final_eval"]["accuracy"], "improvement": report["improvement"], "seconds": report["seconds"]}))

@@ -6,12 +6,10 @@ import json
 import os
 import signal
 import threading
-import time
 
 import pyarrow.compute as pc
 import pytest
 import ray
-import torch
 
 from solrl.actors.store import read_log
 from solrl.cli import main
@@ -139,7 +137,7 @@ def test_a_killed_learner_rank_is_restored_and_the_run_continues(cluster, tmp_pa
 
 
 def test_policy_lag_is_bounded_and_recorded(cluster, tmp_path):
-    report = Driver(_cfg(cluster, "cluster.max_policy_lag=1"), tmp_path, log=lambda _: None).run()
+    report = Driver(_cfg(cluster, "cluster.max_policy_lag=1"), tmp_path, log=lambda _: None, live=True).run()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["policy_lag"] for r in rows] == [0, 1, 1]
     assert report["dropped"] == {}

@@ -27,6 +27,7 @@ from ray.exceptions import RayActorError
 from solrl.actors.selector import Selector
 from solrl.actors.store import CandidateStore, group_key
 from solrl.cluster.pools import LearnerGroup, SamplerPool, Worker
+from solrl.cluster.view import LiveView
 from solrl.config import RunConfig, dump_config
 from solrl.learner.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from solrl.learner.weight_sync import WeightSyncError
@@ -64,6 +65,7 @@ class Driver:
         on_iteration: Callable[[Driver, dict], None] | None = None,
         metrics_port: int | None = None,
         resume: str | pathlib.Path | None = None,
+        live: bool = False,
     ):
         if config.rollout.mode != "sol":
             raise ValueError("rollout.mode='direct' runs only with --local; the distributed run always regenerates")
@@ -84,6 +86,8 @@ class Driver:
         self.order_states: dict[int, dict] = {}  # prompt order before each iteration's groups
         self.dropped: dict[str, int] = {}
         self.learner_restarts = 0
+        self.live = live
+        self.view: LiveView | None = None
 
     # -- set-up ----------------------------------------------------------------------------------
     def _start_pools(self) -> None:
@@ -210,6 +214,13 @@ class Driver:
                     self._on_regen(payload[0], payload[1], result)
                 if w.retiring:
                     pool.remove(w)
+            if self.view is not None and self.iterations:
+                state = self.iterations[min(self.iterations)]
+                self.view.stage(
+                    len(state.candidates), len(state.regenerated) + state.dropped, len(state.groups),
+                    {"explore": len(self.explore_q), "regenerate": len(self.regen_q)},
+                    {"rollout": self.rollout.size, "regen": self.regen.size},
+                )
 
     # -- learning and weight sync ------------------------------------------------------------------
     def _launch(self, it: int, state: IterationState) -> dict:
@@ -302,11 +313,16 @@ class Driver:
             base = self._evaluate(None)
             self.log(f"base model: eval accuracy {base['accuracy']:.3f}, score {base['score']:.3f}")
             train_start = time.perf_counter()
+            if self.live:
+                self.view = LiveView(cfg.train.iterations, self.start_iteration)
+                self.log = self.view.write
             last = self._train(metrics_path, train_start)
             states = ray.get(self.learners.call("adapter_states")[0])
             save_lora(self.out / "lora", states, cfg.model.lora, {"version": self.version, "base_model": cfg.model.path or "shipped"})
             final = {name: self._evaluate(states[name]) for name in ("ema", "policy")}
         finally:
+            if self.view is not None:
+                self.view.close()
             self.store.flush()
             self._shutdown()
         report = {
@@ -385,6 +401,8 @@ class Driver:
             f"({row['iteration_seconds']:.1f}s, lag {row['policy_lag']})"
         )
         self.iterations.pop(it, None)
+        if self.view is not None:
+            self.view.iteration_done(row)
         if self.on_iteration:
             self.on_iteration(self, row)
         max_s = self.config.train.max_seconds
