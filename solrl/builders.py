@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 from solrl.config import ModelConfig
-from solrl.models.shapes import ShapesModel
-from solrl.rewards.shapes import ShapesReward
+from solrl.models.lora_policy import DiffusersPolicy
+from solrl.rewards.registry import build_reward, resolve_device
+
+__all__ = ["build_policy", "build_reward"]
 
 
-def build_policy(model: ModelConfig) -> ShapesModel:
+def build_policy(model: ModelConfig) -> DiffusersPolicy:
     """The policy a run trains: pretrained base weights plus fresh LoRA adapters."""
-    return ShapesModel.from_pretrained(model.path, lora=model.lora)
+    device = resolve_device(model.device)
+    if model.kind == "shapes":
+        from solrl.models.shapes import ShapesModel
 
+        return ShapesModel.from_pretrained(model.path, lora=model.lora).to(device)
+    from solrl.models.diffusers_models import POLICIES
 
-def build_reward(name: str):
-    """The reward model named in the config."""
-    if name == "shapes":
-        return ShapesReward()
-    raise ValueError(f"reward {name!r} is unknown; choose 'shapes'")
+    options = {"resolution": model.resolution, "max_sequence_length": model.max_sequence_length}
+    if model.kind == "flux":
+        options["guidance"] = model.guidance
+    if model.kind == "sana":
+        options["complex_human_instruction"] = model.complex_human_instruction
+    return POLICIES[model.kind].from_pretrained(model.path, lora=model.lora, device=device, **options)
+

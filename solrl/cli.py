@@ -56,7 +56,10 @@ def _train(args: argparse.Namespace) -> int:
             report = Driver(config, out, metrics_port=args.metrics_port, resume=args.resume, live=sys.stderr.isatty()).run()
         finally:
             runtime.stop(started)
-    print(json.dumps({"out": str(out), "base_accuracy": report["base_eval"]["accuracy"], "final_accuracy": report["final_eval"]["accuracy"], "improvement": report["improvement"], "seconds": report["seconds"]}))
+    from solrl.evaluation import headline
+
+    metric = report["base_eval"]["metric"]
+    print(json.dumps({"out": str(out), "metric": metric, f"base_{metric}": headline(report["base_eval"]), f"final_{metric}": headline(report["final_eval"]), "improvement": report["improvement"], "seconds": report["seconds"]}))
     return 0
 
 
@@ -128,6 +131,28 @@ def _toy_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reward_serve(args: argparse.Namespace) -> int:
+    import os
+    import signal
+
+    from solrl.rewards.registry import RewardSpec, build_one
+    from solrl.rewards.service import TOKEN_ENV, RewardServer
+
+    reward = build_one(RewardSpec(name=args.reward, path=args.path, device=args.device))
+    try:
+        server = RewardServer(reward, args.reward, args.host, args.port, os.environ.get(TOKEN_ENV) or None, args.max_batch, args.max_side)
+    except (ValueError, OSError) as exc:
+        print(f"solrl reward serve: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"serving": args.reward, "address": server.address, "token": bool(os.environ.get(TOKEN_ENV))}), flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    try:
+        server.wait()
+    except KeyboardInterrupt:
+        server.stop()
+    return 0
+
+
 def _add_sampler_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="ShapesModel folder (default: the weights shipped with solrl)")
     p.add_argument("--lora", help="a run's lora/ folder")
@@ -156,6 +181,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="DIR", help="continue a run from its newest checkpoint (a run folder or checkpoint folder)")
     train.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT")
     train.set_defaults(func=_train)
+
+    reward = sub.add_parser("reward", help="reward models as services").add_subparsers(dest="reward_command", required=True)
+    serve = reward.add_parser("serve", help="serve one reward over gRPC (protos/solrl/v1/reward.proto)")
+    from solrl.rewards.registry import LOCAL_REWARDS
+
+    serve.add_argument("--reward", required=True, choices=LOCAL_REWARDS)
+    serve.add_argument("--path", help="the reward's local weights folder (CLIP-family rewards)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind; anything but loopback needs SOLRL_REWARD_TOKEN set")
+    serve.add_argument("--port", type=int, default=50051, help="port (0: any free port, printed on start)")
+    serve.add_argument("--device", default="auto")
+    serve.add_argument("--max-batch", type=int, default=256, help="most images per request")
+    serve.add_argument("--max-side", type=int, default=4096, help="largest image side accepted, in pixels")
+    serve.set_defaults(func=_reward_serve)
 
     toy = sub.add_parser("toy", help="the shapes world: pretrain, eval, grid").add_subparsers(dest="toy_command", required=True)
     pre = toy.add_parser("pretrain", help="flow-matching pretraining of ShapesModel from scratch")

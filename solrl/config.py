@@ -8,12 +8,13 @@ from importlib import resources
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from solrl.learner.nft_trainer import OptimConfig
 from solrl.models.base import LoraSpec, Precision
 from solrl.objectives.nft import NFTConfig
 from solrl.quant.linear import QuantRecipe
+from solrl.rewards.registry import RewardSpec
 from solrl.sampling.loop import SamplingConfig
 from solrl.selection import Mode
 
@@ -23,9 +24,22 @@ class _Strict(BaseModel):
 
 
 class ModelConfig(_Strict):
-    kind: Literal["shapes"] = "shapes"
-    path: str | None = None  # None: the weights shipped in the package
+    kind: Literal["shapes", "sd3", "flux", "sana"] = "shapes"
+    # shapes: None = the weights shipped in the package. sd3 / flux / sana: a local diffusers folder.
+    path: str | None = None
     lora: LoraSpec = Field(default_factory=LoraSpec)
+    device: str = "auto"  # 'auto' = the first CUDA device if any, else cpu
+    # Diffusers pipelines only (ignored by shapes):
+    resolution: int | None = Field(default=None, ge=8)  # image side in pixels (None: the model's default)
+    max_sequence_length: int | None = Field(default=None, ge=1)  # text tokens (None: the pipeline's default)
+    guidance: float = Field(default=3.5, ge=0)  # FLUX.1-dev's distilled-guidance input (not CFG)
+    complex_human_instruction: bool = True  # SANA: prepend the pipeline's default instruction
+
+    @model_validator(mode="after")
+    def _path_for_pipelines(self) -> ModelConfig:
+        if self.kind != "shapes" and not self.path:
+            raise ValueError(f"model.kind={self.kind!r} needs model.path: a local diffusers folder of the checkpoint (no hub downloads)")
+        return self
 
 
 class RolloutConfig(_Strict):
@@ -86,7 +100,8 @@ class RunConfig(_Strict):
     prompts: str = "train"
     # uniform: every prompt equally often. by_task: every task equally often (shapes captions).
     prompt_sampling: Literal["uniform", "by_task"] = "uniform"
-    reward: Literal["shapes"] = "shapes"
+    # A reward name, one {name, path, weight} mapping, or a list of them (a weighted sum).
+    reward: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="shapes")])
     deterministic: bool = False
     model: ModelConfig = Field(default_factory=ModelConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
@@ -94,6 +109,18 @@ class RunConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+
+    @field_validator("reward", mode="before")
+    @classmethod
+    def _reward_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [{"name": value}]
+        return [value] if isinstance(value, dict) else value
+
+    @property
+    def shapes_captions(self) -> bool:
+        """Whether prompts are shapes-world captions (the shapes reward parses them)."""
+        return any(r.name == "shapes" for r in self.reward)
 
     @model_validator(mode="after")
     def _k_fits_n(self) -> RunConfig:
@@ -107,6 +134,17 @@ class RunConfig(_Strict):
                 f"train.updates_per_iteration={self.train.updates_per_iteration} exceeds "
                 f"rollout.prompts_per_iteration={self.rollout.prompts_per_iteration}; each update needs a whole prompt group"
             )
+        if not self.reward:
+            raise ValueError("reward is empty; name at least one reward, e.g. reward: shapes")
+        if not self.shapes_captions:
+            for field, value in (("prompts", self.prompts), ("eval.prompts", self.eval.prompts)):
+                if value in ("train", "eval"):
+                    raise ValueError(
+                        f"{field}={value!r} names the shipped shapes captions, which only the shapes reward reads; "
+                        f"set {field} to a text file of prompts (one per line)"
+                    )
+            if self.prompt_sampling == "by_task":
+                raise ValueError("prompt_sampling='by_task' needs shapes captions (their task); use 'uniform'")
         return self
 
 

@@ -22,8 +22,7 @@ from solrl.determinism import single_threaded
 from solrl.learner.nft_trainer import NFTTrainer
 from solrl.learner.weight_sync import WeightUpdate, check_served
 from solrl.models.base import OLD, POLICY
-from solrl.toy.captions import load_prompts
-from solrl.toy.evaluate import evaluate
+from solrl.evaluation import describe, evaluate_run, headline, load_run_prompts
 from solrl.runs import iteration_row, make_groups, prompt_order, save_lora
 from solrl.types import Candidates, PromptGroup, Selection
 
@@ -34,8 +33,7 @@ class LocalRun:
         torch.manual_seed(config.seed)
         self.config, self.out, self.log = config, out, log
         self.policy = build_policy(config.model)
-        self.prompts = load_prompts(config.prompts)
-        self.eval_prompts = load_prompts(config.eval.prompts)
+        self.prompts = load_run_prompts(config, config.prompts)
         self.order = prompt_order(config, self.prompts)
         ro = config.rollout
         self.explorer = sampler_from_config(config, "explore", self.policy)
@@ -64,7 +62,7 @@ class LocalRun:
         state = self.trainer.ema_state() if adapter == "ema" else self.policy.adapter_state(POLICY if adapter == "policy" else OLD)
         model = self.policy.inference_copy(ev.precision, adapter=None, compute_dtype=self.config.rollout.compute_dtype)
         model.update_adapter(state)
-        return evaluate(model, self.eval_prompts, ev.n, ev.sampling, ev.seed)
+        return evaluate_run(self.config, model, self.explorer.reward)
 
     def iteration(self, it: int) -> dict:
         times = {}
@@ -115,9 +113,8 @@ class LocalRun:
         metrics_path = self.out / "metrics.jsonl"
         metrics_path.write_text("")
         run_start = time.perf_counter()
-        base = evaluate(self.policy.inference_copy(cfg.eval.precision, adapter=None, compute_dtype=cfg.rollout.compute_dtype),
-                        self.eval_prompts, cfg.eval.n, cfg.eval.sampling, cfg.eval.seed)
-        self.log(f"base model: eval accuracy {base['accuracy']:.3f}, score {base['score']:.3f}")
+        base = evaluate_run(cfg, self.policy.inference_copy(cfg.eval.precision, adapter=None, compute_dtype=cfg.rollout.compute_dtype), self.explorer.reward)
+        self.log(f"base model: eval {describe(base)}")
         iterations, train_start = 0, time.perf_counter()
         for it in range(cfg.train.iterations):
             if cfg.train.max_seconds and time.perf_counter() - train_start >= cfg.train.max_seconds:
@@ -133,23 +130,23 @@ class LocalRun:
             self.log(
                 f"iter {it + 1}/{cfg.train.iterations}: bf16 reward {row['bf16_reward_mean']:.3f} "
                 f"proxy {row['proxy_reward_mean']:.3f} rho {row['spearman']:.2f} loss {row['loss']:.4f} "
-                f"({sum(row['seconds'].values()):.1f}s)" + (f" eval {row['eval']['accuracy']:.3f}" if "eval" in row else "")
+                f"({sum(row['seconds'].values()):.1f}s)" + (f" eval {describe(row['eval'])}" if "eval" in row else "")
             )
         states = {"policy": self.policy.adapter_state(POLICY), "old": self.policy.adapter_state(OLD), "ema": self.trainer.ema_state()}
-        save_lora(self.out / "lora", states, cfg.model.lora, {"version": self.version, "base_model": cfg.model.path or "shipped"})
+        save_lora(self.out / "lora", states, cfg.model, self.version)
         final = {adapter: self.evaluate(adapter) for adapter in ("ema", "policy")}
         report = {
             "base_eval": base,
             "final_eval": final["ema"],
             "final_eval_policy": final["policy"],
-            "improvement": round(final["ema"]["accuracy"] - base["accuracy"], 4),
+            "improvement": round(headline(final["ema"]) - headline(base), 4),
             "iterations": iterations,
             "train_seconds": round(time.perf_counter() - train_start, 1),
             "seconds": round(time.perf_counter() - run_start, 1),
         }
         (self.out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
         self.log(
-            f"done in {report['seconds']:.0f}s: eval accuracy {base['accuracy']:.3f} -> {final['ema']['accuracy']:.3f} "
-            f"(EMA; policy {final['policy']['accuracy']:.3f})"
+            f"done in {report['seconds']:.0f}s: eval {describe(base)} -> {describe(final['ema'])} "
+            f"(EMA; policy {describe(final['policy'])})"
         )
         return report

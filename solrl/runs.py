@@ -12,8 +12,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from solrl.config import RunConfig
+from solrl.config import ModelConfig, RunConfig
 from solrl.models.base import LoraSpec
+from solrl.models.lora_export import export_diffusers_lora
 from solrl.sampling import derive_seeds
 from solrl.sampling.noise import hash_ints
 from solrl.stats import finite_mean, kendall, spearman
@@ -69,12 +70,16 @@ class PromptOrder:
         self.drawn = {k: int(v) for k, v in state["drawn"].items()}
 
 
-def save_lora(directory: pathlib.Path, states: dict[str, dict[str, torch.Tensor]], spec: LoraSpec, meta: dict) -> None:
-    """One safetensors file per adapter (policy, old, ema) plus the LoRA shape."""
+def save_lora(directory: pathlib.Path, states: dict[str, dict[str, torch.Tensor]], model: ModelConfig, version: int) -> None:
+    """One safetensors file per adapter (policy, old, ema) plus the LoRA shape, and the EMA adapter
+    (the one evaluated) in diffusers' format under diffusers/ for `pipe.load_lora_weights`."""
     directory.mkdir(parents=True, exist_ok=True)
     for name, state in states.items():
         save_file({k: v.contiguous() for k, v in state.items()}, str(directory / LORA_FILES[name]))
-    (directory / "adapter_config.json").write_text(json.dumps({**spec.model_dump(), **meta}, indent=2) + "\n")
+    meta = {"version": version, "base_model": model.path or "shipped", "kind": model.kind}
+    (directory / "adapter_config.json").write_text(json.dumps({**model.lora.model_dump(), **meta}, indent=2) + "\n")
+    if "ema" in states:
+        export_diffusers_lora(directory / "diffusers", states["ema"], model.lora, model.kind)
 
 
 def load_lora(directory: str | pathlib.Path, which: str = "ema") -> tuple[dict[str, torch.Tensor], LoraSpec]:
@@ -116,7 +121,8 @@ def iteration_row(
 ) -> dict:
     """The metrics.jsonl row of one iteration; `bf16` holds each selection's BF16 rewards."""
     proxy_all = [r for c in candidates for r in c.proxy_rewards]
-    flat = torch.tensor([r for rs in bf16 for r in rs], dtype=torch.float64)
+    every = torch.tensor([r for rs in bf16 for r in rs], dtype=torch.float64)
+    flat = every[torch.isfinite(every)]  # non-finite BF16 rewards are quarantined, counted below
     return {
         "iteration": it,
         "version": version,
@@ -127,7 +133,7 @@ def iteration_row(
         "bf16_reward_std": float(flat.std(correction=0)) if len(flat) else float("nan"),
         "spearman": finite_mean([spearman(s.proxy_rewards, b) for s, b in zip(selections, bf16, strict=True)]),
         "kendall": finite_mean([kendall(s.proxy_rewards, b) for s, b in zip(selections, bf16, strict=True)]),
-        "excluded_rewards": sum(s.excluded for s in selections),
+        "excluded_rewards": sum(s.excluded for s in selections) + int((~torch.isfinite(every)).sum()),
         "candidates": len(proxy_all),
         "regenerated": len(flat),
         "seconds": {k: round(v, 3) for k, v in seconds.items()},

@@ -72,6 +72,14 @@ class TrainBatch:
             self.x0[rows], self.cond.select(rows), self.rewards[rows], self.groups[rows], self.seeds[rows], self.version, proxy
         )
 
+    def without_non_finite(self) -> tuple[TrainBatch, int]:
+        """The rows whose reward is finite, and how many were left out (quarantined)."""
+        finite = torch.isfinite(self.rewards)
+        bad = int((~finite).sum())
+        if bad == len(self):
+            raise ValueError(f"all {bad} rewards in the batch are non-finite; the reward is failing (check its service or inputs)")
+        return (self.select(torch.flatnonzero(finite)) if bad else self), bad
+
     @staticmethod
     def concat(batches: Sequence[TrainBatch]) -> TrainBatch:
         """One batch of all rows, in order; the version is the oldest one present."""

@@ -7,7 +7,7 @@ from solrl.config import ConfigError, RunConfig, dump_config, load_config, shipp
 
 def test_shipped_shapes_config_loads():
     config = load_config()
-    assert config.reward == "shapes" and config.model.kind == "shapes"
+    assert [r.name for r in config.reward] == ["shapes"] and config.model.kind == "shapes"
     assert shipped_config("shapes").is_file()
     assert RunConfig.model_validate(__import__("yaml").safe_load(dump_config(config))) == config
 

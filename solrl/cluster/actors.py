@@ -15,9 +15,7 @@ from solrl.config import RunConfig
 from solrl.learner.group import LearnerRank
 from solrl.learner.weight_sync import WeightUpdate
 from solrl.models.base import OLD, POLICY
-from solrl.sampling import SamplingConfig
-from solrl.toy.captions import load_prompts
-from solrl.toy.evaluate import evaluate
+from solrl.evaluation import evaluate_run
 from solrl.types import PromptGroup, Selection, TrainBatch
 
 
@@ -60,13 +58,13 @@ class SamplerActor:
         """Verify and merge a published weight update; the version now served."""
         return self.worker.apply_update(update)
 
-    def evaluate(self, adapter_state: dict[str, torch.Tensor] | None, prompts: str, n: int, sampling: SamplingConfig, precision: str, seed: int) -> dict:
-        """The shapes eval of the base model plus `adapter_state` (None: the base model alone)."""
+    def evaluate(self, adapter_state: dict[str, torch.Tensor] | None) -> dict:
+        """The run's eval (config.eval) of the base model plus `adapter_state` (None: the base alone)."""
         policy = self.worker.policy
-        model = policy.inference_copy(precision, adapter=None, compute_dtype=self.config.rollout.compute_dtype)
+        model = policy.inference_copy(self.config.eval.precision, adapter=None, compute_dtype=self.config.rollout.compute_dtype)
         if adapter_state is not None:
             model.update_adapter(adapter_state)
-        return evaluate(model, load_prompts(prompts), n, sampling, seed)
+        return evaluate_run(self.config, model, self.worker.reward)
 
 
 class LearnerActor:

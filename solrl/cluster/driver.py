@@ -29,11 +29,11 @@ from solrl.actors.store import CandidateStore, group_key
 from solrl.cluster.pools import LearnerGroup, SamplerPool, Worker
 from solrl.cluster.view import LiveView
 from solrl.config import RunConfig, dump_config
+from solrl.evaluation import describe, headline, load_run_prompts
 from solrl.learner.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from solrl.learner.weight_sync import WeightSyncError
 from solrl.metrics import MetricsServer, RunMetrics
 from solrl.runs import iteration_row, make_groups, prompt_order, save_lora
-from solrl.toy.captions import load_prompts
 from solrl.types import Candidates, PromptGroup, Selection
 
 
@@ -70,7 +70,7 @@ class Driver:
         if config.rollout.mode != "sol":
             raise ValueError("rollout.mode='direct' runs only with --local; the distributed run always regenerates")
         self.config, self.out, self.log, self.on_iteration = config, pathlib.Path(out), log, on_iteration
-        self.prompts = load_prompts(config.prompts)
+        self.prompts = load_run_prompts(config, config.prompts)
         self.order = prompt_order(config, self.prompts)
         self.selector = Selector(config.selection)
         self.store = CandidateStore(self.out / "candidates")
@@ -283,9 +283,8 @@ class Driver:
 
     # -- the run -----------------------------------------------------------------------------------
     def _evaluate(self, adapter_state) -> dict:
-        ev = self.config.eval
         worker = next(iter(self.regen.workers.values()))
-        return ray.get(worker.handle.evaluate.remote(adapter_state, ev.prompts, ev.n, ev.sampling, ev.precision, ev.seed))
+        return ray.get(worker.handle.evaluate.remote(adapter_state))
 
     def _checkpoint(self, it: int) -> None:
         tensors = ray.get(self.learner_state)
@@ -311,14 +310,14 @@ class Driver:
             if self.resume:
                 self._restore()
             base = self._evaluate(None)
-            self.log(f"base model: eval accuracy {base['accuracy']:.3f}, score {base['score']:.3f}")
+            self.log(f"base model: eval {describe(base)}")
             train_start = time.perf_counter()
             if self.live:
                 self.view = LiveView(cfg.train.iterations, self.start_iteration)
                 self.log = self.view.write
             last = self._train(metrics_path, train_start)
             states = ray.get(self.learners.call("adapter_states")[0])
-            save_lora(self.out / "lora", states, cfg.model.lora, {"version": self.version, "base_model": cfg.model.path or "shipped"})
+            save_lora(self.out / "lora", states, cfg.model, self.version)
             final = {name: self._evaluate(states[name]) for name in ("ema", "policy")}
         finally:
             if self.view is not None:
@@ -329,7 +328,7 @@ class Driver:
             "base_eval": base,
             "final_eval": final["ema"],
             "final_eval_policy": final["policy"],
-            "improvement": round(final["ema"]["accuracy"] - base["accuracy"], 4),
+            "improvement": round(headline(final["ema"]) - headline(base), 4),
             "iterations": last,
             "train_seconds": round(time.perf_counter() - train_start, 1),
             "seconds": round(time.perf_counter() - run_start, 1),
@@ -338,7 +337,7 @@ class Driver:
             "duplicates": self.store.duplicates,
         }
         (self.out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
-        self.log(f"done in {report['seconds']:.0f}s: eval accuracy {base['accuracy']:.3f} -> {final['ema']['accuracy']:.3f} (EMA)")
+        self.log(f"done in {report['seconds']:.0f}s: eval {describe(base)} -> {describe(final['ema'])} (EMA)")
         return report
 
     def _train(self, metrics_path: pathlib.Path, train_start: float) -> int:

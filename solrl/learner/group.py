@@ -44,8 +44,10 @@ def _shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def shard_model(transformer: torch.nn.Module) -> None:
     """FSDP2 over each transformer block, then the root; gradients are summed over ranks (each
     rank's loss already carries its share of the batch mean), in a plain SUM gloo supports."""
-    for block in getattr(transformer, "transformer_blocks", []):
-        fully_shard(block)
+    # FLUX has a second stack of single-stream blocks
+    for stack in ("transformer_blocks", "single_transformer_blocks"):
+        for block in getattr(transformer, stack, []):
+            fully_shard(block)
     fully_shard(transformer)
     for module in transformer.modules():
         if isinstance(module, FSDPModule):
@@ -80,7 +82,9 @@ class LearnerRank:
 
     def step(self, batch: TrainBatch) -> dict[str, float]:
         """One optimizer step on this rank's rows; statistics are summed over ranks."""
+        batch, quarantined = batch.without_non_finite()
         stats = self.trainer.step(batch, rows=torch.arange(self.rank, len(batch), self.world))
+        stats["quarantined"] = quarantined
         if self.world > 1:
             keys = ("loss", "policy_loss", "kl")
             summed = torch.tensor([stats[k] for k in keys], dtype=torch.float64)

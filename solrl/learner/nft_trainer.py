@@ -78,9 +78,14 @@ class NFTTrainer:
         rows r::P per virtual rank, gradients summed afterwards, so with two ranks (where the sum
         is exact) one process takes bit-for-bit the step the ranks take together.
         """
+        # A sample whose BF16 reward failed (e.g. a remote reward under on_failure="nan") is left
+        # out of the step, never trained on with a made-up reward. Ranks filter before splitting.
+        batch, quarantined = batch.without_non_finite()
+        if quarantined and rows is not None:
+            raise ValueError("a batch with non-finite rewards must be filtered before it is split over ranks")
         n = len(batch)
         advantages = group_advantages(batch.rewards, batch.groups, self.nft.adv_eps)
-        r = optimality_probability(advantages, self.nft.adv_clip).to(batch.x0.device)
+        r = optimality_probability(advantages, self.nft.adv_clip).to(self.model.device)
         generator = torch.Generator().manual_seed(hash_ints(self.seed, self.step_count, -1))
         times = pick_train_times(self.grid, self.nft.timestep_fraction, generator)
         params = self.model.trainable_parameters()
@@ -102,17 +107,18 @@ class NFTTrainer:
         eta = old_policy_decay(self.step_count, self.nft)
         ema_(self.model.adapter_parameters(OLD).values(), self.model.adapter_parameters(POLICY).values(), eta)
         ema_(self.ema, params, self.nft.ema_decay)
-        totals.update(grad_norm=float(grad_norm), old_decay=eta, step=self.step_count)
+        totals.update(grad_norm=float(grad_norm), old_decay=eta, step=self.step_count, quarantined=quarantined)
         return totals
 
     def _accumulate(self, batch: TrainBatch, r: torch.Tensor, times, mine: torch.Tensor, totals: dict[str, float]) -> None:
         """Backpropagate the loss of rows `mine` at every training time into the grads."""
-        model, device, n = self.model, batch.x0.device, len(batch)
+        # Batches cross processes on the CPU; the model may live on a GPU.
+        model, device, n = self.model, self.model.device, len(batch)
         chunk = self.micro_batch or max(1, len(mine))
         for ti, t in enumerate(times):
             for start in range(0, len(mine), chunk):
                 idx = mine[start : start + chunk]
-                x0, cond = batch.x0[idx], batch.cond.select(idx)
+                x0, cond = batch.x0[idx].to(device), batch.cond.select(idx).to(device)
                 eps = self._noise(batch.seeds[idx], ti, x0.shape[1:]).to(device=device, dtype=x0.dtype)
                 tt = torch.full((x0.shape[0],), t, dtype=torch.float32, device=device)
                 x_t = interpolate(x0, eps, tt)

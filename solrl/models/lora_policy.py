@@ -95,12 +95,18 @@ class DiffusersPolicy(nn.Module, ABC):
                 self.transformer.enable_adapters()
             self.transformer.set_adapter(POLICY)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the transformer lives (and where velocity wants its inputs)."""
+        return next(self.transformer.parameters()).device
+
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning, adapter: Adapter = POLICY) -> torch.Tensor:
-        """Velocity under the named adapter (None = reference model)."""
+        """Velocity under the named adapter (None = reference model), in x_t's dtype."""
         if adapter not in (POLICY, OLD, None):
             raise ValueError(f"adapter {adapter!r} is unknown; use 'policy', 'old' or None (reference)")
+        dtype = self.transformer.dtype  # bf16 base weights on GPU take bf16 inputs
         with self._active(adapter):
-            return self._forward(self.transformer, x_t, t, cond)
+            return self._forward(self.transformer, x_t.to(dtype), t, cond.to(dtype=dtype)).to(x_t.dtype)
 
     def adapter_parameters(self, adapter: str = POLICY) -> dict[str, nn.Parameter]:
         """Live LoRA parameters of one adapter, keyed without the adapter name."""
@@ -215,6 +221,10 @@ class InferenceModel(nn.Module):
             merged = base.to(weight.device) + self.scaling * (b.float().to(weight.device) @ a.float().to(weight.device))
             weight.copy_(merged.to(weight.dtype))
         self.version = version
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
 
     def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
         return self.policy.encode_prompts(prompts)

@@ -34,7 +34,7 @@ def sample(
     """Clean samples x0 (fp32, batch-first) for `seeds`, row i conditioned on cond row i."""
     if len(cond) != len(seeds):
         raise ValueError(f"got {len(seeds)} seeds but {len(cond)} conditioning rows; pass one row per seed")
-    device = device or "cpu"
+    device = device or getattr(model, "device", "cpu")  # noise is drawn on the CPU, then moved
     grid = time_grid(config.steps, config.shift)
     chunk = config.micro_batch or max(len(seeds), 1)
     outputs = []
