@@ -11,7 +11,8 @@ from transformers import AutoProcessor, CLIPModel
 
 from solrl.config import ConfigError, load_config
 from solrl.models.tiny_pipelines import build_clip
-from solrl.rewards.clip import ScoreHead, AestheticReward, ClipReward, HPSv2, PickScore, to_pil
+from solrl.rewards.clip import AestheticReward, ClipReward, HPSv2, PickScore, ScoreHead
+from solrl.rewards.images import to_pil
 from solrl.rewards.open_clip_convert import convert_open_clip_state
 from solrl.rewards.registry import RewardSpec, WeightedReward, build_reward
 

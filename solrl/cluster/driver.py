@@ -304,7 +304,7 @@ class Driver:
         metrics_path = self.out / "metrics.jsonl"
         if not self.resume:
             metrics_path.write_text("")
-        run_start = time.perf_counter()
+        run_start = self.run_start = time.perf_counter()
         self._start_pools()
         try:
             if self.resume:
@@ -419,16 +419,22 @@ class Driver:
             "learn": learn_s,
             "sync": sync_s,
         }
-        wall = time.perf_counter() - state.started
+        now = time.perf_counter()
+        wall = now - state.started
+        # Busy seconds accumulate between rows; with overlapping iterations that interval is
+        # shorter than the iteration's own span, so utilization is measured over it.
+        interval = now - max(state.started, getattr(self, "_last_row_at", state.started))
+        self._last_row_at = now
         stats = stats or {k: float("nan") for k in ("loss", "policy_loss", "kl", "grad_norm", "old_decay")}
         row = iteration_row(it, self.version, list(state.candidates.values()), selections, bf16, seconds, stats)
         busy = {}
         for pool in (self.rollout, self.regen):
             for w in pool.workers.values():
-                busy[w.name] = round(min(1.0, w.busy_seconds / wall), 3) if wall > 0 else 0.0
+                busy[w.name] = round(min(1.0, w.busy_seconds / interval), 3) if interval > 0 else 0.0
                 w.busy_seconds = 0.0
         row.update(
             iteration_seconds=round(wall, 3),
+            elapsed=round(now - self.run_start, 1),
             busy=busy,
             queues={"explore": len(self.explore_q), "regenerate": len(self.regen_q)},
             policy_lag=max((trained_at - v for v in versions), default=0),

@@ -33,6 +33,29 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+def flux_forward(transformer: nn.Module, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning, guidance: float) -> torch.Tensor:
+    """Velocity of a FluxTransformer2DModel on unpacked latents (B, C, H, W): pack into 2x2
+    patches with their position ids, run at flow time t in [0, 1], unpack."""
+    from diffusers import FluxPipeline
+
+    b, c, h, w = x_t.shape
+    packed = FluxPipeline._pack_latents(x_t, b, c, h, w)
+    img_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, x_t.device, x_t.dtype)
+    txt_ids = torch.zeros(cond["encoder_hidden_states"].shape[1], 3, device=x_t.device, dtype=x_t.dtype)
+    g = torch.full((b,), guidance, device=x_t.device, dtype=torch.float32) if transformer.config.guidance_embeds else None
+    out = transformer(
+        hidden_states=packed,
+        timestep=t.to(x_t.dtype),  # the pipeline passes sigma * 1000 / 1000
+        guidance=g,
+        pooled_projections=cond["pooled_projections"],
+        encoder_hidden_states=cond["encoder_hidden_states"],
+        txt_ids=txt_ids,
+        img_ids=img_ids,
+    ).sample
+    # _unpack_latents takes pixel sizes and a VAE factor; factor 1 with latent sizes is the same
+    return FluxPipeline._unpack_latents(out, h, w, 1)
+
+
 class PipelinePolicy(DiffusersPolicy):
     """A DiffusersPolicy over a diffusers pipeline; subclasses name the pipeline class and implement
     `_encode` and `_forward`."""
@@ -165,23 +188,7 @@ class FluxPolicy(PipelinePolicy):
         return Conditioning({"encoder_hidden_states": embeds, "pooled_projections": pooled})
 
     def _forward(self, transformer: nn.Module, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        from diffusers import FluxPipeline
-
-        b, c, h, w = x_t.shape
-        packed = FluxPipeline._pack_latents(x_t, b, c, h, w)
-        img_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, x_t.device, x_t.dtype)
-        txt_ids = torch.zeros(cond["encoder_hidden_states"].shape[1], 3, device=x_t.device, dtype=x_t.dtype)
-        guidance = torch.full((b,), self.guidance, device=x_t.device, dtype=torch.float32) if transformer.config.guidance_embeds else None
-        out = transformer(
-            hidden_states=packed,
-            timestep=t.to(x_t.dtype),  # the pipeline passes sigma * 1000 / 1000
-            guidance=guidance,
-            pooled_projections=cond["pooled_projections"],
-            encoder_hidden_states=cond["encoder_hidden_states"],
-            txt_ids=txt_ids,
-            img_ids=img_ids,
-        ).sample
-        return FluxPipeline._unpack_latents(out, h * self.scale, w * self.scale, self.scale)
+        return flux_forward(transformer, x_t, t, cond, self.guidance)
 
 
 class SanaPolicy(PipelinePolicy):

@@ -144,8 +144,9 @@ def quantize_model(model: nn.Module, recipe: QuantRecipe | None = None) -> Quant
 
 
 def requantize_model(model: nn.Module) -> int:
-    """Re-quantize every QuantLinear's cached weight now (after a weight load); returns how many."""
-    layers = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    """Re-quantize every quantized layer's cached weight now (after a weight load); returns how many.
+    Any backend layer with a `quantized_weight()` cache keyed by `_cache_key` takes part."""
+    layers = [m for m in model.modules() if hasattr(m, "_cache_key") and callable(getattr(m, "quantized_weight", None))]
     for layer in layers:
         layer._cache_key = None
         layer.quantized_weight()

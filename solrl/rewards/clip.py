@@ -24,19 +24,11 @@ from __future__ import annotations
 import pathlib
 from collections.abc import Sequence
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 from transformers import AutoProcessor, CLIPModel
 
-
-def to_pil(images: torch.Tensor) -> list[Image.Image]:
-    """[0, 1] float images (B, 3, H, W) -> 8-bit RGB PIL images, rounded as a PNG writer would."""
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
-    arr = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(np.ascontiguousarray(a)) for a in arr]
+from solrl.rewards.images import to_pil
 
 
 def require_folder(path: str | pathlib.Path | None, reward: str, expected: str) -> pathlib.Path:

@@ -23,7 +23,8 @@ from PIL import Image
 from torch import nn
 from transformers import BertTokenizer, BlipTextConfig, BlipTextModel, BlipVisionConfig, BlipVisionModel
 
-from solrl.rewards.clip import ScoreHead, to_pil
+from solrl.rewards.clip import ScoreHead
+from solrl.rewards.images import to_pil
 
 MEAN, STD = 0.16717362830052426, 1.0333394966054072  # ImageReward's score standardisation
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -28,7 +28,7 @@ from typing import Literal
 import torch
 from PIL import Image
 
-from solrl.rewards.wire import to_uint8
+from solrl.rewards.images import to_uint8
 
 DEFAULT_TEMPLATE = (
     "You are grading an image generated for the text prompt: \"{prompt}\".\n"

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from solrl.rewards.images import to_uint8
 from solrl.v1 import reward_pb2
 
 Encoding = Literal["raw", "png"]
@@ -21,13 +22,6 @@ Encoding = Literal["raw", "png"]
 
 class MalformedImage(ValueError):
     """An image message that cannot be decoded; the message says which and why."""
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(B, 3, H, W) in [0, 1] -> (B, H, W, 3) uint8."""
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
-    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def encode_images(images: torch.Tensor, encoding: Encoding = "raw") -> list[reward_pb2.Image]:

@@ -1,0 +1,149 @@
+"""Rollout throughput at the real transformer sizes of SD3.5-Large and FLUX.1-dev (random weights):
+images/s of a 6-step explore in bf16, fp8 and NVFP4, and the seconds to merge a LoRA update into
+the sampler's copy and re-quantize it. Transformer only: conditioning is random (text encoders
+run once per prompt and are cached) and the VAE decode is left out.
+
+    python benchmarks/gpu_rollout.py [--resolution 512] [--batch 8] [--steps 6] [--models sd35l flux1]
+    python benchmarks/gpu_rollout.py --tiny      # the same code path on a CPU, tiny sizes, no RESULTS entry
+
+Backends: bf16 runs the merged copy in bf16; fp8_e4m3 uses torchao's FP8 GEMMs on compute
+capability >= 8.9 (emulated otherwise); nvfp4 runs the emulated backend everywhere and, on
+Blackwell (>= 10.0), torchao's real FP4 GEMMs as a second row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+
+import torch
+from common import append_results, median_seconds, table
+
+from solrl.models.base import OLD, POLICY, Conditioning, LoraSpec
+from solrl.models.diffusers_models import flux_forward
+from solrl.models.lora_policy import DiffusersPolicy
+from solrl.models.sd3_pixel import sd3_forward
+from solrl.quant.linear import QuantRecipe, requantize_model
+from solrl.sampling import SamplingConfig, sample
+
+ATTENTION = ["attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out"]
+# The published transformer configs (diffusers' transformer/config.json of each checkpoint).
+MODELS = {
+    "sd35l": {
+        "cls": "SD3Transformer2DModel",
+        "config": dict(sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=38, attention_head_dim=64,
+                       num_attention_heads=38, joint_attention_dim=4096, caption_projection_dim=2432, pooled_projection_dim=2048,
+                       pos_embed_max_size=192, qk_norm="rms_norm"),
+        "tiny": dict(sample_size=16, patch_size=2, in_channels=16, out_channels=16, num_layers=2, attention_head_dim=16,
+                     num_attention_heads=2, joint_attention_dim=64, caption_projection_dim=32, pooled_projection_dim=32,
+                     pos_embed_max_size=32, qk_norm="rms_norm"),
+        "channels": 16, "text_tokens": 333, "skip": ["pos_embed*", "time_text_embed*", "context_embedder", "*norm*", "proj_out"],
+    },
+    "flux1": {
+        "cls": "FluxTransformer2DModel",
+        "config": dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128, num_attention_heads=24,
+                       joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56)),
+        "tiny": dict(patch_size=1, in_channels=64, num_layers=1, num_single_layers=2, attention_head_dim=16, num_attention_heads=2,
+                     joint_attention_dim=64, pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(4, 6, 6)),
+        "channels": 16, "text_tokens": 512, "skip": ["x_embedder", "context_embedder", "time_text_embed*", "*norm*", "proj_out"],
+    },
+}
+
+
+class RandomPolicy(DiffusersPolicy):
+    """A transformer with LoRA and random conditioning: the sampler's view of a real model."""
+
+    def __init__(self, name: str, spec: dict, latent: int, tiny: bool, device: torch.device, dtype: torch.dtype):
+        super().__init__()
+        import diffusers
+
+        torch.manual_seed(0)
+        config = spec["tiny" if tiny else "config"]
+        with torch.device(device):
+            # nn.Module.to: diffusers' own .to() warns about fp32-pinned modules these models lack
+            self.transformer = torch.nn.Module.to(getattr(diffusers, spec["cls"])(**config), dtype)
+        self.name, self.spec, self.sample_shape = name, spec, (spec["channels"], latent, latent)
+        self.quant_skip_patterns = tuple(spec["skip"])
+        self.text_dim = config["joint_attention_dim"]
+        self.pooled_dim = config["pooled_projection_dim"]
+        self.attach_lora(LoraSpec(rank=32, alpha=64, target_modules=ATTENTION))
+
+    def encode_prompts(self, prompts):
+        g = torch.Generator().manual_seed(len(prompts))
+        tokens = 16 if self.text_dim == 64 else self.spec["text_tokens"]
+        return Conditioning({
+            "encoder_hidden_states": torch.randn(len(prompts), tokens, self.text_dim, generator=g),
+            "pooled_projections": torch.randn(len(prompts), self.pooled_dim, generator=g),
+        }).to(self.device)
+
+    def _forward(self, transformer, x_t, t, cond):
+        return sd3_forward(transformer, x_t, t, cond) if self.name == "sd35l" else flux_forward(transformer, x_t, t, cond, 3.5)
+
+    def decode(self, x0):
+        return x0
+
+
+def settings(device: torch.device) -> list[tuple[str, str]]:
+    """(precision, backend) pairs this machine can run."""
+    cap = torch.cuda.get_device_capability() if device.type == "cuda" else (0, 0)
+    out = [("bf16", "-"), ("fp8_e4m3", "torchao" if cap >= (8, 9) else "emulated"), ("nvfp4", "emulated")]
+    if cap >= (10, 0):
+        out.append(("nvfp4", "torchao"))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--resolution", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tiny", action="store_true", help="tiny configs on whatever device there is; nothing is appended")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    resolution = 64 if args.tiny else args.resolution
+    rows = []
+    for name in args.models:
+        policy = RandomPolicy(name, MODELS[name], resolution // 8, args.tiny, device, dtype)
+        params = sum(p.numel() for p in policy.transformer.parameters()) / 1e9
+        cond = policy.encode_prompts(["p"] * args.batch)
+        seeds = list(range(args.batch))
+        update = {k: v + 0.01 * torch.randn_like(v) for k, v in policy.adapter_state(POLICY).items()}
+        for precision, backend in settings(device):
+            recipe = QuantRecipe(format=precision if precision != "bf16" else "nvfp4", backend=backend if backend != "-" else "emulated")
+            try:
+                sampler = policy.inference_copy(precision, adapter=OLD, quant=recipe)
+            except Exception as exc:  # a backend that cannot run here is reported, not fatal
+                rows.append([name, f"{params:.2f}", precision, backend, "-", "-", f"unavailable: {str(exc)[:60]}"])
+                continue
+            seconds = median_seconds(lambda: sample(sampler, cond, seeds, SamplingConfig(steps=args.steps)), repeats=args.repeats)
+
+            def merge() -> None:
+                sampler.update_adapter(update)
+                requantize_model(sampler.transformer)
+
+            merge_s = median_seconds(merge, repeats=args.repeats)
+            rows.append([name, f"{params:.2f}", precision, backend, f"{args.batch / seconds:.2f}", f"{merge_s:.3f}", ""])
+            print(rows[-1], flush=True)
+            sampler = None  # free it before the next precision
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        del policy
+        gc.collect()
+    headers = ["model", "B params", "precision", "backend", "images/s", "merge + requantize s", "note"]
+    if args.tiny:
+        print(table(headers, rows))
+        return
+    append_results(
+        f"Rollout at real transformer sizes, {resolution} px, batch {args.batch}, {args.steps} steps (random weights)",
+        table(headers, rows),
+        "transformer only (random conditioning, no VAE); LoRA r=32 on the attention projections; images/s = batch / seconds "
+        "of one explore; merge = fold a new adapter into the copy's weights and re-quantize every quantized layer",
+    )
+
+
+if __name__ == "__main__":
+    main()
