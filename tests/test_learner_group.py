@@ -82,6 +82,33 @@ def test_two_fsdp_ranks_equal_one_process_and_resume_exactly(config, tmp_path):
     assert resumed_meta["step"] == 3
 
 
+def _one_process_group_step(config, steps, world: int):
+    """NFTTrainer taking the `world`-rank group's step in one process (what deterministic runs do)."""
+    torch.set_num_threads(1)
+    torch.manual_seed(config.seed)
+    learner = LearnerRank(config, 0, 1, "127.0.0.1", 0)
+    for step in steps:
+        with torch.no_grad():
+            batch = _batch(learner.policy, step)
+        learner.trainer.step(batch, world=world)
+    return learner.state()
+
+
+@pytest.mark.parametrize("micro_batch", [None, 2])
+def test_one_process_takes_the_two_rank_step_bit_for_bit(config, tmp_path, micro_batch):
+    # micro_batch 2 over 5 and 4 rows: both ranks must run 3 passes per time or FSDP hangs
+    config = config.model_copy(update={"train": config.train.model_copy(update={"micro_batch": micro_batch})})
+    two, _ = _spawn(2, config, range(3), str(tmp_path / "two.safetensors"))
+    one = _one_process_group_step(config, range(3), world=2)
+    worst = max((one[k] - two[k]).abs().max().item() for k in one)
+    if micro_batch is None:
+        assert worst == 0.0
+    else:
+        # measured ~4e-8: passes of one row differ in the last bits on the sharded model (cause not
+        # pinned down); deterministic runs leave micro_batch unset
+        assert worst <= 1e-6
+
+
 def test_rank_policy_matches_plain_model_keys(config):
     learner = LearnerRank(config, 0, 1, "127.0.0.1", 0)
     assert learner.adapter_state(POLICY).keys() == learner.policy.adapter_state(POLICY).keys()

@@ -75,6 +75,8 @@ class LearnerRank:
         self.trainer = NFTTrainer(
             self.policy, train.nft, train.optim, ro.regenerate.steps, ro.regenerate.shift, config.seed, train.micro_batch
         )
+        if world > 1:
+            self.trainer.gradient_sync = self.policy.transformer.set_requires_gradient_sync
 
     @property
     def version(self) -> int:
@@ -83,7 +85,7 @@ class LearnerRank:
     def step(self, batch: TrainBatch) -> dict[str, float]:
         """One optimizer step on this rank's rows; statistics are summed over ranks."""
         batch, quarantined = batch.without_non_finite()
-        stats = self.trainer.step(batch, rows=torch.arange(self.rank, len(batch), self.world))
+        stats = self.trainer.step(batch, rank=self.rank, world=self.world)
         stats["quarantined"] = quarantined
         if self.world > 1:
             keys = ("loss", "policy_loss", "kl")

@@ -7,6 +7,9 @@ stream, so splitting the batch across ranks or micro-batches trains on the same 
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -63,44 +66,46 @@ class NFTTrainer:
             params, lr=self.optim_cfg.lr, betas=self.optim_cfg.betas, weight_decay=self.optim_cfg.weight_decay, foreach=False
         )
         self.ema = [p.detach().clone() for p in params]
+        # set by a sharded learner rank: gradient_sync(False) keeps a pass's gradient local
+        self.gradient_sync: Callable[[bool], None] | None = None
 
     def _noise(self, seeds: torch.Tensor, time_index: int, shape) -> torch.Tensor:
         return torch.stack(
             [seed_noise(hash_ints(self.seed, self.step_count, int(s), time_index), shape) for s in seeds]
         )
 
-    def step(self, batch: TrainBatch, rows: torch.Tensor | None = None, partition: int = 1) -> dict[str, float]:
+    def step(self, batch: TrainBatch, rank: int | None = None, world: int = 1) -> dict[str, float]:
         """One optimizer step on `batch`; returns the loss statistics averaged over times.
 
-        Data-parallel ranks pass the whole batch and their own `rows` (advantages need every
-        sample's reward); each rank's gradient is its rows' share of the whole batch's mean, and
-        the ranks' gradients are summed. `partition=P` reproduces P such ranks in one process:
-        rows r::P per virtual rank, gradients summed afterwards, so with two ranks (where the sum
-        is exact) one process takes bit-for-bit the step the ranks take together.
+        Data-parallel rank `rank` of `world` gets the whole batch (advantages need every sample's
+        reward) and backpropagates rows rank::world, its share of the batch mean; the group sums
+        the ranks' gradients. `rank=None` takes the whole group's step in one process: each
+        virtual rank's gradient accumulated alone, then summed, which with two ranks (where the
+        sum is exact) is bit-for-bit the step the group takes.
         """
         # A sample whose BF16 reward failed (e.g. a remote reward under on_failure="nan") is left
         # out of the step, never trained on with a made-up reward. Ranks filter before splitting.
         batch, quarantined = batch.without_non_finite()
-        if quarantined and rows is not None:
+        if quarantined and rank is not None:
             raise ValueError("a batch with non-finite rewards must be filtered before it is split over ranks")
         n = len(batch)
+        if n < world:
+            raise ValueError(f"a training batch of {n} rows cannot be split over {world} learner ranks; keep more samples per update")
         advantages = group_advantages(batch.rewards, batch.groups, self.nft.adv_eps)
         r = optimality_probability(advantages, self.nft.adv_clip).to(self.model.device)
         generator = torch.Generator().manual_seed(hash_ints(self.seed, self.step_count, -1))
         times = pick_train_times(self.grid, self.nft.timestep_fraction, generator)
+        # Every rank runs the same number of forward/backward passes (FSDP's collectives pair up).
+        chunks = 1 if self.micro_batch is None else min(math.ceil(math.ceil(n / world) / self.micro_batch), n // world)
         params = self.model.trainable_parameters()
         totals: dict[str, float] = {}
-        if rows is not None or partition == 1:
+        summed: list[torch.Tensor | None] = [None] * len(params)
+        for virtual in range(world) if rank is None else [rank]:
             self.optimizer.zero_grad(set_to_none=True)
-            self._accumulate(batch, r, times, torch.arange(n) if rows is None else torch.as_tensor(rows, dtype=torch.long), totals)
-        else:
-            summed: list[torch.Tensor | None] = [None] * len(params)
-            for rank in range(partition):
-                self.optimizer.zero_grad(set_to_none=True)
-                self._accumulate(batch, r, times, torch.arange(rank, n, partition), totals)
-                summed = [g if s is None else (s if g is None else s + g) for s, g in zip(summed, (p.grad for p in params))]
-            for p, g in zip(params, summed):
-                p.grad = g
+            self._accumulate(batch, r, times, torch.tensor_split(torch.arange(virtual, n, world), chunks), totals)
+            summed = [g if s is None else (s if g is None else s + g) for s, g in zip(summed, (p.grad for p in params))]
+        for p, g in zip(params, summed):
+            p.grad = g
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.optim_cfg.grad_clip)
         self.optimizer.step()
         self.step_count += 1
@@ -110,28 +115,30 @@ class NFTTrainer:
         totals.update(grad_norm=float(grad_norm), old_decay=eta, step=self.step_count, quarantined=quarantined)
         return totals
 
-    def _accumulate(self, batch: TrainBatch, r: torch.Tensor, times, mine: torch.Tensor, totals: dict[str, float]) -> None:
-        """Backpropagate the loss of rows `mine` at every training time into the grads."""
+    def _accumulate(self, batch: TrainBatch, r: torch.Tensor, times, chunks: tuple[torch.Tensor, ...], totals: dict[str, float]) -> None:
+        """Backpropagate the loss of the rows in `chunks` at every training time into the grads."""
         # Batches cross processes on the CPU; the model may live on a GPU.
         model, device, n = self.model, self.model.device, len(batch)
-        chunk = self.micro_batch or max(1, len(mine))
-        for ti, t in enumerate(times):
-            for start in range(0, len(mine), chunk):
-                idx = mine[start : start + chunk]
-                x0, cond = batch.x0[idx].to(device), batch.cond.select(idx).to(device)
-                eps = self._noise(batch.seeds[idx], ti, x0.shape[1:]).to(device=device, dtype=x0.dtype)
-                tt = torch.full((x0.shape[0],), t, dtype=torch.float32, device=device)
-                x_t = interpolate(x0, eps, tt)
-                with torch.no_grad():
-                    v_old = model.velocity(x_t, tt, cond, adapter=OLD)
-                    v_ref = model.velocity(x_t, tt, cond, adapter=None)
-                v_theta = model.velocity(x_t, tt, cond, adapter=POLICY)
-                loss, stats = nft_loss(v_theta, v_old, v_ref, x0, x_t, tt, r[idx], self.nft)
-                # Each (time, micro-batch) contributes its share of the mean over times and samples.
-                weight = x0.shape[0] / (n * len(times))
-                (loss * weight).backward()
-                for k, v in stats.items():
-                    totals[k] = totals.get(k, 0.0) + v * weight
+        passes = [(ti, t, idx) for ti, t in enumerate(times) for idx in chunks]
+        for i, (ti, t, idx) in enumerate(passes):
+            x0, cond = batch.x0[idx].to(device), batch.cond.select(idx).to(device)
+            eps = self._noise(batch.seeds[idx], ti, x0.shape[1:]).to(device=device, dtype=x0.dtype)
+            tt = torch.full((x0.shape[0],), t, dtype=torch.float32, device=device)
+            x_t = interpolate(x0, eps, tt)
+            with torch.no_grad():
+                v_old = model.velocity(x_t, tt, cond, adapter=OLD)
+                v_ref = model.velocity(x_t, tt, cond, adapter=None)
+            v_theta = model.velocity(x_t, tt, cond, adapter=POLICY)
+            loss, stats = nft_loss(v_theta, v_old, v_ref, x0, x_t, tt, r[idx], self.nft)
+            if self.gradient_sync is not None:
+                # A sharded model reduces the rank's accumulated gradient once, after its last
+                # pass, so the sum runs in the order the one-process step sums in.
+                self.gradient_sync(i == len(passes) - 1)
+            # Each (time, micro-batch) contributes its share of the mean over times and samples.
+            weight = x0.shape[0] / (n * len(times))
+            (loss * weight).backward()
+            for k, v in stats.items():
+                totals[k] = totals.get(k, 0.0) + v * weight
 
     def ema_state(self) -> dict[str, torch.Tensor]:
         """The evaluation EMA as an adapter state (same keys as model.adapter_state())."""
