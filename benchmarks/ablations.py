@@ -5,10 +5,16 @@ Variants (K kept per prompt, N explored):
   (b) naive BF16 scaling  BF16 K-in-N: sample N at full steps, keep the K most contrastive
   (c) naive quant         NVFP4 K-in-N at full steps, trained on the NVFP4 samples directly
   (d) Sol-RL              NVFP4 N-seed explore in few steps, regenerate K in BF16
-and Sol-RL's pool size N in {K, 2K, 4K} at fixed K. Each variant starts from the shipped base
+and Sol-RL's pool size N in {K, 2K, 4K} at fixed K. With N = 4K, (d) and the largest pool are the
+same configuration, run twice: the two rows show the run-to-run spread (the iterations that fit
+in the budget vary with the machine's load). Each variant starts from the shipped base
 model with the shapes config and trains for --budget seconds; the table reports eval accuracy.
 
-    python benchmarks/ablations.py [--budget 300] [--k 8] [--n 32] [--only a,b,c,d,pool]
+    python benchmarks/ablations.py [--budget 300] [--k 8] [--n 32] [--only a,b,c,d,pool] [--set key=value ...]
+
+The single-object variant (the one task the shipped model learns within minutes):
+    --set prompts=benchmarks/prompts/single_object.txt --set eval.prompts=benchmarks/prompts/single_object.txt
+    --set eval.n=32 --set rollout.prompts_per_iteration=3
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from __future__ import annotations
 import argparse
 import pathlib
 import tempfile
+
+import torch
 
 from common import append_results, table
 from solrl.config import load_config
@@ -68,9 +76,13 @@ def main() -> None:
                      f"{report['final_eval']['score']:.3f}", f"{report['improvement']:+.3f}"])
         print(rows[-1], flush=True)
     append_results(
-        f"Ablations on the shapes run at equal wall time ({args.budget:.0f} s of training each)",
+        f"Ablations on the shapes run at equal wall time ({args.budget:.0f} s of training each; train prompts: {base.prompts})",
         table(["variant", "iterations", "base accuracy", "eval accuracy (EMA)", "eval score", "gain"], rows),
-        "eval = strict accuracy on the eval captions, 8 images each, Euler 10 steps; one seed per variant",
+        f"eval = strict accuracy on the prompts '{base.eval.prompts}', {base.eval.n} images each, "
+        f"{base.eval.sampling.solver} {base.eval.sampling.steps} steps; one training seed per variant; "
+        f"{torch.get_num_threads()} torch thread(s); the binomial standard error of an accuracy p over m images "
+        f"is sqrt(p(1-p)/m), e.g. 0.05 at p=0.4, m=96; on a CPU NVFP4 is emulated and slower than BF16, so equal "
+        f"wall time does not favour the NVFP4 variants as it does on Blackwell",
     )
 
 

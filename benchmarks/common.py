@@ -57,7 +57,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 def append_results(title: str, body: str, notes: str = "") -> None:
     """Print `body` and append it to RESULTS.md under a dated heading with machine and command."""
-    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    threads = os.environ.get("OMP_NUM_THREADS")
+    command = (f"OMP_NUM_THREADS={threads} " if threads else "") + "python " + " ".join(shlex.quote(a) for a in sys.argv)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     entry = f"\n## {title} ({stamp})\n\n- machine: {machine()}\n- command: `{command}`\n"
     if notes:

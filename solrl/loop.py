@@ -85,10 +85,10 @@ class LocalRun:
             batch = self.regenerator.regenerate(selections)
         times["regenerate"] = time.perf_counter() - start
         start = time.perf_counter()
-        # deterministic: train as the distributed learner group does (its rank partition, one thread)
-        partition = self.config.cluster.learner_ranks if self.config.deterministic else 1
+        # deterministic: take the distributed learner group's step (its ranks' rows, one thread)
+        world = self.config.cluster.learner_ranks if self.config.deterministic else 1
         with single_threaded(self.config.deterministic):
-            updates = [self.trainer.step(part, world=partition) for part in batch.split_by_group(self.config.train.updates_per_iteration)]
+            updates = [self.trainer.step(part, world=world) for part in batch.split_by_group(self.config.train.updates_per_iteration)]
         stats = {k: float(np.mean([u[k] for u in updates])) for k in updates[0]}
         stats["old_decay"] = updates[-1]["old_decay"]
         times["learn"] = time.perf_counter() - start
