@@ -46,20 +46,30 @@ class PromptOrder:
         return items
 
     def take(self, k: int) -> list[int]:
-        out = []
-        for _ in range(k):
-            if not self.labels:
-                epoch, index = divmod(self.position, self.n)
-                out.append(self._shuffled(list(range(self.n)), epoch)[index])
-            else:
-                rnd, slot = divmod(self.position, len(self.labels))
-                label = self.labels[self._shuffled(list(range(len(self.labels))), -1, rnd)[slot]]
-                members = self.members[label]
-                epoch, index = divmod(self.drawn[label], len(members))
-                out.append(self._shuffled(members, -2, self.labels.index(label), epoch)[index])
-                self.drawn[label] += 1
-            self.position += 1
+        """One iteration's k distinct prompts: the order's next draws, skipping a prompt already
+        taken in this iteration (an epoch or stratum cycle can end mid-iteration)."""
+        if k > self.n:
+            raise ValueError(f"cannot take {k} distinct prompts from {self.n}")
+        out: list[int] = []
+        while len(out) < k:
+            i = self._next()
+            if i not in out:
+                out.append(i)
         return out
+
+    def _next(self) -> int:
+        if not self.labels:
+            epoch, index = divmod(self.position, self.n)
+            i = self._shuffled(list(range(self.n)), epoch)[index]
+        else:
+            rnd, slot = divmod(self.position, len(self.labels))
+            label = self.labels[self._shuffled(list(range(len(self.labels))), -1, rnd)[slot]]
+            members = self.members[label]
+            epoch, index = divmod(self.drawn[label], len(members))
+            i = self._shuffled(members, -2, self.labels.index(label), epoch)[index]
+            self.drawn[label] += 1
+        self.position += 1
+        return i
 
     def state(self) -> dict:
         """Where the order stands, for checkpoints."""
@@ -103,10 +113,15 @@ def prompt_order(config: RunConfig, prompts: Sequence[str]) -> PromptOrder:
 
 def make_groups(config: RunConfig, prompts: Sequence[str], order: PromptOrder, iteration: int, version: int) -> list[PromptGroup]:
     """The next prompts_per_iteration prompt groups; seeds derive from (run seed, iteration, prompt)."""
-    n = config.rollout.candidates
+    n, k = config.rollout.candidates, config.rollout.prompts_per_iteration
+    if k > len(prompts):
+        raise ValueError(
+            f"rollout.prompts_per_iteration={k} is more than the {len(prompts)} prompts of {config.prompts!r}; "
+            f"an iteration trains distinct prompts, so set it to at most {len(prompts)}"
+        )
     return [
         PromptGroup(i, prompts[i], tuple(derive_seeds(config.seed, iteration, i, n)), iteration, version)
-        for i in order.take(config.rollout.prompts_per_iteration)
+        for i in order.take(k)
     ]
 
 

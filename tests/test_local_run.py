@@ -7,7 +7,7 @@ import torch
 
 from solrl.config import load_config
 from solrl.loop import LocalRun
-from solrl.runs import PromptOrder, load_lora
+from solrl.runs import PromptOrder, load_lora, make_groups, prompt_order
 from solrl.models.base import POLICY, LoraSpec
 from solrl.models.shapes import ShapesArchitecture, ShapesModel
 from solrl.toy.captions import all_captions
@@ -38,23 +38,45 @@ def test_model_folder_round_trip(model_dir):
         ShapesModel.from_pretrained(model_dir / "transformer")
 
 
+def _stream(order: PromptOrder, n: int) -> list[int]:
+    return [order.take(1)[0] for _ in range(n)]
+
+
 def test_prompt_order_visits_every_prompt_once_per_epoch():
     order = PromptOrder(7, seed=3)
     first, second = order.take(7), order.take(7)
     assert sorted(first) == sorted(second) == list(range(7)) and first != second
-    again = PromptOrder(7, seed=3)
-    assert again.take(14) == first + second
+    assert _stream(PromptOrder(7, seed=3), 14) == first + second
 
 
 def test_prompt_order_by_stratum_balances_tasks():
     strata = ["big"] * 9 + ["small"] * 1 + ["mid"] * 3
     order = PromptOrder(len(strata), seed=0, strata=strata)
-    drawn = order.take(30)
+    drawn = _stream(order, 30)
     counts = {label: sum(strata[i] == label for i in drawn) for label in ("big", "small", "mid")}
     assert counts == {"big": 10, "small": 10, "mid": 10}
     big = [i for i in drawn if strata[i] == "big"]
     assert sorted(big[:9]) == list(range(9))  # each stratum walks its whole cycle before repeating
-    assert PromptOrder(len(strata), seed=0, strata=strata).take(30) == drawn
+    assert _stream(PromptOrder(len(strata), seed=0, strata=strata), 30) == drawn
+
+
+@pytest.mark.parametrize("strata", [None, ["big"] * 9 + ["small"] * 1 + ["mid"] * 3])
+def test_an_iterations_prompts_are_distinct(strata):
+    # 13 prompts, 5 an iteration: epochs (or a stratum's one-prompt cycle) end mid-iteration;
+    # a repeated prompt would be two groups with one id and the same seeds
+    order = PromptOrder(13, seed=1, strata=strata)
+    for _ in range(40):
+        assert len(set(order.take(5))) == 5
+    with pytest.raises(ValueError, match="14 distinct prompts from 13"):
+        order.take(14)
+
+
+def test_prompts_per_iteration_above_the_prompt_count_is_refused(tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle\ntwo squares\n")
+    config = load_config(overrides=[f"prompts={prompts}", "rollout.prompts_per_iteration=3"])
+    with pytest.raises(ValueError, match=r"rollout.prompts_per_iteration=3 is more than the 2 prompts.*at most 2"):
+        make_groups(config, ["a red circle", "two squares"], prompt_order(config, ["a red circle", "two squares"]), 0, 0)
 
 
 def test_local_run_end_to_end(model_dir, tmp_path):
