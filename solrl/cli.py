@@ -116,6 +116,7 @@ def _toy_pretrain(args: argparse.Namespace) -> int:
     from solrl.toy.pretrain import PretrainConfig, main_pretrain
 
     config = PretrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed)
+    config.arch.prediction = args.prediction
     prompts = load_prompts("eval")
 
     def eval_fn(model):
@@ -124,7 +125,7 @@ def _toy_pretrain(args: argparse.Namespace) -> int:
 
     command = (
         f"solrl toy pretrain --out {shlex.quote(args.out)} --steps {args.steps} "
-        f"--batch-size {args.batch_size} --seed {args.seed}"
+        f"--batch-size {args.batch_size} --seed {args.seed} --prediction {args.prediction}"
     )
     metadata = main_pretrain(args.out, config, command, eval_fn)
     print(json.dumps(metadata["eval"]))
@@ -201,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--steps", type=int, default=6000)
     pre.add_argument("--batch-size", type=int, default=64)
     pre.add_argument("--seed", type=int, default=0)
+    pre.add_argument("--prediction", choices=["velocity", "sample"], default="sample", help="what the network outputs (the loss is on the velocity either way)")
     pre.set_defaults(func=_toy_pretrain)
     ev = toy.add_parser("eval", help="GenEval-style accuracy on the shapes world, as one JSON object")
     _add_sampler_args(ev)

@@ -111,3 +111,26 @@ def test_low_precision_copies_stay_close(model, precision):
 def test_unknown_precision_is_named(model):
     with pytest.raises(ValueError, match="precision 'int8' is unknown"):
         model.inference_copy("int8")
+
+
+def test_shapes_model_sample_prediction_derives_the_velocity_and_survives_a_save(tmp_path):
+    from solrl.models.sd3_pixel import sd3_forward
+    from solrl.models.shapes import MIN_T, ShapesArchitecture, ShapesModel
+
+    arch = ShapesArchitecture(patch_size=4, layers=1, heads=2, head_dim=8, text_dim=32, text_layers=1, prediction="sample")
+    ShapesModel.from_scratch(arch, ["a", "red", "circle"]).save_pretrained(tmp_path / "m")
+    model = ShapesModel.from_pretrained(tmp_path / "m")  # with adapters, as training loads it
+    assert model.prediction == "sample"
+    cond = model.encode_prompts(["a red circle", "a circle"])
+    x = torch.randn(2, *model.sample_shape, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([0.6, 0.01])  # the second is below the floor
+    with torch.no_grad():
+        x0_hat = sd3_forward(model.transformer, x, t, cond)
+        v = model.velocity(x, t, cond, adapter=None)
+        torch.testing.assert_close(model.inference_copy("fp32", adapter=None).velocity(x, t, cond), v)
+    torch.testing.assert_close(v[0], (x[0] - x0_hat[0]) / 0.6)
+    torch.testing.assert_close(v[1], (x[1] - x0_hat[1]) / MIN_T)
+    # one Euler step from t to 0 lands on the predicted clean image
+    torch.testing.assert_close(x[0] - 0.6 * v[0], x0_hat[0], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="prediction='x0'"):
+        ShapesModel(model.transformer, model.text_encoder, model.tokenizer, prediction="x0")

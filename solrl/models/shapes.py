@@ -8,10 +8,12 @@ import json
 import pathlib
 from collections.abc import Sequence
 from importlib import resources
+from typing import Literal
 
 import torch
 from diffusers import SD3Transformer2DModel
 from pydantic import BaseModel, ConfigDict
+from torch import nn
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -20,6 +22,10 @@ from solrl.models.sd3_pixel import SD3PixelPolicy
 
 PAD, BOS, EOS, UNK = "[PAD]", "[BOS]", "[EOS]", "[UNK]"
 MAX_TOKENS = 10  # the longest caption has 7 words, plus BOS and EOS
+# With sample prediction the velocity is (x_t - x0_hat) / t; the floor keeps it finite near t = 0
+# (the last Euler step then lands on x0_hat exactly for any grid whose times stay above it).
+MIN_T = 0.05
+Prediction = Literal["velocity", "sample"]
 
 
 class ShapesArchitecture(BaseModel):
@@ -33,6 +39,10 @@ class ShapesArchitecture(BaseModel):
     head_dim: int = 32
     text_dim: int = 64
     text_layers: int = 2
+    # What the transformer outputs: the velocity eps - x0, or the clean image x0 ("sample"; the
+    # velocity is derived from it). Predicting the mostly-black clean image spares a tiny network
+    # from carrying the noise through every layer (JiT, Li & He 2025).
+    prediction: Prediction = "velocity"
 
 
 def build_tokenizer(words: Sequence[str]) -> Tokenizer:
@@ -59,8 +69,18 @@ class ShapesModel(SD3PixelPolicy):
     # SOLRL_SPEC's rules as data: embedders, norms' modulation and the final layer stay high precision.
     quant_skip_patterns = ("time_text_embed.*", "context_embedder", "pos_embed*", "*norm*", "proj_out")
 
-    def __init__(self, transformer: SD3Transformer2DModel, text_encoder: CLIPTextModel, tokenizer: Tokenizer, lora: LoraSpec | None = None):
+    def __init__(
+        self,
+        transformer: SD3Transformer2DModel,
+        text_encoder: CLIPTextModel,
+        tokenizer: Tokenizer,
+        lora: LoraSpec | None = None,
+        prediction: Prediction = "velocity",
+    ):
         super().__init__()
+        if prediction not in ("velocity", "sample"):
+            raise ValueError(f"prediction={prediction!r}: expected 'velocity' or 'sample'")
+        self.prediction = prediction
         self.transformer = transformer
         self.text_encoder = text_encoder
         self.tokenizer = tokenizer
@@ -99,7 +119,7 @@ class ShapesModel(SD3PixelPolicy):
             bos_token_id=tokenizer.token_to_id(BOS),
             eos_token_id=tokenizer.token_to_id(EOS),
         )
-        return cls(transformer, CLIPTextModel(text_config), tokenizer)
+        return cls(transformer, CLIPTextModel(text_config), tokenizer, prediction=arch.prediction)
 
     @classmethod
     def from_pretrained(cls, path: str | pathlib.Path | None = None, lora: LoraSpec | None = None) -> ShapesModel:
@@ -110,9 +130,10 @@ class ShapesModel(SD3PixelPolicy):
         transformer = SD3Transformer2DModel.from_pretrained(path / "transformer", local_files_only=True)
         text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", local_files_only=True)
         tokenizer = Tokenizer.from_file(str(path / "tokenizer" / "tokenizer.json"))
+        prediction = json.loads((path / "model_index.json").read_text()).get("prediction_type", "velocity")
         transformer.requires_grad_(False).eval()
         text_encoder.requires_grad_(False).eval()
-        return cls(transformer, text_encoder, tokenizer, lora or LoraSpec())
+        return cls(transformer, text_encoder, tokenizer, lora or LoraSpec(), prediction)
 
     def save_pretrained(self, path: str | pathlib.Path, metadata: dict | None = None) -> None:
         """Write the diffusers-style folder; `metadata` (command, seed, eval figures) goes in
@@ -127,9 +148,16 @@ class ShapesModel(SD3PixelPolicy):
             "transformer": ["diffusers", "SD3Transformer2DModel"],
             "text_encoder": ["transformers", "CLIPTextModel"],
             "tokenizer": ["tokenizers", "Tokenizer"],
+            "prediction_type": self.prediction,
             "solrl": metadata or {},
         }
         (path / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+    def _forward(self, transformer: nn.Module, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        out = super()._forward(transformer, x_t, t, cond)
+        if self.prediction == "sample":
+            return (x_t - out) / t.to(out.dtype).clamp_min(MIN_T).view(-1, *([1] * (out.dim() - 1)))
+        return out
 
     def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
         encodings = self.tokenizer.encode_batch([p.lower() for p in prompts])

@@ -1,7 +1,7 @@
 """Flow-matching pretraining of ShapesModel on freshly rendered (caption, image) pairs.
 
 Each step draws a task uniformly, then a train caption of that task, renders it, and regresses
-v = eps - x0 at a logit-normal time. An EMA of the weights is what gets saved.
+the velocity v = eps - x0 at a logit-normal time (the network may predict x0; the loss is on v). An EMA of the weights is what gets saved.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from solrl.toy.render import render_batch
 
 class PretrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    arch: ShapesArchitecture = Field(default_factory=lambda: ShapesArchitecture(patch_size=4, layers=6))
+    arch: ShapesArchitecture = Field(default_factory=lambda: ShapesArchitecture(patch_size=4, layers=6, prediction="sample"))
     steps: int = Field(default=6000, ge=1)
     batch_size: int = Field(default=64, ge=1)
     lr: float = Field(default=1e-3, gt=0)
