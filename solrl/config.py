@@ -85,6 +85,9 @@ class ClusterConfig(_Strict):
 
     rollout_workers: int = Field(default=2, ge=1)
     regen_workers: int = Field(default=1, ge=1)
+    # 0: every sampler scores its own images. N > 0: the reward lives only in a pool of N
+    # RewardWorkers, for reward models too big to sit beside every sampler.
+    reward_workers: int = Field(default=0, ge=0)
     learner_ranks: int = Field(default=2, ge=1)
     cpus_per_worker: float = Field(default=1, gt=0)
     gpus_per_worker: float = Field(default=0, ge=0)
@@ -120,7 +123,7 @@ class RunConfig(_Strict):
     @property
     def shapes_captions(self) -> bool:
         """Whether prompts are shapes-world captions (the shapes reward parses them)."""
-        return any(r.name == "shapes" for r in self.reward)
+        return any(r.name in ("shapes", "shapes_strict") for r in self.reward)
 
     @model_validator(mode="after")
     def _k_fits_n(self) -> RunConfig:

@@ -10,6 +10,7 @@ import threading
 import pyarrow.compute as pc
 import pytest
 import ray
+import torch
 
 from solrl.actors.store import read_log
 from solrl.cli import main
@@ -124,6 +125,50 @@ def test_pools_grow_shrink_and_survive_a_killed_sampler(cluster, tmp_path):
     assert events[:3] == [2, 3, 1]
     assert report["restarts"]["rollout"] >= 1 and report["iterations"] == 4
     _trained_once(tmp_path, 4)
+
+
+def test_a_reward_pool_scores_for_samplers_and_survives_a_kill(cluster, reference, tmp_path):
+    """cluster.reward_workers=1: samplers hold no reward and the pool scores their images. The
+    numbers, and so the LoRA, equal the run where every sampler scores its own; a reward worker
+    killed mid-run is replaced and its work redone."""
+    out, _ = reference
+
+    def on_iteration(driver, row):
+        if row["iteration"] == 0:
+            pid = ray.get(next(iter(driver.rewards.workers.values())).handle.info.remote())["pid"]
+            threading.Timer(0.3, os.kill, (pid, signal.SIGKILL)).start()
+
+    report = Driver(_cfg(cluster, "cluster.reward_workers=1"), tmp_path, log=lambda _: None, on_iteration=on_iteration).run()
+    assert report["restarts"]["reward"] >= 1 and report["iterations"] == 3
+    a, _ = load_lora(out / "lora", "policy")
+    b, _ = load_lora(tmp_path / "lora", "policy")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    pooled, own = _trained_once(tmp_path, 3), _trained_once(out, 3)
+    key = ["iteration", "prompt_id", "seed"]
+    assert pooled.sort_by([(k, "ascending") for k in key]).select([*key, "proxy_reward", "bf16_reward"]).equals(
+        own.sort_by([(k, "ascending") for k in key]).select([*key, "proxy_reward", "bf16_reward"])
+    )
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert "score" in rows[0]["queues"] and any(name.startswith("reward-") for name in rows[0]["busy"])
+
+
+def test_a_pooled_reward_scores_as_the_reward_itself(cluster):
+    """The callable a reward-less sampler evaluates with asks a RewardActor, and gets the numbers
+    the reward computes in-process."""
+    from solrl.actors.reward import reward_worker_from_config
+    from solrl.cluster.actors import RewardActor, _PooledReward
+    from solrl.toy.captions import parse_caption
+    from solrl.toy.render import render_batch
+
+    prompts = ["a red circle", "two squares", "a circle"]
+    images = render_batch([parse_caption(p) for p in prompts], seed=3)
+    actor = ray.remote(RewardActor).options(num_cpus=0.25).remote(cluster, "reward-test")
+    try:
+        pooled = _PooledReward(actor)(images, prompts)
+    finally:
+        ray.kill(actor)
+    expected = reward_worker_from_config(cluster).score(images, prompts)
+    assert pooled.dtype == torch.float32 and torch.equal(pooled, expected) and expected.max() > 0
 
 
 def test_a_killed_learner_rank_is_restored_and_the_run_continues(cluster, tmp_path):

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
+from solrl.actors.reward import reward_worker_from_config
 from solrl.actors.sampler import Role, sampler_from_config
 from solrl.config import RunConfig
 from solrl.learner.group import LearnerRank
@@ -30,7 +31,7 @@ class SamplerActor:
     def __init__(self, config: RunConfig, role: Role, name: str, cpus: float = 1):
         _threads(cpus)
         self.name, self.role = name, role
-        self.worker = sampler_from_config(config, role)
+        self.worker = sampler_from_config(config, role, with_reward=config.cluster.reward_workers == 0)
         self.config = config
 
     def info(self) -> dict:
@@ -48,23 +49,88 @@ class SamplerActor:
         the driver: BF16 rewards per selection, busy seconds, version."""
         start = time.perf_counter()
         batch = self.worker.regenerate(selections)
-        rewards, offset = [], 0
-        for s in selections:
-            rewards.append(batch.rewards[offset : offset + len(s.seeds)].tolist())
-            offset += len(s.seeds)
-        return batch, {"rewards": rewards, "seconds": time.perf_counter() - start, "version": batch.version, "worker": self.name}
+        summary = {"rewards": per_selection(batch.rewards, selections), "seconds": time.perf_counter() - start}
+        return batch, summary | {"version": batch.version, "worker": self.name}
+
+    # Without a reward of their own (cluster.reward_workers > 0) samplers return images, which
+    # stay in the object store until a RewardActor scores them.
+    def explore_images(self, groups: Sequence[PromptGroup]) -> tuple[torch.Tensor, dict]:
+        """(previews, report) for whole prompt groups, unscored."""
+        start = time.perf_counter()
+        _, images, per_group = self.worker.explore_images(groups)
+        return images, self._report(start) | {"seconds_per_group": per_group}
+
+    def regenerate_images(self, selections: Sequence[Selection]) -> tuple[TrainBatch, torch.Tensor, dict]:
+        """(unscored TrainBatch, its images, report)."""
+        start = time.perf_counter()
+        batch, images = self.worker.regenerate_images(selections)
+        return batch, images, self._report(start)
+
+    def _report(self, start: float) -> dict:
+        return {"seconds": time.perf_counter() - start, "version": self.worker.version, "worker": self.name}
 
     def apply_update(self, update: WeightUpdate) -> int:
         """Verify and merge a published weight update; the version now served."""
         return self.worker.apply_update(update)
 
-    def evaluate(self, adapter_state: dict[str, torch.Tensor] | None) -> dict:
-        """The run's eval (config.eval) of the base model plus `adapter_state` (None: the base alone)."""
+    def evaluate(self, adapter_state: dict[str, torch.Tensor] | None, scorer=None) -> dict:
+        """The run's eval (config.eval) of the base model plus `adapter_state` (None: the base
+        alone). `scorer`: a RewardActor handle, for a sampler that holds no reward."""
         policy = self.worker.policy
         model = policy.inference_copy(self.config.eval.precision, adapter=None, compute_dtype=self.config.rollout.compute_dtype)
         if adapter_state is not None:
             model.update_adapter(adapter_state)
-        return evaluate_run(self.config, model, self.worker.reward)
+        reward = self.worker.reward
+        if reward is None and scorer is not None:
+            reward = _PooledReward(scorer)
+        return evaluate_run(self.config, model, reward)
+
+
+def per_selection(rewards: torch.Tensor, selections: Sequence[Selection]) -> list[list[float]]:
+    """A batch's rewards (selection-then-seed order) as one list per selection."""
+    out, offset = [], 0
+    for s in selections:
+        out.append(rewards[offset : offset + len(s.seeds)].tolist())
+        offset += len(s.seeds)
+    return out
+
+
+class _PooledReward:
+    """A reward callable that asks a RewardActor."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        import ray
+
+        rewards, _ = ray.get(self.handle.score.remote(images, list(prompts)))
+        return torch.tensor(rewards, dtype=torch.float32)
+
+
+class RewardActor:
+    """A RewardWorker in its own process: the reward pool (cluster.reward_workers > 0)."""
+
+    def __init__(self, config: RunConfig, name: str, cpus: float = 1):
+        _threads(cpus)
+        self.name = name
+        self.worker = reward_worker_from_config(config)
+
+    def info(self) -> dict:
+        return {"name": self.name, "role": "reward", "pid": os.getpid()}
+
+    def score(self, images: torch.Tensor, prompts: Sequence[str]) -> tuple[list[float], float]:
+        """(rewards, busy seconds) of explore previews."""
+        start = time.perf_counter()
+        rewards = self.worker.score(images, prompts).tolist()
+        return rewards, time.perf_counter() - start
+
+    def label(self, batch: TrainBatch, images: torch.Tensor, selections: Sequence[Selection]) -> tuple[TrainBatch, dict]:
+        """The regenerated batch with its BF16 rewards (left in the object store for the
+        learners), and the rewards per selection with busy seconds for the driver."""
+        start = time.perf_counter()
+        batch = self.worker.label(batch, images, [s.group.prompt for s in selections for _ in s.seeds])
+        return batch, {"rewards": per_selection(batch.rewards, selections), "seconds": time.perf_counter() - start}
 
 
 class LearnerActor:

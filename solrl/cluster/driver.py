@@ -6,9 +6,12 @@ regeneration pool. Regenerated TrainBatches stay in the object store and go to t
 by reference. After each learner step the new rollout policy is published once as a
 WeightUpdate and every sampler verifies, merges and reports the version it serves.
 
-A dead sampler's tasks are re-queued and the worker replaced; a dead learner group is restarted
-from the state it had before the failed step (kept in the object store every iteration) and the
-step is redone. With max_policy_lag > 0 the next iteration explores while the learner trains;
+With cluster.reward_workers > 0 samplers hold no reward: their images stay in the object store
+and a RewardWorker pool scores them (the labelled batch goes on to the learners by reference).
+
+A dead sampler's or reward worker's tasks are re-queued and the worker replaced; a dead learner
+group is restarted from the state it had before the failed step (kept in the object store every
+iteration) and the step is redone. With max_policy_lag > 0 the next iteration explores while the learner trains;
 records older than the bound are dropped and counted.
 """
 
@@ -22,11 +25,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import ObjectLostError, RayActorError
 
+from solrl.actors.reward import candidates_from_rewards
 from solrl.actors.selector import Selector
 from solrl.actors.store import CandidateStore, group_key
-from solrl.cluster.pools import LearnerGroup, SamplerPool, Worker
+from solrl.cluster.pools import LearnerGroup, Worker, WorkerPool
 from solrl.cluster.view import LiveView
 from solrl.config import RunConfig, dump_config
 from solrl.evaluation import describe, headline, load_run_prompts
@@ -35,6 +39,20 @@ from solrl.learner.weight_sync import WeightSyncError
 from solrl.metrics import MetricsServer, RunMetrics
 from solrl.runs import iteration_row, make_groups, prompt_order, save_lora
 from solrl.types import Candidates, PromptGroup, Selection
+
+
+@dataclass
+class Task:
+    """One call in flight on a pool worker. `work` is what to redo if the task is lost: the
+    prompt groups of an explore, the Selection of a regeneration. A score task carries the
+    sampler's refs (images, unscored batch) and report."""
+
+    kind: str  # explore | regen | score_explore | score_regen
+    pool: WorkerPool
+    worker: Worker
+    work: object
+    refs: tuple = ()
+    report: dict | None = None
 
 
 @dataclass
@@ -81,7 +99,8 @@ class Driver:
         self.resume = resume
         self.explore_q: deque[PromptGroup] = deque()
         self.regen_q: deque[Selection] = deque()
-        self.pending: dict = {}  # task ref -> (kind, pool, worker, payload)
+        self.score_q: deque[Task] = deque()  # sampler results waiting for the reward pool
+        self.pending: dict = {}  # result ref -> Task
         self.iterations: dict[int, IterationState] = {}
         self.order_states: dict[int, dict] = {}  # prompt order before each iteration's groups
         self.dropped: dict[str, int] = {}
@@ -92,10 +111,14 @@ class Driver:
     # -- set-up ----------------------------------------------------------------------------------
     def _start_pools(self) -> None:
         c = self.config.cluster
-        self.rollout = SamplerPool(self.config, "explore", "rollout")
-        self.regen = SamplerPool(self.config, "regenerate", "regen")
+        self.rollout = WorkerPool(self.config, "explore", "rollout")
+        self.regen = WorkerPool(self.config, "regenerate", "regen")
         self.rollout.resize(c.rollout_workers)
         self.regen.resize(c.regen_workers)
+        self.rewards: WorkerPool | None = None
+        if c.reward_workers:
+            self.rewards = WorkerPool(self.config, "reward", "reward")
+            self.rewards.resize(c.reward_workers)
         self.learners = LearnerGroup(self.config)
         self.learner_state = None  # ref to rank 0's full state after the last completed step
 
@@ -112,11 +135,16 @@ class Driver:
         self._publish(self.learners.call("weight_update")[0], self.version)
 
     # -- scaling -----------------------------------------------------------------------------------
+    @property
+    def pools(self) -> dict[str, WorkerPool]:
+        """The worker pools by name: rollout, regen and, when configured, reward."""
+        return {"rollout": self.rollout, "regen": self.regen} | ({"reward": self.rewards} if self.rewards else {})
+
     def scale(self, pool: str, size: int) -> None:
-        """Resize the 'rollout' or 'regen' pool while the run goes on."""
-        pools = {"rollout": self.rollout, "regen": self.regen}
+        """Resize the 'rollout', 'regen' or 'reward' pool while the run goes on."""
+        pools = self.pools
         if pool not in pools:
-            raise ValueError(f"pool {pool!r} is unknown; use 'rollout' or 'regen'")
+            raise ValueError(f"pool {pool!r} is unknown; use one of {sorted(pools)}")
         pools[pool].resize(size)
         self.log(f"{pool} pool resized to {size}")
 
@@ -129,37 +157,89 @@ class Driver:
 
     def _dispatch(self) -> None:
         per_task = self.config.cluster.groups_per_task
+        pooled = self.rewards is not None
         for w in self.rollout.idle():
             if not self.explore_q:
                 break
             groups = [self.explore_q.popleft() for _ in range(min(per_task, len(self.explore_q)))]
-            w.task = w.handle.explore.remote(groups)
-            self.pending[w.task] = ("explore", self.rollout, w, groups)
+            if pooled:
+                images, report = w.handle.explore_images.options(num_returns=2).remote(groups)
+                self._submit(report, Task("explore", self.rollout, w, groups, (images,)))
+            else:
+                self._submit(w.handle.explore.remote(groups), Task("explore", self.rollout, w, groups))
         for w in self.regen.idle():
             if not self.regen_q:
                 break
             sel = self.regen_q.popleft()
-            batch_ref, summary_ref = w.handle.regenerate.options(num_returns=2).remote([sel])
-            w.task = summary_ref
-            self.pending[summary_ref] = ("regen", self.regen, w, (sel, batch_ref))
+            if pooled:
+                batch, images, report = w.handle.regenerate_images.options(num_returns=3).remote([sel])
+                self._submit(report, Task("regen", self.regen, w, sel, (batch, images)))
+            else:
+                batch, summary = w.handle.regenerate.options(num_returns=2).remote([sel])
+                self._submit(summary, Task("regen", self.regen, w, sel, (batch,)))
+        for w in self.rewards.idle() if pooled else ():
+            if not self.score_q:
+                break
+            job = self.score_q.popleft()
+            if job.kind == "explore":
+                prompts = [g.prompt for g in job.work for _ in g.seeds]
+                self._submit(
+                    w.handle.score.remote(job.refs[0], prompts), Task("score_explore", self.rewards, w, job.work, job.refs, job.report)
+                )
+            else:
+                batch, summary = w.handle.label.options(num_returns=2).remote(job.refs[0], job.refs[1], [job.work])
+                self._submit(summary, Task("score_regen", self.rewards, w, job.work, (batch,), job.report))
 
-    def _worker_died(self, pool: SamplerPool, w: Worker, kind: str, payload) -> None:
+    def _submit(self, ref, task: Task) -> None:
+        task.worker.task = ref
+        self.pending[ref] = task
+
+    def _requeue(self, task: Task) -> None:
+        """Put a lost task's work back at the front of its queue."""
+        if task.kind in ("explore", "score_explore"):
+            self.explore_q.extendleft(reversed(task.work))
+        else:
+            self.regen_q.appendleft(task.work)
+
+    def _worker_died(self, task: Task) -> None:
+        pool, w = task.pool, task.worker
         if pool.restarts >= self.config.cluster.max_restarts:
             raise RuntimeError(f"{pool.prefix} workers died {pool.restarts} times (cluster.max_restarts); giving up")
-        self.log(f"{w.name} died; re-queueing its {kind} work and starting a replacement")
-        if kind == "explore":
-            self.explore_q.extendleft(reversed(payload))
+        self.log(f"{w.name} died; re-queueing its {task.kind} work and starting a replacement")
+        if task.kind.startswith("score_"):  # the sampler's images are still in the object store
+            self.score_q.appendleft(Task(task.kind.removeprefix("score_"), pool, w, task.work, task.refs, task.report))
         else:
-            self.regen_q.appendleft(payload[0])
+            self._requeue(task)
         if not w.retiring:
             pool.replace(w)
         else:
             pool.workers.pop(w.name, None)
 
-    def _on_explore(self, results: list[Candidates], w: Worker) -> None:
+    def _on_result(self, task: Task, result) -> None:
+        w, pooled = task.worker, self.rewards is not None
+        if task.kind == "explore" and not pooled:
+            results, seconds = result
+            w.busy_seconds += seconds
+            self._on_explore(results, w.name)
+        elif task.kind == "regen" and not pooled:
+            w.busy_seconds += result["seconds"]
+            self._on_regen(task.work, task.refs[0], result)
+        elif task.kind in ("explore", "regen"):  # rendered; now to the reward pool
+            w.busy_seconds += result["seconds"]
+            self.score_q.append(Task(task.kind, task.pool, w, task.work, task.refs, result))
+        elif task.kind == "score_explore":
+            rewards, seconds = result
+            w.busy_seconds += seconds
+            r = task.report
+            self._on_explore(candidates_from_rewards(task.work, rewards, r["version"], r["seconds_per_group"]), r["worker"])
+        else:  # score_regen: the labelled batch goes on to the learners
+            w.busy_seconds += result["seconds"]
+            self._on_regen(task.work, task.refs[0], task.report | {"rewards": result["rewards"]})
+
+    def _on_explore(self, results: list[Candidates], worker: str) -> None:
         for c in results:
             state = self.iterations.get(c.group.iteration)
-            if state is None or not self.store.add(c, w.name):
+            if state is None or not self.store.add(c, worker):
                 continue
             key = group_key(c)
             state.candidates[key] = c
@@ -198,28 +278,30 @@ class Driver:
                 raise RuntimeError("no work in flight and the iteration is incomplete; every pool is empty or retiring")
             ready, _ = ray.wait(list(self.pending), num_returns=1)
             for ref in ready:
-                kind, pool, w, payload = self.pending.pop(ref)
+                task = self.pending.pop(ref)
+                w = task.worker
                 w.task = None
                 try:
                     result = ray.get(ref)
                 except RayActorError:
-                    self._worker_died(pool, w, kind, payload)
+                    self._worker_died(task)
                     continue
-                if kind == "explore":
-                    results, seconds = result
-                    w.busy_seconds += seconds
-                    self._on_explore(results, w)
-                else:
-                    w.busy_seconds += result["seconds"]
-                    self._on_regen(payload[0], payload[1], result)
+                except ObjectLostError:  # a sampler's images vanished (their node died): redo the work
+                    self.log(f"{task.kind} input of {w.name} was lost; re-queueing its work")
+                    self._requeue(task)
+                    result = None
+                if result is not None:
+                    self._on_result(task, result)
                 if w.retiring:
-                    pool.remove(w)
+                    task.pool.remove(w)
             if self.view is not None and self.iterations:
                 state = self.iterations[min(self.iterations)]
                 self.view.stage(
-                    len(state.candidates), len(state.regenerated) + state.dropped, len(state.groups),
-                    {"explore": len(self.explore_q), "regenerate": len(self.regen_q)},
-                    {"rollout": self.rollout.size, "regen": self.regen.size},
+                    len(state.candidates),
+                    len(state.regenerated) + state.dropped,
+                    len(state.groups),
+                    self._queues(),
+                    {name: pool.size for name, pool in self.pools.items()},
                 )
 
     # -- learning and weight sync ------------------------------------------------------------------
@@ -268,7 +350,9 @@ class Driver:
         start = time.perf_counter()
         for pool in (self.rollout, self.regen):
             pool.update = update_ref  # workers spawned from now on apply it first
-        calls = [(pool, w, w.handle.apply_update.remote(update_ref)) for pool in (self.rollout, self.regen) for w in list(pool.workers.values())]
+        calls = [
+            (pool, w, w.handle.apply_update.remote(update_ref)) for pool in (self.rollout, self.regen) for w in list(pool.workers.values())
+        ]
         for pool, w, ref in calls:
             try:
                 served = ray.get(ref)
@@ -284,7 +368,8 @@ class Driver:
     # -- the run -----------------------------------------------------------------------------------
     def _evaluate(self, adapter_state) -> dict:
         worker = next(iter(self.regen.workers.values()))
-        return ray.get(worker.handle.evaluate.remote(adapter_state))
+        scorer = next(iter(self.rewards.workers.values())).handle if self.rewards is not None else None
+        return ray.get(worker.handle.evaluate.remote(adapter_state, scorer))
 
     def _checkpoint(self, it: int) -> None:
         tensors = ray.get(self.learner_state)
@@ -332,7 +417,7 @@ class Driver:
             "iterations": last,
             "train_seconds": round(time.perf_counter() - train_start, 1),
             "seconds": round(time.perf_counter() - run_start, 1),
-            "restarts": {"rollout": self.rollout.restarts, "regen": self.regen.restarts, "learner": self.learner_restarts},
+            "restarts": {name: pool.restarts for name, pool in self.pools.items()} | {"learner": self.learner_restarts},
             "dropped": dict(self.dropped),
             "duplicates": self.store.duplicates,
         }
@@ -428,7 +513,7 @@ class Driver:
         stats = stats or {k: float("nan") for k in ("loss", "policy_loss", "kl", "grad_norm", "old_decay")}
         row = iteration_row(it, self.version, list(state.candidates.values()), selections, bf16, seconds, stats)
         busy = {}
-        for pool in (self.rollout, self.regen):
+        for pool in self.pools.values():
             for w in pool.workers.values():
                 busy[w.name] = round(min(1.0, w.busy_seconds / interval), 3) if interval > 0 else 0.0
                 w.busy_seconds = 0.0
@@ -436,14 +521,20 @@ class Driver:
             iteration_seconds=round(wall, 3),
             elapsed=round(now - self.run_start, 1),
             busy=busy,
-            queues={"explore": len(self.explore_q), "regenerate": len(self.regen_q)},
+            queues=self._queues(),
             policy_lag=max((trained_at - v for v in versions), default=0),
             sync_bytes=int(stats.get("update_bytes", 0)) if stats else 0,
             dropped=self._delta("dropped", dict(self.dropped)),
-            restarts=self._delta("restarts", {"rollout": self.rollout.restarts, "regen": self.regen.restarts, "learner": self.learner_restarts}),
-            workers={"rollout": self.rollout.size, "regen": self.regen.size},
+            restarts=self._delta(
+                "restarts", {name: pool.restarts for name, pool in self.pools.items()} | {"learner": self.learner_restarts}
+            ),
+            workers={name: pool.size for name, pool in self.pools.items()},
         )
         return row
+
+    def _queues(self) -> dict[str, int]:
+        queues = {"explore": len(self.explore_q), "regenerate": len(self.regen_q)}
+        return queues | ({"score": len(self.score_q)} if self.rewards is not None else {})
 
     def _delta(self, name: str, totals: dict[str, int]) -> dict[str, int]:
         """Counts since the last row (rows carry per-iteration increments)."""
@@ -453,7 +544,7 @@ class Driver:
         return out
 
     def _shutdown(self) -> None:
-        for name in ("rollout", "regen"):
+        for name in ("rollout", "regen", "rewards"):
             pool = getattr(self, name, None)
             if pool is not None:
                 pool.shutdown()

@@ -1,4 +1,4 @@
-"""Elastic sampler pools and the learner group, as Ray actors.
+"""Elastic worker pools (samplers, rewards) and the learner group, as Ray actors.
 
 Pools are pulled from: the driver hands a task to any idle worker. Growing a pool spawns workers
 that receive the current weights before their first task (actor calls run in order); shrinking
@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from typing import Literal
 
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from solrl.actors.sampler import Role
-from solrl.cluster.actors import LearnerActor, SamplerActor
+from solrl.cluster.actors import LearnerActor, RewardActor, SamplerActor
 from solrl.config import RunConfig
 
 
@@ -29,11 +29,12 @@ class Worker:
 
 
 @dataclass
-class SamplerPool:
-    """Workers of one role; `update` is the WeightUpdate ref every new worker applies first."""
+class WorkerPool:
+    """Workers of one role. Sampler pools hold `update`, the WeightUpdate ref every new worker
+    applies first; a reward pool holds no policy."""
 
     config: RunConfig
-    role: Role
+    role: Literal["explore", "regenerate", "reward"]
     prefix: str
     workers: dict[str, Worker] = field(default_factory=dict)
     update: object = None
@@ -43,8 +44,11 @@ class SamplerPool:
     def spawn(self) -> Worker:
         c = self.config.cluster
         name = f"{self.prefix}-{next(self._ids)}"
-        actor = ray.remote(SamplerActor).options(num_cpus=c.cpus_per_worker, num_gpus=c.gpus_per_worker, max_restarts=0)
-        handle = actor.remote(self.config, self.role, name, c.cpus_per_worker)
+        options = {"num_cpus": c.cpus_per_worker, "num_gpus": c.gpus_per_worker, "max_restarts": 0}
+        if self.role == "reward":
+            handle = ray.remote(RewardActor).options(**options).remote(self.config, name, c.cpus_per_worker)
+        else:
+            handle = ray.remote(SamplerActor).options(**options).remote(self.config, self.role, name, c.cpus_per_worker)
         if self.update is not None:
             handle.apply_update.remote(self.update)
         self.workers[name] = Worker(name, handle)

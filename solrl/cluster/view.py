@@ -18,8 +18,8 @@ class LiveView:
         self.bar.set_postfix(
             explored=f"{explored}/{groups}",
             regen=f"{regenerated}/{groups}",
-            q=f"{queues.get('explore', 0)}/{queues.get('regenerate', 0)}",
-            workers=f"{workers.get('rollout', 0)}+{workers.get('regen', 0)}",
+            q="/".join(str(depth) for depth in queues.values()),
+            workers="+".join(str(n) for n in workers.values()),
             **self.last,
             refresh=True,
         )
