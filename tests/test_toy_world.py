@@ -96,6 +96,18 @@ def test_reward_passes_fresh_renders_of_eval_captions(eval_renders):
         assert float(passed[idx].float().mean()) >= 0.97, task
 
 
+def test_strict_shapes_reward_is_the_pass_flag(eval_renders):
+    """reward: shapes_strict trains on what the eval counts: 1 for a strict pass, else 0."""
+    from solrl.rewards.registry import RewardSpec, build_reward
+
+    captions, images = eval_renders
+    captions, images = captions[:64], images[:64]
+    shuffled = captions[1:] + captions[:1]  # mostly wrong captions: a mix of passes and failures
+    _, passed = ShapesReward().evaluate(images, shuffled)
+    strict = build_reward([RewardSpec(name="shapes_strict")])(images, shuffled)
+    assert 0 < int(passed.sum()) < 64 and torch.equal(strict, passed.float())
+
+
 def test_reward_fails_renders_under_another_caption_of_the_same_task(eval_renders):
     captions, images = eval_renders
     rng = random.Random(5)

@@ -8,8 +8,8 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-RewardName = Literal["shapes", "pickscore", "clipscore", "hpsv2", "aesthetic", "imagereward", "remote", "vlm_judge"]
-LOCAL_REWARDS = ("shapes", "pickscore", "clipscore", "hpsv2", "aesthetic", "imagereward")  # what `solrl reward serve` can serve
+RewardName = Literal["shapes", "shapes_strict", "pickscore", "clipscore", "hpsv2", "aesthetic", "imagereward", "remote", "vlm_judge"]
+LOCAL_REWARDS = ("shapes", "shapes_strict", "pickscore", "clipscore", "hpsv2", "aesthetic", "imagereward")  # what `solrl reward serve` can serve
 
 
 class RewardSpec(BaseModel):
@@ -73,10 +73,10 @@ def resolve_device(device: str) -> str:
 
 def build_one(spec: RewardSpec):
     """The reward model one spec names, loaded from its local path."""
-    if spec.name == "shapes":
+    if spec.name in ("shapes", "shapes_strict"):
         from solrl.rewards.shapes import ShapesReward
 
-        return ShapesReward()
+        return ShapesReward(strict=spec.name == "shapes_strict")
     if spec.name == "remote":
         from solrl.rewards.remote import RemoteReward
 

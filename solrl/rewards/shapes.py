@@ -185,9 +185,12 @@ def score_detections(spec: Spec, detections: Sequence[Detection]) -> tuple[float
 
 
 class ShapesReward:
-    """Batched shapes reward: scores in [0, 1] and strict pass flags for (image, caption) pairs."""
+    """Batched shapes reward: scores in [0, 1] and strict pass flags for (image, caption) pairs.
+    Called, it returns the score, or with `strict` the pass flag as 0 / 1 (the eval's criterion)."""
 
-    name = "shapes"
+    def __init__(self, strict: bool = False):
+        self.strict = strict
+        self.name = "shapes_strict" if strict else "shapes"
 
     def evaluate(self, images: torch.Tensor, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores (B,), passed (B,) bool) for images in [0, 1] and their captions."""
@@ -200,4 +203,5 @@ class ShapesReward:
         return scores, passed
 
     def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        return self.evaluate(images, prompts)[0]
+        scores, passed = self.evaluate(images, prompts)
+        return passed.float() if self.strict else scores
