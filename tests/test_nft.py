@@ -202,3 +202,29 @@ def test_micro_batching_does_not_change_the_step():
         results.append(model.adapter_state(POLICY))
     for k in results[0]:
         assert torch.allclose(results[0][k], results[1][k], atol=1e-6), k
+
+
+def test_group_noise_shares_one_draw_per_group_and_still_learns():
+    model = TinyPolicyModel(size=8, width=32, layers=1)
+    batch = _contrast_batch(model, n=8)
+    batch.groups[4:] = 1  # two prompt groups
+    rows = torch.arange(8)
+    shape = batch.x0.shape[1:]
+    shared = NFTTrainer(model, NFTConfig(group_noise=True), seed=0)._noise(batch, rows, 0, shape)
+    own = NFTTrainer(model, seed=0)._noise(batch, rows, 0, shape)
+    assert all(torch.equal(shared[i], shared[0]) for i in range(4)) and all(torch.equal(shared[i], shared[4]) for i in range(4, 8))
+    assert not torch.equal(shared[0], shared[4])
+    assert all(not torch.equal(own[i], own[j]) for i in range(8) for j in range(i))
+    # the contrast within a group still trains: one group, shared noise, samples move to the bright mode
+    model = TinyPolicyModel(size=8, width=32, layers=1)
+    batch = _contrast_batch(model)
+    trainer = NFTTrainer(model, NFTConfig(group_noise=True), OptimConfig(lr=1e-2), seed=0)
+    cond, seeds = model.encode_prompts(["a shape"] * 16), list(range(16))
+
+    def brightness():
+        return float(sample(model.inference_copy("fp32", adapter=POLICY), cond, seeds, SamplingConfig(steps=10)).mean())
+
+    start = brightness()
+    for _ in range(15):
+        trainer.step(batch)
+    assert brightness() - start > 0.3

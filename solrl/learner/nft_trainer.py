@@ -69,10 +69,10 @@ class NFTTrainer:
         # set by a sharded learner rank: gradient_sync(False) keeps a pass's gradient local
         self.gradient_sync: Callable[[bool], None] | None = None
 
-    def _noise(self, seeds: torch.Tensor, time_index: int, shape) -> torch.Tensor:
-        return torch.stack(
-            [seed_noise(hash_ints(self.seed, self.step_count, int(s), time_index), shape) for s in seeds]
-        )
+    def _noise(self, batch: TrainBatch, rows: torch.Tensor, time_index: int, shape) -> torch.Tensor:
+        # Keyed by sample seed (or by group under group_noise), never by row position.
+        keys = [(-1, int(g)) for g in batch.groups[rows]] if self.nft.group_noise else [(int(s),) for s in batch.seeds[rows]]
+        return torch.stack([seed_noise(hash_ints(self.seed, self.step_count, *k, time_index), shape) for k in keys])
 
     def step(self, batch: TrainBatch, rank: int | None = None, world: int = 1) -> dict[str, float]:
         """One optimizer step on `batch`; returns the loss statistics averaged over times.
@@ -122,7 +122,7 @@ class NFTTrainer:
         passes = [(ti, t, idx) for ti, t in enumerate(times) for idx in chunks]
         for i, (ti, t, idx) in enumerate(passes):
             x0, cond = batch.x0[idx].to(device), batch.cond.select(idx).to(device)
-            eps = self._noise(batch.seeds[idx], ti, x0.shape[1:]).to(device=device, dtype=x0.dtype)
+            eps = self._noise(batch, idx, ti, x0.shape[1:]).to(device=device, dtype=x0.dtype)
             tt = torch.full((x0.shape[0],), t, dtype=torch.float32, device=device)
             x_t = interpolate(x0, eps, tt)
             with torch.no_grad():

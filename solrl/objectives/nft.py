@@ -25,6 +25,9 @@ class NFTConfig(BaseModel):
     old_decay_rate: float = Field(default=1e-3, ge=0)  # eta = min(rate * step, old_decay_max)
     old_decay_max: float = Field(default=0.5, ge=0, le=1)
     ema_decay: float = Field(default=0.9, ge=0, le=1)  # evaluation EMA of theta
+    # Not in the paper: one training-noise draw per prompt group and time (common random
+    # numbers), so a group's reward contrast is not mixed with differences of noise draws.
+    group_noise: bool = False
 
 
 def group_advantages(rewards: torch.Tensor, groups: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
