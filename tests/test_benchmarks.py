@@ -1,0 +1,27 @@
+"""The GPU rollout benchmark's code path, run at tiny sizes on the CPU.
+
+No session of this project has been lent a GPU, so `benchmarks/gpu_rollout.py` at real sizes has
+not run; this keeps the code it would run (real diffusers transformers, LoRA merge, re-quantize,
+every precision) working, and checks that --tiny leaves RESULTS.md alone.
+"""
+
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_gpu_rollout_benchmark_runs_tiny_on_cpu_and_appends_nothing():
+    results = ROOT / "benchmarks" / "RESULTS.md"
+    before = results.read_bytes()
+    cmd = [sys.executable, "gpu_rollout.py", "--tiny", "--batch", "2", "--steps", "2", "--repeats", "1"]
+    out = subprocess.run(cmd, cwd=ROOT / "benchmarks", capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line.split("|")[1:-1] for line in out.stdout.splitlines() if line.startswith("| sd35l") or line.startswith("| flux1")]
+    assert [(r[0].strip(), r[2].strip()) for r in rows] == [(m, p) for m in ("sd35l", "flux1") for p in ("bf16", "fp8_e4m3", "nvfp4")], (
+        out.stdout
+    )
+    for row in rows:
+        assert float(row[4]) > 0 and float(row[5]) >= 0, row  # images/s and merge seconds are measured numbers
+    assert results.read_bytes() == before
