@@ -1,0 +1,78 @@
+"""Learning curves of finished shapes runs: held-out eval accuracy at every `eval.every` point
+and the mean proxy reward of all explored candidates (the policy's own reward on train prompts)
+over the iterations before it.
+
+    solrl train --local --out runs/long --set train.iterations=80 --set eval.every=20
+    python benchmarks/learning_curve.py runs/long [more run dirs]
+
+Each run is labelled by how its config.yaml differs from the shipped configs/shapes.yaml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+
+import yaml
+from common import append_results, table
+
+from solrl.config import load_config
+
+SHORT = {"single_object": "single", "two_object": "two", "counting": "count", "colors": "colors", "position": "pos", "color_attr": "attr"}
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def label(run: pathlib.Path) -> str:
+    """The run's settings that differ from the shipped shapes config, as key=value."""
+    shipped = _flat(load_config().model_dump(mode="json"))
+    own = _flat(yaml.safe_load((run / "config.yaml").read_text()))
+    diff = [f"{k}={v}" for k, v in sorted(own.items()) if shipped.get(k) != v]
+    return ", ".join(diff) or "shipped config"
+
+
+def curve(run: pathlib.Path) -> list[list[object]]:
+    """One row per eval point: iteration, seconds, held-out accuracy and score, per-task, proxy mean."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    final = json.loads((run / "eval.json").read_text())
+    points = [(0, 0.0, final["base_eval"])]
+    points += [(r["iteration"] + 1, r["elapsed"], r["eval"]) for r in rows if "eval" in r]
+    points.append((len(rows), final.get("seconds", rows[-1]["elapsed"]), final["final_eval"]))
+    out, start = [], 0
+    for iteration, seconds, ev in points:
+        window = rows[start:iteration]
+        proxy = sum(r["proxy_reward_mean"] for r in window) / len(window) if window else float("nan")
+        tasks = " ".join(f"{SHORT.get(k, k)} {v:.2f}" for k, v in ev["per_task"].items())
+        out.append([iteration, f"{seconds:.0f}", f"{ev['accuracy']:.3f}", f"{ev['score']:.3f}", tasks, f"{proxy:.3f}" if window else "-"])
+        start = iteration
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=pathlib.Path, help="run directories written by `solrl train --out`")
+    args = parser.parse_args()
+    headers = ["iterations", "run s", "held-out accuracy (EMA)", "score", "per task", "proxy mean since last row"]
+    body = []
+    for run in args.runs:
+        body.append(f"{run.name}: {label(run)}\n\n" + table(headers, curve(run)))
+    append_results(
+        "Learning curves of shapes runs",
+        "\n\n".join(body),
+        "held-out = 63 eval captions x 8, fp32 10 Euler steps, seed 1234, on the evaluation EMA; the last row is the "
+        "run's final eval; proxy = mean NVFP4 6-step reward of every explored candidate (train prompts, current policy); "
+        "run s is wall time inside the run, so it depends on what else shared the machine",
+    )
+
+
+if __name__ == "__main__":
+    main()
