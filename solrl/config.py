@@ -67,7 +67,7 @@ class TrainConfig(_Strict):
     nft: NFTConfig = Field(default_factory=NFTConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     micro_batch: int | None = Field(default=None, ge=1)
-    # Optimizer steps per iteration, each on an equal share of the prompt groups (SOLRL_SPEC: 1).
+    # Optimizer steps per iteration, each on an equal share of the prompt groups (docs/method.md: 1).
     updates_per_iteration: int = Field(default=1, ge=1)
 
 
@@ -78,6 +78,9 @@ class EvalConfig(_Strict):
     precision: Precision = "fp32"
     seed: int = 1234
     every: int = Field(default=0, ge=0)  # also evaluate every this many iterations (0: start and end only)
+    # shapes runs: the base eval also draws this many seeds per caption for the best-of preference (0: off)
+    best_of: int = Field(default=32, ge=0)
+    grid_rows: int = Field(default=8, ge=0)  # captions in the run's before/after grid.png (0: no grid)
 
 
 class ClusterConfig(_Strict):
@@ -123,7 +126,7 @@ class RunConfig(_Strict):
     @property
     def shapes_captions(self) -> bool:
         """Whether prompts are shapes-world captions (the shapes reward parses them)."""
-        return any(r.name in ("shapes", "shapes_strict") for r in self.reward)
+        return any(r.name.startswith("shapes") for r in self.reward)
 
     @model_validator(mode="after")
     def _k_fits_n(self) -> RunConfig:
@@ -139,6 +142,13 @@ class RunConfig(_Strict):
             )
         if not self.reward:
             raise ValueError("reward is empty; name at least one reward, e.g. reward: shapes")
+        names = [r.name for r in self.reward]
+        for r in self.reward:
+            if r.gate is not None and (r.gate not in names or r.gate == r.name):
+                raise ValueError(
+                    f"reward {r.name!r} has gate={r.gate!r}, which is not another part of the reward list {names}; "
+                    f"add {{name: {r.gate}, weight: 0}} to gate by it without paying for it"
+                )
         if not self.shapes_captions:
             for field, value in (("prompts", self.prompts), ("eval.prompts", self.eval.prompts)):
                 if value in ("train", "eval"):

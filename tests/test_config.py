@@ -7,7 +7,8 @@ from solrl.config import ConfigError, RunConfig, dump_config, load_config, shipp
 
 def test_shipped_shapes_config_loads():
     config = load_config()
-    assert [r.name for r in config.reward] == ["shapes"] and config.model.kind == "shapes"
+    assert [(r.name, r.weight, r.gate) for r in config.reward] == [("shapes", 0.5, None), ("shapes_size", 0.5, "shapes_strict"), ("shapes_strict", 0, None)]
+    assert config.model.kind == "shapes"
     assert shipped_config("shapes").is_file()
     assert RunConfig.model_validate(__import__("yaml").safe_load(dump_config(config))) == config
 

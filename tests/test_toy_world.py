@@ -1,12 +1,15 @@
-"""The shapes world: caption grammar, prompt split, renderer and the shapes reward's bars."""
+"""The shapes world: caption grammar, prompt split, renderer, the detector and the shapes rewards' bars."""
 
 import random
 
 import numpy as np
 import pytest
 import torch
+from shapes_adversarial import catalogue
 
-from solrl.rewards.shapes import ShapesReward, detect
+from solrl.rewards.shapes import ShapesReward
+from solrl.toy import detector
+from solrl.toy.detector import Detection, detect, judge, size_preference
 from solrl.toy.captions import (
     COLORS,
     SHAPES,
@@ -20,7 +23,7 @@ from solrl.toy.captions import (
     parse_caption,
     split_captions,
 )
-from solrl.toy.render import _coverage, render_batch
+from solrl.toy.render import coverage, render_batch
 
 
 def test_grammar_covers_six_tasks_six_colours_three_shapes():
@@ -129,7 +132,7 @@ def _patchwork(seed: int) -> np.ndarray:
     rng.shuffle(combos)
     cells = [(x, y) for x in range(0, 32, 8) for y in range(0, 32, 8)]
     for (x, y), (color, shape) in zip(cells, combos):
-        alpha = _coverage(shape, (x + 1, y + 1, 6.5), 32)[None].astype(np.float32)
+        alpha = coverage(shape, (x + 1, y + 1, 6.5), 32)[None].astype(np.float32)
         image = image * (1 - alpha) + alpha * np.asarray(COLORS[color], np.float32)[:, None, None]
     return image
 
@@ -169,3 +172,88 @@ def test_partial_credit():
     assert float(ShapesReward()(two, ["a circle and a triangle"])[0]) == pytest.approx(1 / 3)
     with pytest.raises(ValueError, match="one caption per image"):
         ShapesReward().evaluate(images, ["a circle", "a square"])
+
+
+def test_adversarial_catalogue_scores_low():
+    """Forms that are not the world's shapes, objects the count must not miss, relations on the
+    wrong axis: none passes its caption (tests/shapes_adversarial.py draws them)."""
+    cases = catalogue()
+    assert len(cases) >= 18
+    images = torch.from_numpy(np.stack([image for image, _ in cases.values()]))
+    scores, passed, _ = judge(images, [caption for _, caption in cases.values()])
+    for (name, (_, caption)), score, ok in zip(cases.items(), scores.tolist(), passed.tolist()):
+        assert not ok, f"{name!r} passes {caption!r}"
+        # forms earn nothing for the shape they imitate; extra objects and wrong relations cost at least a quarter
+        ceiling = 0.2 if name not in EXTRA_OR_RELATION else 0.75
+        assert score <= ceiling, (name, score)
+    found = dict(zip(cases, detect(images)))
+    # every visible object is counted, however small or dark
+    assert len(found["extra speck"]) == 2 and len(found["extra dark square"]) == 2 and len(found["small third object"]) == 3
+    # a square inside a square is two objects, neither of them the outer square
+    assert sorted((d.shape or "-", d.color or "-") for d in found["two-colour square"]) == [("-", "-"), ("square", "blue")]
+
+
+EXTRA_OR_RELATION = {"extra speck", "extra dark square", "extra grey blob", "small third object", "left of, but mostly above", "above, but mostly beside"}
+
+
+def test_relations_are_judged_by_the_dominant_axis():
+    a = Detection("circle", "red", 10.0, 10.0, 10.0, 78.0)
+    assert detector._relation_holds(a, Detection("square", "blue", 22.0, 12.0, 10.0, 100.0), "left of")
+    assert not detector._relation_holds(a, Detection("square", "blue", 22.0, 24.0, 10.0, 100.0), "left of")  # more below than right
+    assert detector._relation_holds(a, Detection("square", "blue", 22.0, 24.0, 10.0, 100.0), "above")
+    assert not detector._relation_holds(a, Detection("square", "blue", 11.0, 11.5, 10.0, 100.0), "above")  # within the margin
+
+
+def test_size_preference_peaks_at_the_renderers_largest_size():
+    def one(side):
+        return size_preference([Detection("square", "red", 16, 16, side, side * side)])
+
+    assert one(8.0) == 0.0 and one(13.0) == pytest.approx(1.0) and one(10.5) == pytest.approx(0.5)
+    assert one(15.5) == pytest.approx(0.5) and one(18.0) == 0.0 and one(4.0) == 0.0  # bigger than drawn falls off
+    # three or four objects: the renderer's 7..10 px range
+    three = [Detection("circle", "red", x, 16, 10.0, 78.0) for x in (5, 15, 25)]
+    assert size_preference(three) == pytest.approx(1.0) and size_preference([]) == 0.0
+    # renders sit inside the range: a fresh render scores between 0 and 1, most often in between
+    images = render_batch([parse_caption("a red circle")] * 64, 3)
+    prefs = judge(images, ["a red circle"] * 64)[2]
+    assert 0 <= float(prefs.min()) and float(prefs.max()) <= 1 and 0.2 < float(prefs.mean()) < 0.8
+
+
+def test_detector_work_is_bounded_on_a_large_adversarial_image(monkeypatch):
+    """512 x 512 of 2 x 2 dots: 28k visible objects are counted without classifying any; the time
+    is in benchmarks/detector_bench.py."""
+    calls = []
+    real = detector._fit_shape
+    monkeypatch.setattr(detector, "_fit_shape", lambda a: calls.append(a.shape) or real(a))
+    image = torch.zeros(1, 3, 512, 512)
+    image[:, :, (torch.arange(512) % 3) < 2, :] = 1.0
+    image[:, :, :, (torch.arange(512) % 3) == 2] = 0.0
+    found = detect(image)[0]
+    assert len(found) > detector.MAX_OBJECTS and all(d.shape is None for d in found) and not calls
+    scores, passed, _ = judge(image, ["a red circle"])
+    assert float(scores[0]) == 0.0 and not bool(passed[0])
+
+
+def test_main_job_reward_pays_size_only_where_the_caption_holds(eval_renders, monkeypatch):
+    from solrl.config import ConfigError, load_config
+    from solrl.rewards import shapes as shapes_rewards
+    from solrl.rewards.registry import build_reward
+
+    captions, images = eval_renders
+    captions, images = captions[:64], images[:64]
+    wrong = captions[1:] + captions[:1]
+    reward = build_reward(load_config().reward)  # shapes.yaml: 0.5 shapes + 0.5 shapes_size gated by shapes_strict
+    calls = []
+    monkeypatch.setattr(shapes_rewards, "judge", lambda *a: calls.append(1) or judge(*a))
+    for caps in (captions, wrong):
+        score, passed, size = judge(images, caps)
+        assert torch.allclose(reward(images, caps), 0.5 * score + 0.5 * size * passed.float())
+    assert len(calls) == 2  # one detector pass per batch for all three parts
+    score, passed, _ = judge(images, wrong)
+    assert 0 < int(passed.sum()) < 64
+    assert torch.allclose(reward(images, wrong)[~passed], 0.5 * score[~passed])  # size pays nothing where the caption fails
+    gated = build_reward(load_config(overrides=["reward=[{name: shapes, weight: 0.5}, {name: shapes_size, weight: 0.5, gate: shapes}]"]).reward)
+    score, _, size = judge(images, wrong)
+    assert torch.allclose(gated(images, wrong), score * (0.5 + 0.5 * size))
+    with pytest.raises(ConfigError, match="gate='shapes_strict'.*add"):
+        load_config(overrides=["reward=[{name: shapes_size, gate: shapes_strict}]"])

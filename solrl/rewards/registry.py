@@ -1,4 +1,5 @@
-"""Rewards by name, and a weighted sum of several: what a run's `reward` config builds."""
+"""Rewards by name, and a weighted sum of several, each part optionally gated by another: what a
+run's `reward` config builds."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-RewardName = Literal["shapes", "shapes_strict", "pickscore", "clipscore", "hpsv2", "aesthetic", "imagereward", "remote", "vlm_judge"]
-LOCAL_REWARDS = ("shapes", "shapes_strict", "pickscore", "clipscore", "hpsv2", "aesthetic", "imagereward")  # what `solrl reward serve` can serve
+RewardName = Literal[
+    "shapes", "shapes_strict", "shapes_size", "pickscore", "clipscore", "hpsv2", "aesthetic", "imagereward", "remote", "vlm_judge"
+]
+# what `solrl reward serve` can serve
+LOCAL_REWARDS = ("shapes", "shapes_strict", "shapes_size", "pickscore", "clipscore", "hpsv2", "aesthetic", "imagereward")
 
 
 class RewardSpec(BaseModel):
@@ -20,6 +24,9 @@ class RewardSpec(BaseModel):
     name: RewardName
     path: str | None = None
     weight: float = 1.0
+    # The name of another part of the same reward list: this part pays in proportion to that
+    # part's score (weight * this * gate), e.g. a preference that counts only where the caption holds.
+    gate: RewardName | None = None
     device: str = Field(default="auto", description="'auto' = the first CUDA device if any, else cpu")
     # remote and vlm_judge:
     # remote: host:port of `solrl reward serve` (token from SOLRL_REWARD_TOKEN);
@@ -49,21 +56,30 @@ class RewardSpec(BaseModel):
 
 
 class WeightedReward:
-    """sum_i weight_i * reward_i(images, prompts); each part's mean is kept for the metrics."""
+    """sum_i weight_i * reward_i(images, prompts) [* gate_i(images, prompts)]; each reward is
+    computed once per call, and each one's mean is kept for the metrics."""
 
-    def __init__(self, parts: Sequence[tuple[str, float, object]]):
+    def __init__(self, parts: Sequence[tuple[str, float, object]], gates: dict[str, str] | None = None):
         if not parts:
             raise ValueError("a weighted reward needs at least one part")
         self.parts = list(parts)
-        self.name = "+".join(f"{w:g}*{n}" for n, w, _ in self.parts)
+        self.gates = gates or {}
+        names = {n for n, _, _ in self.parts}
+        for part, gate in self.gates.items():
+            if gate not in names or gate == part:
+                raise ValueError(f"reward part {part!r} is gated by {gate!r}, which is not another part of the reward list; add it (weight 0 if it should only gate)")
+        self.name = "+".join(f"{w:g}*{n}" + (f"*{self.gates[n]}" if n in self.gates else "") for n, w, _ in self.parts)
         self.last_means: dict[str, float] = {}
 
     def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        values = {}
+        for name, _, reward in self.parts:
+            values[name] = reward(images, prompts).float().cpu()
+            self.last_means[name] = float(values[name].mean()) if len(values[name]) else float("nan")
         total = torch.zeros(len(images), dtype=torch.float32)
-        for name, weight, reward in self.parts:
-            r = reward(images, prompts).float().cpu()
-            self.last_means[name] = float(r.mean()) if len(r) else float("nan")
-            total += weight * r
+        for name, weight, _ in self.parts:
+            gate = self.gates.get(name)
+            total += weight * values[name] * (values[gate] if gate else 1.0)
         return total
 
 
@@ -73,10 +89,10 @@ def resolve_device(device: str) -> str:
 
 def build_one(spec: RewardSpec):
     """The reward model one spec names, loaded from its local path."""
-    if spec.name in ("shapes", "shapes_strict"):
+    if spec.name.startswith("shapes"):
         from solrl.rewards.shapes import ShapesReward
 
-        return ShapesReward(strict=spec.name == "shapes_strict")
+        return ShapesReward(spec.name)
     if spec.name == "remote":
         from solrl.rewards.remote import RemoteReward
 
@@ -97,7 +113,18 @@ def build_one(spec: RewardSpec):
 
 
 def build_reward(specs: Sequence[RewardSpec]):
-    """A single reward as itself (weight 1), several as their weighted sum."""
-    if len(specs) == 1 and specs[0].weight == 1.0:
+    """A single reward as itself (weight 1, no gate), several as their (gated) weighted sum. Parts
+    of the shapes world share one detector pass per batch."""
+    if len(specs) == 1 and specs[0].weight == 1.0 and specs[0].gate is None:
         return build_one(specs[0])
-    return WeightedReward([(s.name, s.weight, build_one(s)) for s in specs])
+    judge = None
+    parts = []
+    for s in specs:
+        if s.name.startswith("shapes"):
+            from solrl.rewards.shapes import ShapesJudge, ShapesReward
+
+            judge = judge or ShapesJudge()
+            parts.append((s.name, s.weight, ShapesReward(s.name, judge)))
+        else:
+            parts.append((s.name, s.weight, build_one(s)))
+    return WeightedReward(parts, {s.name: s.gate for s in specs if s.gate})

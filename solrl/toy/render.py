@@ -3,7 +3,7 @@ placements that satisfy the caption (objects never touch; relations hold with a 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -49,23 +49,34 @@ def _place(spec: Spec, rng: np.random.Generator, size: int) -> list[tuple[float,
     raise RuntimeError(f"could not place {spec} on a {size}x{size} canvas")
 
 
-def _coverage(shape: str, box: tuple[float, float, float], size: int) -> np.ndarray:
-    """Fraction of each pixel the shape covers, by sampling SUPERSAMPLE^2 points per pixel."""
-    fine = size * SUPERSAMPLE
-    coords = (np.arange(fine) + 0.5) / SUPERSAMPLE
-    px, py = np.meshgrid(coords, coords)
-    x, y, side = box
-    u, v = (px - x) / side, (py - y) / side  # in [0, 1] inside the box
+def shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Which points of box-normalised coordinates (u, v in [0, 1] inside the box) lie in `shape`."""
     inside = (u >= 0) & (u <= 1) & (v >= 0) & (v <= 1)
     if shape == "circle":
-        mask = (u - 0.5) ** 2 + (v - 0.5) ** 2 <= 0.25
-    elif shape == "square":
-        mask = inside
-    elif shape == "triangle":  # apex at the top centre, base along the bottom
-        mask = inside & (np.abs(u - 0.5) <= v / 2)
-    else:
-        raise ValueError(f"unknown shape {shape!r}")
-    return mask.reshape(size, SUPERSAMPLE, size, SUPERSAMPLE).mean(axis=(1, 3))
+        return (u - 0.5) ** 2 + (v - 0.5) ** 2 <= 0.25
+    if shape == "square":
+        return inside
+    if shape == "triangle":  # apex at the top centre, base along the bottom
+        return inside & (np.abs(u - 0.5) <= v / 2)
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def coverage(
+    shape: str | Callable[[np.ndarray, np.ndarray], np.ndarray],
+    box: tuple[float, float, float],
+    size: int = SIZE,
+    window: tuple[int, int, int, int] | None = None,
+) -> np.ndarray:
+    """Fraction of each pixel the shape in `box` (x, y, side) covers, from SUPERSAMPLE^2 points per
+    pixel; over the whole canvas, or over `window` (x0, y0, width, height) in pixels. `shape` is a
+    shape's name or a mask function of box-normalised (u, v), as shape_mask is."""
+    x0, y0, w, h = window or (0, 0, size, size)
+    px = x0 + (np.arange(w * SUPERSAMPLE) + 0.5) / SUPERSAMPLE
+    py = y0 + (np.arange(h * SUPERSAMPLE) + 0.5) / SUPERSAMPLE
+    x, y, side = box
+    u, v = ((px - x) / side)[None, :], ((py - y) / side)[:, None]
+    mask = shape_mask(shape, u, v) if isinstance(shape, str) else shape(u, v)
+    return mask.reshape(h, SUPERSAMPLE, w, SUPERSAMPLE).mean(axis=(1, 3))
 
 
 def render(spec: Spec, rng: np.random.Generator, size: int = SIZE) -> np.ndarray:
@@ -74,7 +85,7 @@ def render(spec: Spec, rng: np.random.Generator, size: int = SIZE) -> np.ndarray
     names = list(COLORS)
     for obj, box in zip(spec.objects, _place(spec, rng, size)):
         color = np.asarray(COLORS[obj.color or names[rng.integers(len(names))]], dtype=np.float32)
-        alpha = _coverage(obj.shape, box, size)[None].astype(np.float32)
+        alpha = coverage(obj.shape, box, size)[None].astype(np.float32)
         image = image * (1 - alpha) + alpha * color[:, None, None]
     return image
 
