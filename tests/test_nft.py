@@ -11,6 +11,7 @@ from solrl.models.tiny import TinyPolicyModel
 from solrl.objectives.nft import (
     NFTConfig,
     ema_,
+    ema_decay_at,
     group_advantages,
     interpolate,
     nft_loss,
@@ -66,18 +67,18 @@ ZERO = torch.zeros(1, 2)
 def test_loss_by_hand_beta_1():
     # v+ = v_theta = [1, 4]: x0+ = [0.5, -1], err = [-0.5, -1], mean sq 0.625 / mean abs 0.75 = 5/6
     # v- = -v_theta:         x0- = [1.5, 3],  err = [0.5, 3],   mean sq 4.625 / mean abs 1.75
-    # kl = mean([1, 16]) = 8.5
+    # kl = mean([1, 16]) = 8.5; the policy term is scaled by adv_clip = 5 (the reference code's factor)
     v_theta = torch.tensor([[1.0, 4.0]], requires_grad=True)
     loss, stats = nft_loss(v_theta, ZERO, ZERO, X0, XT, T, R)
     term_pos, term_neg = 5 / 6, 4.625 / 1.75
     assert stats["term_pos"] == pytest.approx(term_pos) and stats["term_neg"] == pytest.approx(term_neg)
     assert stats["kl"] == pytest.approx(8.5)
-    assert loss.item() == pytest.approx(0.75 * term_pos + 0.25 * term_neg + 1e-4 * 8.5, rel=1e-6)
+    assert loss.item() == pytest.approx(5 * (0.75 * term_pos + 0.25 * term_neg) + 1e-4 * 8.5, rel=1e-6)
     # the adaptive weight is a stop-gradient: d term+/d v = 2 err (-t) / (n w+), etc.
     loss.backward()
     grad_pos = torch.tensor([0.25, 0.5]) / 0.75  # 2 * err * (-0.5) / 2 / 0.75
     grad_neg = torch.tensor([0.25, 1.5]) / 1.75  # v- = -v_theta flips the sign back
-    expected = 0.75 * grad_pos + 0.25 * grad_neg + 1e-4 * torch.tensor([1.0, 4.0])
+    expected = 5 * (0.75 * grad_pos + 0.25 * grad_neg) + 1e-4 * torch.tensor([1.0, 4.0])
     assert torch.allclose(v_theta.grad, expected.unsqueeze(0), atol=1e-6)
 
 
@@ -85,12 +86,12 @@ def test_loss_by_hand_beta_2_and_v_old():
     # beta = 2, v_old = 0: v+ = 2 v_theta = [2, 8] -> err [-1, -3] -> 5 / 2; v- = [-2, -8] -> err [1, 5] -> 13 / 3
     v_theta = torch.tensor([[1.0, 4.0]])
     loss, _ = nft_loss(v_theta, ZERO, ZERO, X0, XT, T, R, NFTConfig(beta=2.0))
-    assert float(loss) == pytest.approx((0.75 * 2.5 + 0.25 * 13 / 3) / 2 + 1e-4 * 8.5, rel=1e-6)
+    assert float(loss) == pytest.approx(5 * (0.75 * 2.5 + 0.25 * 13 / 3) / 2 + 1e-4 * 8.5, rel=1e-6)
     # v_theta = v_old = [2, 2]: v+ = v- = [2, 2] -> x0± = [0, 0], err = [-1, 0] -> 0.5 / 0.5 = 1
     same = torch.tensor([[2.0, 2.0]])
     loss, stats = nft_loss(same, same, ZERO, X0, XT, T, R)
     assert stats["term_pos"] == pytest.approx(1.0) and stats["term_neg"] == pytest.approx(1.0)
-    assert float(loss) == pytest.approx(1.0 + 1e-4 * 4.0, rel=1e-6)
+    assert float(loss) == pytest.approx(5 * 1.0 + 1e-4 * 4.0, rel=1e-6)
 
 
 def test_weight_floor_when_prediction_is_exact():
@@ -104,6 +105,9 @@ def test_weight_floor_when_prediction_is_exact():
 
 def test_old_policy_schedule_and_ema():
     assert [old_policy_decay(s) for s in (0, 1, 250, 500, 10_000)] == [0.0, 0.001, 0.25, 0.5, 0.5]
+    # the evaluation EMA warms up as the reference code's does: min((1 + s) / (10 + s), 0.9)
+    assert [ema_decay_at(s) for s in (0, 1, 10, 80, 81, 1000)] == [0.1, 2 / 11, 11 / 20, 81 / 90, 0.9, 0.9]
+    assert ema_decay_at(0, NFTConfig(ema_warmup=False)) == 0.9
     target = [torch.tensor([1.0, -2.0])]
     ema_(target, [torch.tensor([3.0, 2.0])], 0.9)
     assert torch.allclose(target[0], torch.tensor([1.2, -1.6]))
@@ -188,7 +192,8 @@ def test_old_policy_and_ema_follow_their_schedules():
     old_after, ema_after = model.adapter_state(OLD), trainer.ema_state()
     for k in theta:
         assert torch.allclose(old_after[k], 0.001 * old_before[k] + 0.999 * theta[k], atol=1e-7)
-        assert torch.allclose(ema_after[k], 0.9 * ema_before[k] + 0.1 * theta[k], atol=1e-7)
+        # step 0 of the warm-up: decay 0.1
+        assert torch.allclose(ema_after[k], 0.1 * ema_before[k] + 0.9 * theta[k], atol=1e-7)
     assert any(not torch.equal(theta[k], old_before[k]) for k in theta)
 
 
@@ -228,3 +233,30 @@ def test_group_noise_shares_one_draw_per_group_and_still_learns():
     for _ in range(15):
         trainer.step(batch)
     assert brightness() - start > 0.3
+
+
+def test_each_sample_draws_its_own_training_times():
+    model = TinyPolicyModel(size=8, width=32, layers=1)
+    batch = _contrast_batch(model, n=8)
+    trainer = NFTTrainer(model, seed=0, train_steps=10)
+    times = trainer._times(batch)
+    grid = set(trainer.grid[:-1].tolist())
+    assert times.shape == (8, 6)  # 0.6 of 10 steps
+    assert all(any(abs(t - g) < 1e-6 for g in grid) for row in times.tolist() for t in row)
+    assert all(row == sorted(row, reverse=True) for row in times.tolist())  # schedule order, 1 -> 0
+    assert len({tuple(row) for row in times.tolist()}) > 1  # not one draw for all
+    # keyed by sample seed: the same sample gets the same times whatever rows surround it
+    assert torch.equal(trainer._times(batch.select(torch.tensor([5, 2])))[0], times[5])
+    shared = NFTTrainer(model, NFTConfig(per_sample_times=False), seed=0)._times(batch)
+    assert all(torch.equal(shared[i], shared[0]) for i in range(8))
+
+
+def test_policy_loss_is_scaled_by_adv_clip():
+    g = torch.Generator().manual_seed(0)
+    v_theta, v_old, v_ref, x0, eps = (torch.randn(4, 3, 4, 4, generator=g) for _ in range(5))
+    t = torch.full((4,), 0.5)
+    x_t = interpolate(x0, eps, t)
+    r = torch.tensor([0.1, 0.4, 0.6, 0.9])
+    one = nft_loss(v_theta, v_old, v_ref, x0, x_t, t, r, NFTConfig(adv_clip=1.0, kl_weight=0.0))[1]["policy_loss"]
+    five = nft_loss(v_theta, v_old, v_ref, x0, x_t, t, r, NFTConfig(kl_weight=0.0))[1]["policy_loss"]
+    assert five == pytest.approx(5 * one, rel=1e-6)

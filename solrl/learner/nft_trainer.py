@@ -1,8 +1,8 @@
 """One DiffusionNFT optimizer step per call on a PolicyModel: times, noise, loss, AdamW, then
 the old-policy and evaluation-EMA updates.
 
-Noise is drawn per sample from (seed, step, sample seed, time index), never from a shared
-stream, so splitting the batch across ranks or micro-batches trains on the same numbers.
+Noise and training times are drawn per sample from (seed, step, sample seed, ...), never from a
+shared stream, so splitting the batch across ranks or micro-batches trains on the same numbers.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from solrl.models.base import OLD, POLICY
 from solrl.objectives.nft import (
     NFTConfig,
     ema_,
+    ema_decay_at,
     group_advantages,
     interpolate,
     nft_loss,
@@ -30,7 +31,7 @@ from solrl.types import TrainBatch
 
 
 class OptimConfig(BaseModel):
-    """AdamW settings; defaults are SOLRL_SPEC's."""
+    """AdamW settings; defaults are docs/method.md's."""
 
     model_config = ConfigDict(extra="forbid")
     lr: float = Field(default=3e-4, gt=0)
@@ -69,10 +70,23 @@ class NFTTrainer:
         # set by a sharded learner rank: gradient_sync(False) keeps a pass's gradient local
         self.gradient_sync: Callable[[bool], None] | None = None
 
-    def _noise(self, batch: TrainBatch, rows: torch.Tensor, time_index: int, shape) -> torch.Tensor:
+    def _keys(self, batch: TrainBatch, rows: torch.Tensor) -> list[tuple[int, ...]]:
         # Keyed by sample seed (or by group under group_noise), never by row position.
-        keys = [(-1, int(g)) for g in batch.groups[rows]] if self.nft.group_noise else [(int(s),) for s in batch.seeds[rows]]
-        return torch.stack([seed_noise(hash_ints(self.seed, self.step_count, *k, time_index), shape) for k in keys])
+        return [(-1, int(g)) for g in batch.groups[rows]] if self.nft.group_noise else [(int(s),) for s in batch.seeds[rows]]
+
+    def _noise(self, batch: TrainBatch, rows: torch.Tensor, time_index: int, shape) -> torch.Tensor:
+        return torch.stack([seed_noise(hash_ints(self.seed, self.step_count, *k, time_index), shape) for k in self._keys(batch, rows)])
+
+    def _times(self, batch: TrainBatch) -> torch.Tensor:
+        """(rows, k) training times: each sample's own subset of the grid (per_sample_times),
+        or one subset for the whole step."""
+        if not self.nft.per_sample_times:
+            return torch.tensor([self._pick_times()] * len(batch), dtype=torch.float32)
+        return torch.tensor([self._pick_times(-3, *k) for k in self._keys(batch, torch.arange(len(batch)))], dtype=torch.float32)
+
+    def _pick_times(self, *key: int) -> list[float]:
+        generator = torch.Generator().manual_seed(hash_ints(self.seed, self.step_count, -1, *key))
+        return pick_train_times(self.grid, self.nft.timestep_fraction, generator)
 
     def step(self, batch: TrainBatch, rank: int | None = None, world: int = 1) -> dict[str, float]:
         """One optimizer step on `batch`; returns the loss statistics averaged over times.
@@ -93,8 +107,7 @@ class NFTTrainer:
             raise ValueError(f"a training batch of {n} rows cannot be split over {world} learner ranks; keep more samples per update")
         advantages = group_advantages(batch.rewards, batch.groups, self.nft.adv_eps)
         r = optimality_probability(advantages, self.nft.adv_clip).to(self.model.device)
-        generator = torch.Generator().manual_seed(hash_ints(self.seed, self.step_count, -1))
-        times = pick_train_times(self.grid, self.nft.timestep_fraction, generator)
+        times = self._times(batch)
         # Every rank runs the same number of forward/backward passes (FSDP's collectives pair up).
         chunks = 1 if self.micro_batch is None else min(math.ceil(math.ceil(n / world) / self.micro_batch), n // world)
         params = self.model.trainable_parameters()
@@ -111,19 +124,20 @@ class NFTTrainer:
         self.step_count += 1
         eta = old_policy_decay(self.step_count, self.nft)
         ema_(self.model.adapter_parameters(OLD).values(), self.model.adapter_parameters(POLICY).values(), eta)
-        ema_(self.ema, params, self.nft.ema_decay)
+        ema_(self.ema, params, ema_decay_at(self.step_count - 1, self.nft))
         totals.update(grad_norm=float(grad_norm), old_decay=eta, step=self.step_count, quarantined=quarantined)
         return totals
 
-    def _accumulate(self, batch: TrainBatch, r: torch.Tensor, times, chunks: tuple[torch.Tensor, ...], totals: dict[str, float]) -> None:
-        """Backpropagate the loss of the rows in `chunks` at every training time into the grads."""
+    def _accumulate(self, batch: TrainBatch, r: torch.Tensor, times: torch.Tensor, chunks: tuple[torch.Tensor, ...], totals: dict[str, float]) -> None:
+        """Backpropagate the loss of the rows in `chunks` at every training time into the grads;
+        pass j trains each row at its j-th time (`times` is rows x k)."""
         # Batches cross processes on the CPU; the model may live on a GPU.
-        model, device, n = self.model, self.model.device, len(batch)
-        passes = [(ti, t, idx) for ti, t in enumerate(times) for idx in chunks]
-        for i, (ti, t, idx) in enumerate(passes):
+        model, device, n, per_row = self.model, self.model.device, len(batch), times.shape[1]
+        passes = [(ti, idx) for ti in range(per_row) for idx in chunks]
+        for i, (ti, idx) in enumerate(passes):
             x0, cond = batch.x0[idx].to(device), batch.cond.select(idx).to(device)
             eps = self._noise(batch, idx, ti, x0.shape[1:]).to(device=device, dtype=x0.dtype)
-            tt = torch.full((x0.shape[0],), t, dtype=torch.float32, device=device)
+            tt = times[idx, ti].to(device)
             x_t = interpolate(x0, eps, tt)
             with torch.no_grad():
                 v_old = model.velocity(x_t, tt, cond, adapter=OLD)
@@ -135,7 +149,7 @@ class NFTTrainer:
                 # pass, so the sum runs in the order the one-process step sums in.
                 self.gradient_sync(i == len(passes) - 1)
             # Each (time, micro-batch) contributes its share of the mean over times and samples.
-            weight = x0.shape[0] / (n * len(times))
+            weight = x0.shape[0] / (n * per_row)
             (loss * weight).backward()
             for k, v in stats.items():
                 totals[k] = totals.get(k, 0.0) + v * weight

@@ -1,4 +1,4 @@
-"""The DiffusionNFT objective (arXiv 2509.16117) exactly as shared/SOLRL_SPEC.md states it.
+"""The DiffusionNFT objective (arXiv 2509.16117) exactly as docs/method.md states it.
 
 Pure functions of tensors: advantages, optimality probabilities, training times, the loss,
 and the schedules of the old policy and the evaluation EMA. No model, no optimizer here.
@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class NFTConfig(BaseModel):
-    """DiffusionNFT hyper-parameters; defaults are SOLRL_SPEC's."""
+    """DiffusionNFT hyper-parameters; defaults are docs/method.md's."""
 
     model_config = ConfigDict(extra="forbid")
     beta: float = Field(default=1.0, gt=0)  # mixing of v_theta into v+ / v-
@@ -24,7 +24,12 @@ class NFTConfig(BaseModel):
     weight_floor: float = Field(default=1e-5, gt=0)  # floor of the adaptive x0-space weight
     old_decay_rate: float = Field(default=1e-3, ge=0)  # eta = min(rate * step, old_decay_max)
     old_decay_max: float = Field(default=0.5, ge=0, le=1)
-    ema_decay: float = Field(default=0.9, ge=0, le=1)  # evaluation EMA of theta
+    ema_decay: float = Field(default=0.9, ge=0, le=1)  # evaluation EMA of theta: its decay at most
+    # Warm-up of the evaluation EMA, as the reference code does: decay min((1 + s) / (10 + s),
+    # ema_decay) at step s, so a short run's EMA is not mostly the initial adapter.
+    ema_warmup: bool = True
+    # Each sample draws its own training times (the reference code); False: one draw per step.
+    per_sample_times: bool = True
     # Not in the paper: one training-noise draw per prompt group and time (common random
     # numbers), so a group's reward contrast is not mixed with differences of noise draws.
     group_noise: bool = False
@@ -52,7 +57,8 @@ def optimality_probability(advantages: torch.Tensor, clip: float = 5.0) -> torch
 
 
 def pick_train_times(grid: torch.Tensor, fraction: float, generator: torch.Generator) -> list[float]:
-    """A random subset, round(fraction * steps) of them (at least one), of the grid's step times.
+    """A random subset, round(fraction * steps) of them (at least one), of the grid's step times,
+    in schedule order.
 
     `grid` is the rollout schedule (steps + 1 times, 1 -> 0); the final t = 0 is not a step.
     """
@@ -60,6 +66,13 @@ def pick_train_times(grid: torch.Tensor, fraction: float, generator: torch.Gener
     k = max(1, round(fraction * len(times)))
     order = torch.randperm(len(times), generator=generator)[:k]
     return [float(times[i]) for i in sorted(order.tolist())]
+
+
+def ema_decay_at(step: int, config: NFTConfig | None = None) -> float:
+    """Decay of the evaluation EMA at step s (from 0): min((1 + s) / (10 + s), ema_decay) with
+    warm-up, else ema_decay."""
+    cfg = config or NFTConfig()
+    return min((1 + step) / (10 + step), cfg.ema_decay) if cfg.ema_warmup else cfg.ema_decay
 
 
 def interpolate(x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -86,7 +99,8 @@ def nft_loss(
 
     v+ = (1 - beta) v_old + beta v_theta,  v- = (1 + beta) v_old - beta v_theta;
     x0± = x_t - t v±;  term± = mean((x0± - x0)^2) / stopgrad(mean|x0± - x0|) per sample;
-    loss = mean(r term+ + (1 - r) term-) / beta + kl_weight * mean((v_theta - v_ref)^2).
+    loss = adv_clip * mean(r term+ + (1 - r) term-) / beta + kl_weight * mean((v_theta - v_ref)^2).
+    The policy term's factor adv_clip (5) is the reference code's, which scales it by adv_clip_max.
     """
     cfg = config or NFTConfig()
     v_old, v_ref, x0, x_t = v_old.detach(), v_ref.detach(), x0.detach(), x_t.detach()
@@ -103,7 +117,7 @@ def nft_loss(
 
     pos, neg = term(v_pos), term(v_neg)
     r = r.to(pos.dtype)
-    policy_loss = (r * pos + (1.0 - r) * neg).mean() / beta
+    policy_loss = (r * pos + (1.0 - r) * neg).mean() / beta * cfg.adv_clip
     kl = _per_sample_mean((v_theta - v_ref) ** 2).mean()
     loss = policy_loss + cfg.kl_weight * kl
     stats = {
