@@ -1,89 +1,123 @@
-"""How well the NVFP4 few-step preview ranks seeds: the paper's Table 8 on our model.
+"""How well the low-precision few-step preview ranks seeds, per quantization rule: the paper's
+Table 8 on our model, and the cost of each rule's explore.
 
-For each eval prompt, N seeds are sampled twice from the same initial noise: by an NVFP4 copy in
-few steps (explore) and by a BF16 copy in full steps (regenerate), and both images are scored by
-the shapes reward. Per prompt we compare the two rankings, then average over prompts:
+For each eval prompt, N seeds are sampled twice from the same initial noise: by the explore copy
+(NVFP4 under a skip rule, few steps) and by the regeneration copy (BF16, full steps), and both
+images are scored by the main job's reward (shapes.yaml). Per prompt we compare the two rankings,
+then average over prompts:
 
 - Kendall tau-b and Spearman rho between proxy and BF16 rewards;
 - top-k match: share of the BF16 top-k seeds that are also in the proxy's top-k;
-- bottom-12 false inclusion: share of the proxy's top-12 that are in the BF16 bottom-12
-  (seeds best_worst would train as good that are among the worst).
+- bottom-k false inclusion: share of the proxy's top-k that are in the BF16 bottom-k (seeds
+  best_worst would train as good that are among the worst), k = a quarter of N.
 
-    python benchmarks/fidelity.py [--n 96] [--prompts eval] [--explore-steps 6] [--regen-steps 10]
-        [--explore-precision nvfp4] [--regen-precision bf16]
+Rules (each adds to the model's own skip list: embedders, norms, final layer): `all` quantizes
+every other GEMM; `mlp` only the MLPs of both streams; `image_mlp` only the image stream's MLP
+(the reference's SD3.5-L rule); `attention` only attention projections; `none` explores in BF16,
+which isolates the step-count gap. Explore cost is seconds per preview image on this machine,
+and its ratio to an fp32 preview.
+
+    python benchmarks/fidelity.py [--n 32] [--prompts eval] [--rules all mlp image_mlp attention none]
+        [--explore-steps 6] [--regen-steps 10] [--solver euler]
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 
 import numpy as np
+import torch
 
 from common import append_results, table
+from solrl.config import load_config
 from solrl.models.shapes import ShapesModel
-from solrl.rewards.shapes import ShapesReward
+from solrl.quant.linear import QuantRecipe, SkipRules
+from solrl.rewards.registry import build_reward
 from solrl.sampling import SamplingConfig, derive_seeds, sample
 from solrl.stats import kendall, spearman, top_k_overlap
-from solrl.toy.captions import load_prompts, parse_caption
+from solrl.toy.captions import load_prompts
+
+RULES = {
+    "all": [],
+    "mlp": ["*.attn.*"],
+    "image_mlp": ["*.attn.*", "*.ff_context.*"],
+    "attention": ["*.ff.*", "*.ff_context.*"],
+}
 
 
-def rewards_for(model, prompt: str, seeds: list[int], sampling: SamplingConfig, reward) -> np.ndarray:
-    cond = model.encode_prompts([prompt] * len(seeds))
-    images = model.decode(sample(model, cond, seeds, sampling))
-    return reward(images, [prompt] * len(seeds)).numpy()
+def explore_model(policy: ShapesModel, rule: str):
+    if rule == "none":
+        return policy.inference_copy("bf16", adapter=None)
+    recipe = QuantRecipe(skip=SkipRules(name_patterns=[*policy.quant_skip_patterns, *RULES[rule]]))
+    return policy.inference_copy("nvfp4", adapter=None, quant=recipe)
+
+
+def rewards_for(model, prompts: list[str], seeds: list[list[int]], sampling: SamplingConfig, reward) -> tuple[np.ndarray, float]:
+    """(rewards per prompt x seed, seconds spent sampling)."""
+    out, seconds = [], 0.0
+    for prompt, s in zip(prompts, seeds):
+        with torch.no_grad():
+            start = time.perf_counter()
+            images = model.decode(sample(model, model.encode_prompts([prompt] * len(s)), s, sampling))
+            seconds += time.perf_counter() - start
+        out.append(reward(images, [prompt] * len(s)).numpy())
+    return np.stack(out), seconds
+
+
+def agreement(proxy: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    k = max(1, proxy.shape[1] // 4)
+    rows = []
+    for p, t in zip(proxy, truth):
+        rows.append([
+            kendall(p, t), spearman(p, t), top_k_overlap(p, t, 4), top_k_overlap(p, t, k),
+            len(set(np.argsort(-p, kind="stable")[:k]) & set(np.argsort(t, kind="stable")[:k])) / k,
+        ])
+    return dict(zip(["kendall", "spearman", "top4", "topk", "false_incl"], np.nanmean(np.asarray(rows, dtype=float), axis=0)))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=96)
+    parser.add_argument("--n", type=int, default=32)
     parser.add_argument("--prompts", default="eval")
+    parser.add_argument("--rules", nargs="+", default=["all", "mlp", "image_mlp", "attention", "none"], choices=[*RULES, "none"])
     parser.add_argument("--explore-steps", type=int, default=6)
     parser.add_argument("--regen-steps", type=int, default=10)
     parser.add_argument("--solver", default="euler", choices=["euler", "dpm2"])
-    parser.add_argument("--explore-precision", default="nvfp4", choices=["fp32", "bf16", "nvfp4", "fp8_e4m3"])
-    parser.add_argument("--regen-precision", default="bf16", choices=["fp32", "bf16", "nvfp4", "fp8_e4m3"])
     parser.add_argument("--model", help="ShapesModel folder (default: shipped weights)")
     args = parser.parse_args()
+    config = load_config()
+    reward = build_reward(config.reward)
     policy = ShapesModel.from_pretrained(args.model)
-    proxy_model = policy.inference_copy(args.explore_precision, adapter=None)
-    bf16_model = policy.inference_copy(args.regen_precision, adapter=None)
-    reward = ShapesReward()
+    prompts = load_prompts(args.prompts)
+    seeds = [derive_seeds(0, 0, i, args.n) for i in range(len(prompts))]
     explore = SamplingConfig(steps=args.explore_steps, solver=args.solver)
     regen = SamplingConfig(steps=args.regen_steps, solver=args.solver)
-    prompts = load_prompts(args.prompts)
-    per_prompt = []
-    for i, prompt in enumerate(prompts):
-        seeds = derive_seeds(0, 0, i, args.n)
-        proxy = rewards_for(proxy_model, prompt, seeds, explore, reward)
-        truth = rewards_for(bf16_model, prompt, seeds, regen, reward)
-        per_prompt.append(
-            {
-                "task": parse_caption(prompt).task,
-                "kendall": kendall(proxy, truth),
-                "spearman": spearman(proxy, truth),
-                "top4": top_k_overlap(proxy, truth, 4),
-                "top12": top_k_overlap(proxy, truth, 12),
-                "false_incl": len(set(np.argsort(-proxy, kind="stable")[:12]) & set(np.argsort(truth, kind="stable")[:12])) / 12,
-                "exact": float(np.mean(proxy == truth)),
-            }
-        )
-    keys = ["kendall", "spearman", "top4", "top12", "false_incl", "exact"]
-
-    def summary(rows):
-        return [f"{np.nanmean([r[k] for r in rows]):.3f}" for k in keys]
-
-    rows = [["all", len(per_prompt), *summary(per_prompt)]]
-    for task in sorted({r["task"] for r in per_prompt}):
-        sub = [r for r in per_prompt if r["task"] == task]
-        rows.append([task, len(sub), *summary(sub)])
-    rows.append(["paper (SD3.5/FLUX, Table 8)", "-", "0.798", "0.927", "0.969", "-", "-", "-"])
-    headers = ["prompts", "count", "Kendall tau", "Spearman rho", "top-4 match", "top-12 match", "bottom-12 false incl.", "same reward"]
+    regen_model = policy.inference_copy("bf16", adapter=None)
+    rewards_for(regen_model, prompts[:1], [seeds[0][:2]], regen, reward)
+    truth, _ = rewards_for(regen_model, prompts, seeds, regen, reward)
+    _, fp32_seconds = rewards_for(policy.inference_copy("fp32", adapter=None), prompts, seeds, explore, reward)
+    images = len(prompts) * args.n
+    rows = []
+    for rule in args.rules:
+        model = explore_model(policy, rule)
+        rewards_for(model, prompts[:1], [seeds[0][:2]], explore, reward)  # compile the fused fake-quant before timing
+        proxy, seconds = rewards_for(model, prompts, seeds, explore, reward)
+        quantized = len(model.quant_report.quantized) if rule != "none" else 0
+        a = agreement(proxy, truth)
+        rows.append([
+            rule, quantized, *(f"{a[k]:.3f}" for k in ("kendall", "spearman", "top4", "topk", "false_incl")),
+            f"{1e3 * seconds / images:.1f}", f"{seconds / fp32_seconds:.2f}",
+        ])
+    rows.append(["paper (SD3.5/FLUX, Table 8)", "-", "0.798", "0.927", "0.969", "-", "-", "-", "-"])
+    k = max(1, args.n // 4)
+    headers = ["rule", "GEMMs in NVFP4", "Kendall tau", "Spearman rho", "top-4 match", f"top-{k} match", f"bottom-{k} false incl.",
+               "explore ms/image", "x fp32 explore"]
     append_results(
-        f"Proxy fidelity: {args.explore_precision} {args.explore_steps}-step vs {args.regen_precision} "
-        f"{args.regen_steps}-step rewards, N={args.n}",
+        f"Proxy fidelity per quantization rule: {args.explore_steps}-step explore vs BF16 {args.regen_steps}-step, {args.solver}, "
+        f"N={args.n}, {len(prompts)} {args.prompts} prompts, reward {getattr(reward, 'name', '?')}",
         table(headers, rows),
-        "per-prompt statistics averaged over prompts (NaN where a prompt's rewards are all equal is skipped); "
-        "the shapes reward takes few distinct values, so ties are common",
+        f"per-prompt statistics averaged over prompts; explore cost is sampling time only (fp32 preview: {1e3 * fp32_seconds / images:.1f} ms/image)",
     )
 
 

@@ -132,4 +132,6 @@ def test_shipped_configs_validate(name):
     assert config.rollout.explore.steps == 6 and config.rollout.regenerate.steps == 10
     assert config.model.lora.rank == 32 and config.model.lora.alpha == 64 and config.train.optim.lr == 3e-4
     assert config.rollout.quant.skip.name_patterns
+    # the Sol-RL reference's nvfp4_min_dim per model (SD3.5-L, FLUX.1, SANA-1.6B's width)
+    assert config.rollout.quant.skip.min_dim == {"sd35": 2432, "flux1": 1000, "sana": 2240}[name]
     assert config.rollout.explore.solver == ("euler" if name == "sana" else "dpm2")

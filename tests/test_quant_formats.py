@@ -8,6 +8,7 @@ import torch
 
 from solrl.quant.formats import (
     E2M1_VALUES,
+    fake_quant,
     fake_quant_ste,
     fp8_e4m3_dequantize,
     fp8_e4m3_fake_quant,
@@ -149,3 +150,22 @@ def test_straight_through_gradient(fmt):
     upstream = torch.randn(8, 32)
     y.backward(upstream)
     assert torch.equal(x.grad, upstream)
+
+
+def test_fused_fake_quant_is_bit_identical_to_the_eager_one():
+    """The torch.compile'd activation fake-quant (quant.fused) changes speed, never bits: on the
+    shapes model's activation widths, odd row counts, exact ties, zeros and huge values."""
+    from solrl.quant.fused import _broken, fused_fake_quant
+
+    g = torch.Generator().manual_seed(8)
+    cases = [
+        torch.randn(37 * 74, 128, generator=g),
+        torch.randn(5, 512, generator=g) * 1e3,
+        torch.randn(3, 10, 64, generator=g),
+        torch.tensor([[0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 6.0, -0.25, -0.75, -1.25, -1.75, -2.5, -3.5, -5.0, -6.0]]),
+        torch.zeros(4, 32),
+    ]
+    for fmt in ("nvfp4", "bf16"):
+        for x in cases:
+            assert torch.equal(fused_fake_quant(x, fmt), fake_quant(x, fmt)), (fmt, x.shape)
+    assert not _broken, _broken  # it compiled here; a fallback would make this test vacuous

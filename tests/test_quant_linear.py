@@ -105,6 +105,15 @@ def test_quantize_model_applies_skip_rules_and_reports():
     assert report.summary() == "5 GEMMs quantized, 4 kept in high precision"
 
 
+def test_min_dim_keeps_gemms_whose_larger_side_is_at_most_it():
+    """The Sol-RL reference's rule: max(in, out) <= nvfp4_min_dim stays high precision."""
+    report = quantize_model(_Net(), QuantRecipe(skip=SkipRules(min_dim=64)))
+    # every 64-wide GEMM stays; none is larger than 64, so nothing is quantized
+    assert report.quantized == [] and "largest side 64 <= min_dim 64" in report.skipped["blocks.0.0"]
+    report = quantize_model(_Net(), QuantRecipe(skip=SkipRules(min_dim=63)))
+    assert "blocks.0.0" in report.quantized and "embed" in report.quantized
+
+
 def test_quantized_model_keeps_sharing_parameters():
     net = _Net()
     weight = net.blocks[0][0].weight

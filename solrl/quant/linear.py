@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from solrl.quant.formats import NVFP4_BLOCK, fake_quant, fake_quant_ste
+from solrl.quant.fused import fused_fake_quant
 
 QuantFormat = Literal["nvfp4", "fp8_e4m3", "bf16"]
 
@@ -22,6 +23,9 @@ class SkipRules(BaseModel):
     name_patterns: list[str] = Field(default_factory=list)
     # A GEMM whose smaller side (in or out features) is below this stays high precision.
     min_features: int = Field(default=0, ge=0)
+    # A GEMM whose larger side is at most this stays high precision: the Sol-RL reference code's
+    # nvfp4_min_dim rule (skip when max(in, out) <= min_dim); 0 turns it off.
+    min_dim: int = Field(default=0, ge=0)
 
 
 class QuantRecipe(BaseModel):
@@ -31,6 +35,9 @@ class QuantRecipe(BaseModel):
     format: QuantFormat = "nvfp4"
     backend: str = "emulated"
     quantize_activations: bool = True
+    # Emulated backend: fake-quantize activations with a torch.compile'd function (bit-identical,
+    # several times faster on CPU, compiled once per process); False keeps the eager function.
+    fused: bool = True
     skip: SkipRules = Field(default_factory=SkipRules)
 
 
@@ -53,12 +60,13 @@ class QuantLinear(nn.Module):
     updates (optimizer steps, load_state_dict, copy_) trigger exactly one re-quantization.
     """
 
-    def __init__(self, layer: nn.Linear | nn.Conv2d, fmt: QuantFormat = "nvfp4", quantize_activations: bool = True):
+    def __init__(self, layer: nn.Linear | nn.Conv2d, fmt: QuantFormat = "nvfp4", quantize_activations: bool = True, fused: bool = False):
         super().__init__()
         if isinstance(layer, nn.Conv2d) and (layer.kernel_size != (1, 1) or layer.groups != 1):
             raise ValueError(f"QuantLinear takes 1x1 ungrouped convolutions only, got kernel {layer.kernel_size}")
         self.fmt = fmt
         self.quantize_activations = quantize_activations
+        self.fused = fused
         self.is_conv = isinstance(layer, nn.Conv2d)
         self.conv_args = dict(stride=layer.stride, padding=layer.padding) if self.is_conv else {}
         self.weight = layer.weight
@@ -84,7 +92,10 @@ class QuantLinear(nn.Module):
         # Inference (the sampler's case) uses the cached weight; when gradients are wanted both
         # weight and input go through the straight-through estimator instead.
         training = torch.is_grad_enabled() and (self.weight.requires_grad or x.requires_grad)
-        quant = (lambda t: fake_quant_ste(t, self.fmt)) if training else (lambda t: fake_quant(t, self.fmt))
+        if training:
+            quant = lambda t: fake_quant_ste(t, self.fmt)  # noqa: E731
+        else:
+            quant = (lambda t: fused_fake_quant(t, self.fmt)) if self.fused else (lambda t: fake_quant(t, self.fmt))  # noqa: E731
         w = quant(self._matrix()) if training and self.weight.requires_grad else self.quantized_weight()
         w = w.to(x.dtype)
         if self.is_conv:
@@ -97,7 +108,7 @@ class QuantLinear(nn.Module):
 
     def extra_repr(self) -> str:
         out_f, in_f = self._matrix().shape
-        return f"in={in_f}, out={out_f}, fmt={self.fmt}, conv1x1={self.is_conv}"
+        return f"in={in_f}, out={out_f}, fmt={self.fmt}, conv1x1={self.is_conv}, fused={self.fused}"
 
 
 def gemm_features(module: nn.Module) -> tuple[int, int] | None:
@@ -117,6 +128,8 @@ def skip_reason(name: str, module: nn.Module, rules: SkipRules, fmt: str = "nvfp
     in_f, out_f = gemm_features(module)
     if min(in_f, out_f) < rules.min_features:
         return f"smallest side {min(in_f, out_f)} < min_features {rules.min_features}"
+    if rules.min_dim and max(in_f, out_f) <= rules.min_dim:
+        return f"largest side {max(in_f, out_f)} <= min_dim {rules.min_dim}"
     if fmt == "nvfp4" and in_f % NVFP4_BLOCK:
         return f"in_features {in_f} is not a multiple of the {NVFP4_BLOCK}-element block"
     return None

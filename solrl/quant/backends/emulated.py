@@ -17,4 +17,4 @@ class EmulatedBackend:
     def make_linear(self, layer: nn.Module, recipe) -> nn.Module:
         from solrl.quant.linear import QuantLinear
 
-        return QuantLinear(layer, recipe.format, recipe.quantize_activations)
+        return QuantLinear(layer, recipe.format, recipe.quantize_activations, recipe.fused)
