@@ -22,7 +22,7 @@ from solrl.determinism import single_threaded
 from solrl.learner.nft_trainer import NFTTrainer
 from solrl.learner.weight_sync import WeightUpdate, check_served
 from solrl.models.base import OLD, POLICY
-from solrl.evaluation import describe, evaluate_run, headline, load_run_prompts
+from solrl.evaluation import describe, evaluate_run, load_run_prompts, run_grid, run_report, write_grid
 from solrl.runs import iteration_row, make_groups, prompt_order, save_lora
 from solrl.types import Candidates, PromptGroup, Selection
 
@@ -57,12 +57,16 @@ class LocalRun:
     def choose(self, candidates: list[Candidates]) -> list[Selection]:
         return [self.selector.choose(c) for c in candidates]
 
-    def evaluate(self, adapter: str) -> dict:
-        ev = self.config.eval
-        state = self.trainer.ema_state() if adapter == "ema" else self.policy.adapter_state(POLICY if adapter == "policy" else OLD)
-        model = self.policy.inference_copy(ev.precision, adapter=None, compute_dtype=self.config.rollout.compute_dtype)
-        model.update_adapter(state)
-        return evaluate_run(self.config, model, self.explorer.reward)
+    def eval_model(self, adapter: str | None):
+        """A merged copy in eval precision: the base (None), or with the 'ema', 'policy' or 'old' adapter."""
+        model = self.policy.inference_copy(self.config.eval.precision, adapter=None, compute_dtype=self.config.rollout.compute_dtype)
+        if adapter is not None:
+            state = self.trainer.ema_state() if adapter == "ema" else self.policy.adapter_state(POLICY if adapter == "policy" else OLD)
+            model.update_adapter(state)
+        return model
+
+    def evaluate(self, adapter: str | None) -> dict:
+        return evaluate_run(self.config, self.eval_model(adapter), self.explorer.reward, base=adapter is None)
 
     def iteration(self, it: int) -> dict:
         times = {}
@@ -113,8 +117,9 @@ class LocalRun:
         metrics_path = self.out / "metrics.jsonl"
         metrics_path.write_text("")
         run_start = time.perf_counter()
-        base = evaluate_run(cfg, self.policy.inference_copy(cfg.eval.precision, adapter=None, compute_dtype=cfg.rollout.compute_dtype), self.explorer.reward)
+        base = self.evaluate(None)
         self.log(f"base model: eval {describe(base)}")
+        before = run_grid(cfg, self.eval_model(None)) if cfg.eval.grid_rows else None
         iterations, train_start = 0, time.perf_counter()
         for it in range(cfg.train.iterations):
             if cfg.train.max_seconds and time.perf_counter() - train_start >= cfg.train.max_seconds:
@@ -135,15 +140,16 @@ class LocalRun:
         states = {"policy": self.policy.adapter_state(POLICY), "old": self.policy.adapter_state(OLD), "ema": self.trainer.ema_state()}
         save_lora(self.out / "lora", states, cfg.model, self.version)
         final = {adapter: self.evaluate(adapter) for adapter in ("ema", "policy")}
-        report = {
-            "base_eval": base,
-            "final_eval": final["ema"],
-            "final_eval_policy": final["policy"],
-            "improvement": round(headline(final["ema"]) - headline(base), 4),
-            "iterations": iterations,
-            "train_seconds": round(time.perf_counter() - train_start, 1),
-            "seconds": round(time.perf_counter() - run_start, 1),
-        }
+        if before is not None:
+            write_grid(self.out / "grid.png", before, run_grid(cfg, self.eval_model("ema")))
+        report = run_report(
+            base,
+            final["ema"],
+            final["policy"],
+            iterations=iterations,
+            train_seconds=round(time.perf_counter() - train_start, 1),
+            seconds=round(time.perf_counter() - run_start, 1),
+        )
         (self.out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
         self.log(
             f"done in {report['seconds']:.0f}s: eval {describe(base)} -> {describe(final['ema'])} "

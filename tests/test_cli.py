@@ -14,7 +14,7 @@ from solrl.models.shapes import ShapesModel, shipped_model_path
 TINY_RUN = [
     "--set", "rollout.prompts_per_iteration=2", "--set", "rollout.candidates=8", "--set", "selection.k=4",
     "--set", "rollout.explore.steps=2", "--set", "rollout.regenerate.steps=3", "--set", "train.iterations=2",
-    "--set", "eval.n=1", "--set", "eval.sampling.steps=3",
+    "--set", "eval.n=1", "--set", "eval.sampling.steps=3", "--set", "eval.best_of=2", "--set", "eval.grid_rows=2",
 ]
 
 
@@ -37,7 +37,7 @@ def test_toy_eval_prints_one_json_object(tmp_path, capsys):
     prompts.write_text("a red circle\nthree squares\n")
     assert main(["toy", "eval", "--prompts", str(prompts), "--n", "2", "--steps", "4", "--precision", "nvfp4"]) == 0
     result = _json_out(capsys)
-    assert set(result) >= {"accuracy", "score", "per_task", "images_per_s"}
+    assert set(result) >= {"accuracy", "accuracy_se", "score", "score_se", "preference", "preference_se", "per_task", "images_per_s"}
     assert set(result["per_task"]) == {"colors", "counting"} and result["images"] == 4
 
 
@@ -53,7 +53,10 @@ def test_train_local_then_eval_its_lora(tmp_path, capsys):
     assert main(["train", "--local", "--out", str(out), *TINY_RUN]) == 0
     summary = _json_out(capsys)
     assert summary["out"] == str(out) and 0 <= summary["final_accuracy"] <= 1
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "eval.json", "lora", "metrics.jsonl"]
+    assert 0 <= summary["base_preference"] <= summary["best_of_preference"] <= 1 and "preference_gap_closed" in summary
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "eval.json", "grid.png", "lora", "metrics.jsonl"]
+    grid = Image.open(out / "grid.png")
+    assert grid.size[0] > 2 * 6 * 96 and grid.size[1] > 2 * 96  # two panels of 6 seeds, 2 captions
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
     prompts = tmp_path / "p.txt"
     prompts.write_text("a blue square\n")

@@ -16,7 +16,7 @@ from solrl.config import RunConfig
 from solrl.learner.group import LearnerRank
 from solrl.learner.weight_sync import WeightUpdate
 from solrl.models.base import OLD, POLICY
-from solrl.evaluation import evaluate_run
+from solrl.evaluation import measure_run, run_grid
 from solrl.types import PromptGroup, Selection, TrainBatch
 
 
@@ -73,17 +73,25 @@ class SamplerActor:
         """Verify and merge a published weight update; the version now served."""
         return self.worker.apply_update(update)
 
-    def evaluate(self, adapter_state: dict[str, torch.Tensor] | None, scorer=None) -> dict:
-        """The run's eval (config.eval) of the base model plus `adapter_state` (None: the base
-        alone). `scorer`: a RewardActor handle, for a sampler that holds no reward."""
+    def _eval_model(self, adapter_state: dict[str, torch.Tensor] | None):
         policy = self.worker.policy
         model = policy.inference_copy(self.config.eval.precision, adapter=None, compute_dtype=self.config.rollout.compute_dtype)
         if adapter_state is not None:
             model.update_adapter(adapter_state)
+        return model
+
+    def measure(self, adapter_state: dict[str, torch.Tensor] | None, pairs: Sequence[tuple[str, int]], scorer=None) -> dict:
+        """Per-image eval measures (solrl.evaluation.measure_run) of the base model plus
+        `adapter_state` (None: the base alone) on a slice of the eval plan. `scorer`: a
+        RewardActor handle, for a sampler that holds no reward."""
         reward = self.worker.reward
         if reward is None and scorer is not None:
             reward = _PooledReward(scorer)
-        return evaluate_run(self.config, model, reward)
+        return measure_run(self.config, self._eval_model(adapter_state), pairs, reward)
+
+    def grid(self, adapter_state: dict[str, torch.Tensor] | None):
+        """The run's sample grid (a PIL image) of the base model plus `adapter_state`."""
+        return run_grid(self.config, self._eval_model(adapter_state))
 
 
 def per_selection(rewards: torch.Tensor, selections: Sequence[Selection]) -> list[list[float]]:

@@ -33,7 +33,7 @@ from solrl.actors.store import CandidateStore, group_key
 from solrl.cluster.pools import LearnerGroup, Worker, WorkerPool
 from solrl.cluster.view import LiveView
 from solrl.config import RunConfig, dump_config
-from solrl.evaluation import describe, headline, load_run_prompts
+from solrl.evaluation import describe, eval_plan, load_run_prompts, merge_measures, run_report, summarize_run, write_grid
 from solrl.learner.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from solrl.learner.weight_sync import WeightSyncError
 from solrl.metrics import MetricsServer, RunMetrics
@@ -367,9 +367,21 @@ class Driver:
 
     # -- the run -----------------------------------------------------------------------------------
     def _evaluate(self, adapter_state) -> dict:
-        worker = next(iter(self.regen.workers.values()))
+        """The run's eval of base + `adapter_state` (None: the base, with its best-of figure),
+        its images shared out over every sampler, which are otherwise idle while it runs."""
+        base = adapter_state is None
+        pairs = eval_plan(self.config, base)
+        workers = [w for pool in (self.rollout, self.regen) for w in pool.workers.values()]
         scorer = next(iter(self.rewards.workers.values())).handle if self.rewards is not None else None
-        return ray.get(worker.handle.evaluate.remote(adapter_state, scorer))
+        bounds = [len(pairs) * i // len(workers) for i in range(len(workers) + 1)]
+        parts = [w.handle.measure.remote(adapter_state, pairs[a:b], scorer) for w, a, b in zip(workers, bounds, bounds[1:]) if b > a]
+        return summarize_run(self.config, pairs, merge_measures(ray.get(parts)), base)
+
+    def _grid(self, adapter_state):
+        """The run's sample grid of base + `adapter_state`, or None when eval.grid_rows is 0."""
+        if not self.config.eval.grid_rows:
+            return None
+        return ray.get(next(iter(self.regen.workers.values())).handle.grid.remote(adapter_state))
 
     def _checkpoint(self, it: int) -> None:
         tensors = ray.get(self.learner_state)
@@ -396,6 +408,7 @@ class Driver:
                 self._restore()
             base = self._evaluate(None)
             self.log(f"base model: eval {describe(base)}")
+            before = self._grid(None)
             train_start = time.perf_counter()
             if self.live:
                 self.view = LiveView(cfg.train.iterations, self.start_iteration)
@@ -404,23 +417,24 @@ class Driver:
             states = ray.get(self.learners.call("adapter_states")[0])
             save_lora(self.out / "lora", states, cfg.model, self.version)
             final = {name: self._evaluate(states[name]) for name in ("ema", "policy")}
+            if before is not None:
+                write_grid(self.out / "grid.png", before, self._grid(states["ema"]))
         finally:
             if self.view is not None:
                 self.view.close()
             self.store.flush()
             self._shutdown()
-        report = {
-            "base_eval": base,
-            "final_eval": final["ema"],
-            "final_eval_policy": final["policy"],
-            "improvement": round(headline(final["ema"]) - headline(base), 4),
-            "iterations": last,
-            "train_seconds": round(time.perf_counter() - train_start, 1),
-            "seconds": round(time.perf_counter() - run_start, 1),
-            "restarts": {name: pool.restarts for name, pool in self.pools.items()} | {"learner": self.learner_restarts},
-            "dropped": dict(self.dropped),
-            "duplicates": self.store.duplicates,
-        }
+        report = run_report(
+            base,
+            final["ema"],
+            final["policy"],
+            iterations=last,
+            train_seconds=round(time.perf_counter() - train_start, 1),
+            seconds=round(time.perf_counter() - run_start, 1),
+            restarts={name: pool.restarts for name, pool in self.pools.items()} | {"learner": self.learner_restarts},
+            dropped=dict(self.dropped),
+            duplicates=self.store.duplicates,
+        )
         (self.out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
         self.log(f"done in {report['seconds']:.0f}s: eval {describe(base)} -> {describe(final['ema'])} (EMA)")
         return report

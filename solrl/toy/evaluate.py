@@ -1,24 +1,96 @@
-"""GenEval-style evaluation on the shapes world: n images per caption from fixed seeds, checked
-by the shapes reward. Overall figures are the mean over the six tasks, as GenEval reports them."""
+"""GenEval-style evaluation on the shapes world: n images per caption from fixed seeds, judged by
+the detector (solrl.toy.detector). Reported, each with its standard error over seeds:
+
+- accuracy: the strict pass rate, mean over the six tasks (as GenEval reports it);
+- score: the caption score (partial credit), mean over the six tasks;
+- preference: the size preference, mean over captions;
+- with best_of = m > n: the base model's best-of-m preference, for each caption the highest
+  preference among m seeds, averaged over captions: the headroom selection alone gives.
+
+A standard error of a mean over strata (tasks or captions) is sqrt(sum_s var_s / n_s) / S, with
+var_s the sample variance within stratum s: the spread a new draw of seeds would give.
+
+The work splits in three so that a cluster can share it out: `eval_pairs` (which images),
+`measure` (sample and judge any slice of them, anywhere), `summarize` (the figures).
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from solrl.models.base import Sampleable
-from solrl.rewards.shapes import ShapesReward
 from solrl.sampling import SamplingConfig, derive_seeds, sample
 from solrl.toy.captions import TASKS, parse_caption
+from solrl.toy.detector import judge
 
 EVAL_ITERATION = -1  # the iteration slot of derive_seeds reserved for evaluation seeds
+Pairs = Sequence[tuple[str, int]]
 
 
 def eval_seeds(seed: int, n_prompts: int, n: int) -> list[list[int]]:
-    """The n seeds of each prompt: the same for every model evaluated with this seed."""
+    """The n seeds of each prompt: the same for every model evaluated with this seed (and the
+    first n of a longer list, so a best-of-m draw contains the eval's own seeds)."""
     return [derive_seeds(seed, EVAL_ITERATION, i, n) for i in range(n_prompts)]
+
+
+def eval_pairs(prompts: Sequence[str], n: int, seed: int, best_of: int = 0) -> list[tuple[str, int]]:
+    """(caption, seed) of every image an eval samples: max(n, best_of) seeds per caption."""
+    return [(p, s) for p, seeds in zip(prompts, eval_seeds(seed, len(prompts), max(n, best_of))) for s in seeds]
+
+
+def stratified_mean(values: np.ndarray, strata: Sequence[str]) -> tuple[float, float]:
+    """(mean of the strata's means, its standard error) of `values` grouped by `strata`."""
+    labels = sorted(set(strata))
+    groups = [values[[i for i, s in enumerate(strata) if s == label]] for label in labels]
+    mean = float(np.mean([g.mean() for g in groups]))
+    var = sum(g.var(ddof=1) / len(g) if len(g) > 1 else 0.0 for g in groups)
+    return mean, float(np.sqrt(var) / len(groups))
+
+
+def generate(model: Sampleable, pairs: Pairs, sampling: SamplingConfig, batch_size: int = 256) -> tuple[torch.Tensor, float]:
+    """Decoded images for (caption, seed) pairs, and the seconds spent sampling."""
+    images, seconds = [], 0.0
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        begin = time.perf_counter()
+        with torch.no_grad():
+            cond = model.encode_prompts([p for p, _ in chunk])
+            images.append(model.decode(sample(model, cond, [s for _, s in chunk], sampling)))
+        seconds += time.perf_counter() - begin
+    return torch.cat(images), seconds
+
+
+def measure(model: Sampleable, pairs: Pairs, sampling: SamplingConfig, batch_size: int = 256) -> dict[str, np.ndarray]:
+    """Per image: caption score, strict pass (0 / 1) and size preference; and sampling seconds."""
+    images, seconds = generate(model, pairs, sampling, batch_size)
+    score, passed, size = judge(images, [p for p, _ in pairs])
+    return {"score": score.double().numpy(), "passed": passed.double().numpy(), "preference": size.double().numpy(), "seconds": np.array([seconds])}
+
+
+def summarize(pairs: Pairs, measures: dict[str, np.ndarray], n: int, best_of: int = 0) -> dict:
+    """The figures of `measure`'s output over `eval_pairs(prompts, n, seed, best_of)`."""
+    draws = max(n, best_of)
+    first = np.arange(len(pairs)) % draws < n  # each caption's own n eval seeds come first
+    captions = [p for (p, _), keep in zip(pairs, first) if keep]
+    tasks = [parse_caption(p).task for p in captions]
+    score, passed, preference = (measures[k][first] for k in ("score", "passed", "preference"))
+    figures: dict = {}
+    for name, values, strata in (("accuracy", passed, tasks), ("score", score, tasks), ("preference", preference, captions)):
+        mean, se = stratified_mean(values, strata)
+        figures |= {name: round(mean, 4), f"{name}_se": round(se, 4)}
+    per = {t: [i for i, x in enumerate(tasks) if x == t] for t in TASKS if t in tasks}
+    figures["per_task"] = {t: round(float(passed[idx].mean()), 4) for t, idx in per.items()}
+    figures["per_task_score"] = {t: round(float(score[idx].mean()), 4) for t, idx in per.items()}
+    seconds = float(measures["seconds"].sum())
+    figures |= {"images": len(pairs), "images_per_s": round(len(pairs) / seconds, 1) if seconds else None, "n": n}
+    if draws > n:
+        best = measures["preference"].reshape(-1, draws).max(axis=1)
+        figures["best_of"] = {"n": draws, "preference": round(float(best.mean()), 4), "preference_se": round(float(best.std(ddof=1) / np.sqrt(len(best))), 4)}
+    return figures
 
 
 def evaluate(
@@ -28,39 +100,19 @@ def evaluate(
     sampling: SamplingConfig | None = None,
     seed: int = 1234,
     batch_size: int = 256,
+    best_of: int = 0,
 ) -> dict:
-    """accuracy (strict), score (mean), per_task accuracy and score, images_per_s."""
+    """accuracy, score and preference (each with _se), per-task accuracy and score, images_per_s,
+    and best_of (preference and its s.e. over captions) when best_of > n."""
     sampling = sampling or SamplingConfig(steps=10, solver="euler")
-    reward = ShapesReward()
-    pairs = [(p, s) for p, seeds in zip(prompts, eval_seeds(seed, len(prompts), n)) for s in seeds]
-    scores, passed, seconds = [], [], 0.0
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start : start + batch_size]
-        captions = [p for p, _ in chunk]
-        begin = time.perf_counter()
-        with torch.no_grad():
-            cond = model.encode_prompts(captions)
-            images = model.decode(sample(model, cond, [s for _, s in chunk], sampling))
-        seconds += time.perf_counter() - begin
-        sc, ok = reward.evaluate(images, captions)
-        scores.append(sc)
-        passed.append(ok)
-    score, ok = torch.cat(scores), torch.cat(passed).float()
-    tasks = [parse_caption(p).task for p, _ in pairs]
-    per_task, per_task_score = {}, {}
-    for task in TASKS:
-        idx = [i for i, t in enumerate(tasks) if t == task]
-        if idx:
-            per_task[task] = round(float(ok[idx].mean()), 4)
-            per_task_score[task] = round(float(score[idx].mean()), 4)
-    return {
-        "accuracy": round(sum(per_task.values()) / len(per_task), 4),
-        "score": round(sum(per_task_score.values()) / len(per_task_score), 4),
-        "per_task": per_task,
-        "per_task_score": per_task_score,
-        "images": len(pairs),
-        "images_per_s": round(len(pairs) / seconds, 1) if seconds else None,
-        "seed": seed,
-        "steps": sampling.steps,
-        "solver": sampling.solver,
-    }
+    pairs = eval_pairs(prompts, n, seed, best_of)
+    return summarize(pairs, measure(model, pairs, sampling, batch_size), n, best_of) | {"seed": seed, "steps": sampling.steps, "solver": sampling.solver}
+
+
+def gap_closed(base: dict, final: dict) -> float | None:
+    """Share of the gap between the base's mean preference and its best-of-m preference that
+    `final` closes (None without a best-of figure)."""
+    best = base.get("best_of")
+    if not best or best["preference"] <= base["preference"]:
+        return None
+    return round((final["preference"] - base["preference"]) / (best["preference"] - base["preference"]), 4)
