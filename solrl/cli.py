@@ -59,7 +59,13 @@ def _train(args: argparse.Namespace) -> int:
     from solrl.evaluation import headline
 
     metric = report["base_eval"]["metric"]
-    print(json.dumps({"out": str(out), "metric": metric, f"base_{metric}": headline(report["base_eval"]), f"final_{metric}": headline(report["final_eval"]), "improvement": report["improvement"], "seconds": report["seconds"]}))
+    summary = {"out": str(out), "metric": metric, f"base_{metric}": headline(report["base_eval"]), f"final_{metric}": headline(report["final_eval"])}
+    summary["improvement"] = report["improvement"]
+    if "preference_gap_closed" in report:
+        base, final = report["base_eval"], report["final_eval"]
+        summary |= {"base_preference": base["preference"], "best_of_preference": base["best_of"]["preference"], "final_preference": final["preference"]}
+        summary["preference_gap_closed"] = report["preference_gap_closed"]
+    print(json.dumps(summary | {"seconds": report["seconds"]}))
     return 0
 
 
@@ -83,26 +89,18 @@ def _toy_eval(args: argparse.Namespace) -> int:
     from solrl.toy.evaluate import evaluate
 
     model = _load_sampler(args)
-    result = evaluate(model, load_prompts(args.prompts), args.n, SamplingConfig(steps=args.steps, solver=args.solver), args.seed)
+    result = evaluate(model, load_prompts(args.prompts), args.n, SamplingConfig(steps=args.steps, solver=args.solver), args.seed, best_of=args.best_of)
     print(json.dumps(result))
     return 0
 
 
 def _toy_grid(args: argparse.Namespace) -> int:
     from solrl.sampling import SamplingConfig
-    from solrl.toy.captions import load_prompts, parse_caption
-    from solrl.toy.grid import sample_grid
+    from solrl.toy.captions import load_prompts
+    from solrl.toy.grid import grid_for
 
-    prompts = load_prompts(args.prompts)
-    # one caption of each task first, then the rest in order, up to --rows
-    seen, first = set(), []
-    for p in prompts:
-        task = parse_caption(p).task
-        if task not in seen:
-            seen.add(task)
-            first.append(p)
-    captions = (first + [p for p in prompts if p not in first])[: args.rows]
-    image = sample_grid(_load_sampler(args), captions, args.per_caption, SamplingConfig(steps=args.steps, solver=args.solver), args.seed)
+    sampling = SamplingConfig(steps=args.steps, solver=args.solver)
+    image = grid_for(_load_sampler(args), load_prompts(args.prompts), sampling, args.seed, args.rows, args.per_caption)
     pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     image.save(args.out)
     print(args.out)
@@ -115,7 +113,11 @@ def _toy_pretrain(args: argparse.Namespace) -> int:
     from solrl.toy.evaluate import evaluate
     from solrl.toy.pretrain import PretrainConfig, main_pretrain
 
-    config = PretrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed)
+    config = PretrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, init=args.init)
+    if args.lr is not None:
+        config.lr = args.lr
+    if args.warmup is not None:
+        config.warmup = args.warmup
     config.arch.prediction = args.prediction
     prompts = load_prompts("eval")
 
@@ -126,6 +128,9 @@ def _toy_pretrain(args: argparse.Namespace) -> int:
     command = (
         f"solrl toy pretrain --out {shlex.quote(args.out)} --steps {args.steps} "
         f"--batch-size {args.batch_size} --seed {args.seed} --prediction {args.prediction}"
+        + (f" --init {shlex.quote(args.init)}" if args.init else "")
+        + (f" --lr {args.lr}" if args.lr is not None else "")
+        + (f" --warmup {args.warmup}" if args.warmup is not None else "")
     )
     metadata = main_pretrain(args.out, config, command, eval_fn)
     print(json.dumps(metadata["eval"]))
@@ -203,10 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--batch-size", type=int, default=64)
     pre.add_argument("--seed", type=int, default=0)
     pre.add_argument("--prediction", choices=["velocity", "sample"], default="sample", help="what the network outputs (the loss is on the velocity either way)")
+    pre.add_argument("--init", help="start from this ShapesModel folder's weights (e.g. a previous release) instead of random ones")
+    pre.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
+    pre.add_argument("--warmup", type=int, help="warm-up steps (default 300)")
     pre.set_defaults(func=_toy_pretrain)
     ev = toy.add_parser("eval", help="GenEval-style accuracy on the shapes world, as one JSON object")
     _add_sampler_args(ev)
     ev.add_argument("--n", type=int, default=8, help="images per prompt")
+    ev.add_argument("--best-of", type=int, default=0, help="also report the best-of-N size preference per caption (N > --n)")
     ev.set_defaults(func=_toy_eval)
     grid = toy.add_parser("grid", help="save a captioned sample grid")
     _add_sampler_args(grid)

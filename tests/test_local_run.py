@@ -38,6 +38,30 @@ def test_model_folder_round_trip(model_dir):
         ShapesModel.from_pretrained(model_dir / "transformer")
 
 
+@pytest.mark.parametrize("which", ["from scratch", "shipped"])
+def test_pooled_text_vector_reads_the_whole_caption(which, model_dir):
+    """CLIP pools at [EOS]: the pooled vector depends on a caption's last word (with [EOS] = 2,
+    transformers pooled at the highest token id, and "a triangle and a square" / "... a circle"
+    got one vector)."""
+    model = ShapesModel.from_pretrained(None if which == "shipped" else model_dir)
+    eos = model.tokenizer.token_to_id("[EOS]")
+    assert model.text_encoder.config.eos_token_id == eos == model.tokenizer.get_vocab_size() - 1
+    for a, b in [("a triangle and a square", "a triangle and a circle"), ("a red circle", "a red square"), ("a circle", "a square")]:
+        pooled = model.encode_prompts([a, b])["pooled_projections"]
+        assert not torch.allclose(pooled[0], pooled[1], atol=1e-4), (a, b)
+
+
+def test_a_text_encoder_that_pools_elsewhere_is_refused(model_dir, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    config = json.loads((broken / "text_encoder" / "config.json").read_text())
+    (broken / "text_encoder" / "config.json").write_text(json.dumps(config | {"eos_token_id": 2}))
+    with pytest.raises(ValueError, match="eos_token_id=2.*re-pretrain"):
+        ShapesModel.from_pretrained(broken)
+
+
 def _stream(order: PromptOrder, n: int) -> list[int]:
     return [order.take(1)[0] for _ in range(n)]
 
@@ -111,6 +135,13 @@ def test_local_run_end_to_end(model_dir, tmp_path):
     saved = json.loads((out / "eval.json").read_text())
     assert saved["final_eval"]["images"] == 4 and set(saved["base_eval"]["per_task"]) == {"colors", "counting"}
     assert report["improvement"] == saved["improvement"]
+    # the base eval draws best_of seeds per caption, its first n being the eval's own
+    base = saved["base_eval"]
+    assert base["images"] == 2 * 32 and base["best_of"]["n"] == 32 and base["best_of"]["preference"] >= base["preference"]
+    for result in (base, saved["final_eval"], saved["final_eval_policy"]):
+        assert all(result[f"{k}_se"] >= 0 for k in ("accuracy", "score", "preference"))
+    assert {"preference_gap_closed", "preference_gap_closed_policy", "accuracy_change"} <= set(saved)
+    assert (out / "grid.png").is_file()
     state, spec = load_lora(out / "lora", "policy")
     assert spec.rank == 2 and state.keys() == ShapesModel.from_pretrained(model_dir, lora=spec).adapter_state(POLICY).keys()
     b_moved = any(v.abs().sum() > 0 for k, v in state.items() if "lora_B" in k)

@@ -46,8 +46,14 @@ class ShapesArchitecture(BaseModel):
 
 
 def build_tokenizer(words: Sequence[str]) -> Tokenizer:
-    """A word-level tokenizer over `words`: lower-cased, whitespace split, [BOS] ... [EOS], padded."""
-    vocab = {tok: i for i, tok in enumerate([PAD, BOS, EOS, UNK, *sorted(set(words))])}
+    """A word-level tokenizer over `words`: lower-cased, whitespace split, [BOS] ... [EOS], padded.
+
+    [EOS] takes the highest id. transformers' CLIPTextModel pools at the [EOS] position, except
+    when its config says eos_token_id == 2, where (for old CLIP checkpoints) it pools at the
+    highest token id instead: with [EOS] = 2, "a red circle" pooled at "red", before "circle".
+    With [EOS] last, both rules pick the [EOS] token, which has read the whole caption.
+    """
+    vocab = {tok: i for i, tok in enumerate([PAD, BOS, UNK, *sorted(set(words)), EOS])}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.post_processor = processors.TemplateProcessing(
@@ -58,6 +64,17 @@ def build_tokenizer(words: Sequence[str]) -> Tokenizer:
     return tok
 
 
+def check_pooling(eos_token_id: int, tokenizer: Tokenizer, path: pathlib.Path | str) -> None:
+    """Refuse a text encoder whose pooled vector would not be the [EOS] token's (see build_tokenizer)."""
+    eos = tokenizer.token_to_id(EOS)
+    if eos_token_id != eos or eos_token_id == 2:
+        raise ValueError(
+            f"{path}: text_encoder eos_token_id={eos_token_id} with tokenizer [EOS]={eos}: CLIP would pool at "
+            f"{'the highest token id' if eos_token_id == 2 else 'a token that never occurs'}, not the end of the caption; "
+            f"re-pretrain the model with `solrl toy pretrain` (its tokenizer puts [EOS] last)"
+        )
+
+
 def shipped_model_path() -> pathlib.Path:
     """The pretrained ShapesModel folder inside the package."""
     return pathlib.Path(str(resources.files("solrl.toy").joinpath("weights")))
@@ -66,7 +83,7 @@ def shipped_model_path() -> pathlib.Path:
 class ShapesModel(SD3PixelPolicy):
     """A PolicyModel over 3 x 32 x 32 images in [-1, 1] (black background = -1)."""
 
-    # SOLRL_SPEC's rules as data: embedders, norms' modulation and the final layer stay high precision.
+    # docs/method.md's rules as data: embedders, norms' modulation and the final layer stay high precision.
     quant_skip_patterns = ("time_text_embed.*", "context_embedder", "pos_embed*", "*norm*", "proj_out")
 
     def __init__(
@@ -130,6 +147,7 @@ class ShapesModel(SD3PixelPolicy):
         transformer = SD3Transformer2DModel.from_pretrained(path / "transformer", local_files_only=True)
         text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", local_files_only=True)
         tokenizer = Tokenizer.from_file(str(path / "tokenizer" / "tokenizer.json"))
+        check_pooling(text_encoder.config.eos_token_id, tokenizer, path)
         prediction = json.loads((path / "model_index.json").read_text()).get("prediction_type", "velocity")
         transformer.requires_grad_(False).eval()
         text_encoder.requires_grad_(False).eval()

@@ -7,6 +7,7 @@ the velocity v = eps - x0 at a logit-normal time (the network may predict x0; th
 from __future__ import annotations
 
 import copy
+import json
 import pathlib
 import random
 import time
@@ -31,6 +32,9 @@ class PretrainConfig(BaseModel):
     weight_decay: float = Field(default=0.01, ge=0)
     ema_decay: float = Field(default=0.999, ge=0, le=1)
     seed: int = 0
+    # Start from this ShapesModel folder's weights instead of random ones (its architecture is
+    # kept; text embeddings are matched to this tokenizer by token, so an older vocabulary order loads).
+    init: str | None = None
 
 
 def _by_task(captions: list[str]) -> dict[str, list[str]]:
@@ -40,6 +44,27 @@ def _by_task(captions: list[str]) -> dict[str, list[str]]:
     return tasks
 
 
+def warm_start(model: ShapesModel, folder: pathlib.Path) -> None:
+    """Load a saved ShapesModel's weights into `model` (same architecture), matching each text
+    token's embedding row by the token itself, so a folder with another vocabulary order loads."""
+    from safetensors.torch import load_file
+    from tokenizers import Tokenizer
+
+    if not (folder / "model_index.json").is_file():
+        raise FileNotFoundError(f"--init {folder}: not a ShapesModel folder (model_index.json is missing)")
+    model.transformer.load_state_dict(load_file(str(folder / "transformer" / "diffusion_pytorch_model.safetensors")))
+    text = load_file(str(folder / "text_encoder" / "model.safetensors"))
+    old_vocab = Tokenizer.from_file(str(folder / "tokenizer" / "tokenizer.json")).get_vocab()
+    key = next(k for k in text if k.endswith("token_embedding.weight"))
+    rows = text[key].clone()
+    new = model.text_encoder.state_dict()[key].clone()
+    for token, i in model.tokenizer.get_vocab().items():
+        if token not in old_vocab:
+            raise ValueError(f"--init {folder}: its tokenizer has no {token!r}; start from scratch instead")
+        new[i] = rows[old_vocab[token]]
+    model.text_encoder.load_state_dict(text | {key: new})
+
+
 def pretrain(config: PretrainConfig, progress: bool = True) -> ShapesModel:
     """Train from scratch; returns the EMA model (adapter-free, frozen)."""
     torch.manual_seed(config.seed)
@@ -47,6 +72,8 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> ShapesModel:
     picker = random.Random(config.seed)
     words = sorted({w for caps in all_captions().values() for c in caps for w in c.split()})
     model = ShapesModel.from_scratch(config.arch, words, seed=config.seed)
+    if config.init:
+        warm_start(model, pathlib.Path(config.init))
     tasks = _by_task(load_prompts("train"))
     names = sorted(tasks)
     params = list(model.transformer.parameters()) + list(model.text_encoder.parameters())
@@ -102,5 +129,7 @@ def main_pretrain(out: str, config: PretrainConfig, command: str, eval_fn=None) 
         "torch_threads": torch.get_num_threads(),
         "eval": figures,
     }
+    if config.init:  # the chain of provenance: what the starting weights were made by
+        metadata["init"] = json.loads((pathlib.Path(config.init) / "model_index.json").read_text()).get("solrl", {})
     model.save_pretrained(pathlib.Path(out), metadata)
     return metadata
