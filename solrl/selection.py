@@ -49,7 +49,7 @@ def select(
 ) -> Selection:
     """Pick k candidates by `mode`:
 
-    best_worst       ceil(k/2) highest and floor(k/2) lowest rewards (SOLRL_SPEC's default);
+    best_worst       ceil(k/2) highest and floor(k/2) lowest rewards (docs/method.md's default);
     random           k uniformly at random;
     mean_deviation   the k largest |reward - mean of the valid rewards|;
     extremes_random  best_worst for half of k (rounded down), the rest at random from the middle.

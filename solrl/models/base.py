@@ -60,7 +60,7 @@ class Conditioning:
 
 
 class LoraSpec(BaseModel):
-    """Low-rank adapter shape and placement (SOLRL_SPEC: r=32, alpha=64 on attention projections)."""
+    """Low-rank adapter shape and placement (docs/method.md: r=32, alpha=64 on attention projections)."""
 
     model_config = ConfigDict(extra="forbid")
     rank: int = Field(default=32, ge=1)

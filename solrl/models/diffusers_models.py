@@ -153,7 +153,7 @@ class SD3Policy(PipelinePolicy):
 
     pipeline_class = "StableDiffusion3Pipeline"
     kind = "sd3"
-    # SOLRL_SPEC's layer rules: embedders, adaptive-norm modulation and the final layer stay high precision.
+    # docs/method.md's layer rules: embedders, adaptive-norm modulation and the final layer stay high precision.
     quant_skip_patterns = ("pos_embed*", "time_text_embed*", "context_embedder", "*norm*", "proj_out")
 
     def _encode(self, prompts: list[str]) -> Conditioning:

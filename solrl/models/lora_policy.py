@@ -47,7 +47,7 @@ class DiffusersPolicy(nn.Module, ABC):
     sample_shape: tuple[int, ...]
     transformer: nn.Module
     lora: LoraSpec
-    # Skip rules for quantizing this model's GEMMs (SOLRL_SPEC: embedders, final layer stay high precision).
+    # Skip rules for quantizing this model's GEMMs (docs/method.md: embedders, final layer stay high precision).
     quant_skip_patterns: tuple[str, ...] = ()
 
     # -- what subclasses provide ---------------------------------------------------------------
