@@ -33,6 +33,7 @@ TINY = [
     "eval.sampling.steps=2",
     "deterministic=true",
     "cluster.cpus_per_worker=0.25",
+    "cluster.max_policy_lag=0",  # the shipped lag is 1; exact equality holds only in lockstep
 ]
 
 

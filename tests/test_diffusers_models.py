@@ -42,7 +42,7 @@ def test_full_sol_rl_iteration(kind, folders, tmp_path):
     overrides = [
         f"model={{kind: {kind}, path: {folders[kind]}, resolution: 32, lora: {{rank: 4, alpha: 8, target_modules: {json.dumps(TARGETS[kind])}}}}}",
         f"reward={{name: pickscore, path: {folders['clip']}}}",
-        f"prompts={prompts}", f"eval.prompts={prompts}", "eval.n=2", "eval.sampling.steps=2",
+        f"prompts={prompts}", f"eval.prompts={prompts}", "prompt_sampling=uniform", "eval.n=2", "eval.sampling.steps=2",
         "rollout.prompts_per_iteration=2", "rollout.candidates=6", "selection.k=4",
         "rollout.explore.steps=2", "rollout.regenerate.steps=3", "train.iterations=1",
     ]

@@ -183,6 +183,7 @@ def test_sol_rl_iteration_with_remote_reward(server, tmp_path):
         f"reward={{name: remote, address: '{server.address}'}}", "rollout.prompts_per_iteration=2", "rollout.candidates=4",
         "selection.k=2", "rollout.explore.steps=2", "rollout.regenerate.steps=2", "train.iterations=1", "eval.n=1",
         "eval.prompts=" + str(_few_eval_captions(tmp_path)), "prompts=" + str(_few_eval_captions(tmp_path)),
+        "prompt_sampling=uniform",  # a remote reward's prompts carry no shapes task
     ])
     report = LocalRun(config, tmp_path / "run", log=lambda _: None).run()
     assert report["iterations"] == 1 and report["base_eval"]["metric"] == "reward"
