@@ -65,6 +65,7 @@ def _train(args: argparse.Namespace) -> int:
         base, final = report["base_eval"], report["final_eval"]
         summary |= {"base_preference": base["preference"], "best_of_preference": base["best_of"]["preference"], "final_preference": final["preference"]}
         summary["preference_gap_closed"] = report["preference_gap_closed"]
+        summary |= {"accuracy_change": report["accuracy_change"], "accuracy_change_se": report["accuracy_change_se"]}
     print(json.dumps(summary | {"seconds": report["seconds"]}))
     return 0
 

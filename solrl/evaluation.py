@@ -130,11 +130,11 @@ def run_report(base: dict, final: dict, final_policy: dict, **extra) -> dict:
         "improvement": round(headline(final) - headline(base), 4),
     }
     if "best_of" in base:
-        from solrl.toy.evaluate import gap_closed
+        from solrl.toy.evaluate import accuracy_change, gap_closed
 
         report["preference_gap_closed"] = gap_closed(base, final)
         report["preference_gap_closed_policy"] = gap_closed(base, final_policy)
-        report["accuracy_change"] = round(final["accuracy"] - base["accuracy"], 4)
+        report["accuracy_change"], report["accuracy_change_se"] = accuracy_change(base, final)
     return report | extra
 
 

@@ -140,7 +140,9 @@ def test_local_run_end_to_end(model_dir, tmp_path):
     assert base["images"] == 2 * 32 and base["best_of"]["n"] == 32 and base["best_of"]["preference"] >= base["preference"]
     for result in (base, saved["final_eval"], saved["final_eval_policy"]):
         assert all(result[f"{k}_se"] >= 0 for k in ("accuracy", "score", "preference"))
-    assert {"preference_gap_closed", "preference_gap_closed_policy", "accuracy_change"} <= set(saved)
+    assert {"preference_gap_closed", "preference_gap_closed_policy", "accuracy_change", "accuracy_change_se"} <= set(saved)
+    # the change is the stratified mean of the per-caption differences: the same as the accuracies'
+    assert abs(saved["accuracy_change"] - (saved["final_eval"]["accuracy"] - base["accuracy"])) <= 1e-3
     assert (out / "grid.png").is_file()
     state, spec = load_lora(out / "lora", "policy")
     assert spec.rank == 2 and state.keys() == ShapesModel.from_pretrained(model_dir, lora=spec).adapter_state(POLICY).keys()

@@ -257,3 +257,20 @@ def test_main_job_reward_pays_size_only_where_the_caption_holds(eval_renders, mo
     assert torch.allclose(gated(images, wrong), score * (0.5 + 0.5 * size))
     with pytest.raises(ConfigError, match="gate='shapes_strict'.*add"):
         load_config(overrides=["reward=[{name: shapes_size, gate: shapes_strict}]"])
+
+
+def test_accuracy_change_pairs_the_same_captions():
+    """The paired change is the task-stratified mean of per-caption differences; its s.e. is
+    smaller than the unpaired one when captions differ far more than the change does."""
+    from solrl.toy.evaluate import accuracy_change, stratified_mean
+
+    captions = ["a red circle", "a blue square", "two circles", "three squares"]  # two tasks
+    base = {"per_caption": dict(zip(captions, [1.0, 0.5, 0.0, 0.25]))}
+    final = {"per_caption": dict(zip(captions, [1.0, 0.625, 0.125, 0.25]))}
+    change, se = accuracy_change(base, final)
+    tasks = [parse_caption(c).task for c in captions]
+    assert change == pytest.approx(0.0625) and 0 < se
+    unpaired = np.hypot(*(stratified_mean(np.array(list(r["per_caption"].values())), tasks)[1] for r in (base, final)))
+    assert se < unpaired
+    with pytest.raises(ValueError, match="different captions"):
+        accuracy_change(base, {"per_caption": dict(zip(captions[::-1], [0.0] * 4))})

@@ -85,6 +85,8 @@ def summarize(pairs: Pairs, measures: dict[str, np.ndarray], n: int, best_of: in
     per = {t: [i for i, x in enumerate(tasks) if x == t] for t in TASKS if t in tasks}
     figures["per_task"] = {t: round(float(passed[idx].mean()), 4) for t, idx in per.items()}
     figures["per_task_score"] = {t: round(float(score[idx].mean()), 4) for t, idx in per.items()}
+    # each caption's pass rate, so two evals on the same plan can be compared caption by caption
+    figures["per_caption"] = {p: round(float(passed[[i for i, c in enumerate(captions) if c == p]].mean()), 4) for p in dict.fromkeys(captions)}
     seconds = float(measures["seconds"].sum())
     figures |= {"images": len(pairs), "images_per_s": round(len(pairs) / seconds, 1) if seconds else None, "n": n}
     if draws > n:
@@ -116,3 +118,14 @@ def gap_closed(base: dict, final: dict) -> float | None:
     if not best or best["preference"] <= base["preference"]:
         return None
     return round((final["preference"] - base["preference"]) / (best["preference"] - base["preference"]), 4)
+
+
+def accuracy_change(base: dict, final: dict) -> tuple[float, float]:
+    """final - base strict accuracy, and its paired standard error: both evals draw the same seeds
+    for the same captions, so the change is the task-stratified mean of per-caption differences."""
+    captions = list(base["per_caption"])
+    if list(final["per_caption"]) != captions:
+        raise ValueError("the two evals cover different captions; compare evals of the same eval plan")
+    diff = np.array([final["per_caption"][c] - base["per_caption"][c] for c in captions])
+    mean, se = stratified_mean(diff, [parse_caption(c).task for c in captions])
+    return round(mean, 4), round(se, 4)
