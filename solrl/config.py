@@ -100,6 +100,15 @@ class ClusterConfig(_Strict):
     checkpoint_every: int = Field(default=1, ge=0)  # iterations between checkpoints (0: only at the end)
     max_restarts: int = Field(default=10, ge=0)  # worker replacements before the run gives up
 
+    @property
+    def workers(self) -> int:
+        """Actors the run starts: samplers of both pools, reward workers and learner ranks."""
+        return self.rollout_workers + self.regen_workers + self.reward_workers + self.learner_ranks
+
+    def resources(self) -> dict[str, float]:
+        """Logical CPUs and GPUs the run's actors reserve."""
+        return {"CPU": self.cpus_per_worker * self.workers, "GPU": self.gpus_per_worker * self.workers}
+
 
 class RunConfig(_Strict):
     seed: int = 0

@@ -52,3 +52,19 @@ def test_bad_override_syntax_and_missing_file(tmp_path):
     bad.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(bad)
+
+
+@pytest.mark.parametrize("name", ["sd35", "flux1", "sana"])
+def test_real_model_configs_fit_the_node_they_state(name):
+    """Each real-model config says the node it is laid out for; its actors reserve exactly its GPUs."""
+    import re
+
+    stated = re.search(r"one node of (\d+) GPUs", shipped_config(name).read_text())
+    assert stated, f"{name}.yaml does not state its node"
+    assert load_config(shipped_config(name)).cluster.resources()["GPU"] == int(stated.group(1))
+
+
+def test_reward_workers_reserve_resources_too():
+    c = load_config(overrides=["cluster.reward_workers=3", "cluster.cpus_per_worker=0.5", "cluster.gpus_per_worker=0.25"]).cluster
+    assert c.workers == c.rollout_workers + c.regen_workers + c.learner_ranks + 3
+    assert c.resources() == {"CPU": 0.5 * c.workers, "GPU": 0.25 * c.workers}

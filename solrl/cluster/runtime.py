@@ -12,12 +12,6 @@ import ray
 from solrl.config import RunConfig
 
 
-def cpus_needed(config: RunConfig) -> float:
-    """Logical CPUs the run's actors reserve."""
-    c = config.cluster
-    return c.cpus_per_worker * (c.rollout_workers + c.regen_workers + c.learner_ranks)
-
-
 def start(config: RunConfig, address: str | None = None) -> bool:
     """Connect to `address`, or start an embedded cluster sized for the run. Returns whether this
     call started Ray (and so should shut it down)."""
@@ -28,7 +22,7 @@ def start(config: RunConfig, address: str | None = None) -> bool:
         return True
     # Logical CPUs may exceed the machine's: the workers then share its cores, which is how the
     # default layout (2 rollout, 1 regeneration, 2 learner ranks) runs on a 2-core laptop.
-    cpus = max(cpus_needed(config), os.cpu_count() or 1)
+    cpus = max(config.cluster.resources()["CPU"], os.cpu_count() or 1)
     ray.init(num_cpus=int(cpus + 0.999), include_dashboard=False, log_to_driver=True, object_store_memory=512 * 1024**2)
     return True
 
