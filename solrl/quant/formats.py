@@ -96,10 +96,9 @@ def _nvfp4_scaled_blocks(x: torch.Tensor, tensor_scale: torch.Tensor | None):
     )
     # Multiply by the reciprocal of the combined scale, in torchao's order, for identical bits.
     reciprocal = (1.0 / tensor_scale) / scales_fp8.float()
-    scaled = blocks * reciprocal.unsqueeze(-1)
-    if not bool(torch.isfinite(reciprocal).all()):
-        # inf * 0 only happens when the tensor scale is subnormal-small: those zeros stay zero.
-        scaled = torch.where(blocks == 0, blocks, scaled)
+    # inf * 0 happens when the tensor scale is subnormal-small: zeros stay zero. Always applied (it
+    # changes no other value), since a data-dependent branch would break the compiled graph in two.
+    scaled = torch.where(blocks == 0, blocks, blocks * reciprocal.unsqueeze(-1))
     scaled = scaled.clamp_(-E2M1_MAX, E2M1_MAX)
     return scaled, scales_fp8, tensor_scale
 
