@@ -10,7 +10,6 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from solrl.learner.nft_trainer import OptimConfig
 from solrl.models.base import LoraSpec, Precision
 from solrl.objectives.nft import NFTConfig
 from solrl.quant.linear import QuantRecipe
@@ -59,6 +58,15 @@ class RolloutConfig(_Strict):
 class SelectionConfig(_Strict):
     mode: Mode = "best_worst"
     k: int = Field(default=24, ge=1)  # kept per prompt
+
+
+class OptimConfig(_Strict):
+    """AdamW settings; defaults are docs/method.md's."""
+
+    lr: float = Field(default=3e-4, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    grad_clip: float = Field(default=1.0, gt=0)
 
 
 class TrainConfig(_Strict):

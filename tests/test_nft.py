@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from solrl.learner.nft_trainer import NFTTrainer, OptimConfig
+from solrl.config import OptimConfig
+from solrl.learner.nft_trainer import NFTTrainer
 from solrl.models.base import OLD, POLICY
 from solrl.models.tiny import TinyPolicyModel
 from solrl.objectives.nft import (

@@ -11,8 +11,8 @@ import math
 from collections.abc import Callable
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
+from solrl.config import OptimConfig
 from solrl.models.base import OLD, POLICY
 from solrl.objectives.nft import (
     NFTConfig,
@@ -28,16 +28,6 @@ from solrl.objectives.nft import (
 from solrl.sampling.noise import hash_ints, seed_noise
 from solrl.sampling.schedules import time_grid
 from solrl.types import TrainBatch
-
-
-class OptimConfig(BaseModel):
-    """AdamW settings; defaults are docs/method.md's."""
-
-    model_config = ConfigDict(extra="forbid")
-    lr: float = Field(default=3e-4, gt=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = Field(default=1e-4, ge=0)
-    grad_clip: float = Field(default=1.0, gt=0)
 
 
 class NFTTrainer:
