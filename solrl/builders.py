@@ -1,12 +1,13 @@
-"""What a run's config names, built: the policy model and the reward."""
+"""What a run's config names, built: the policy model, its trainer and the reward."""
 
 from __future__ import annotations
 
-from solrl.config import ModelConfig
+from solrl.config import ModelConfig, RunConfig
+from solrl.learner.nft_trainer import NFTTrainer
 from solrl.models.lora_policy import DiffusersPolicy
 from solrl.rewards.registry import build_reward, resolve_device
 
-__all__ = ["build_policy", "build_reward"]
+__all__ = ["build_policy", "build_reward", "build_trainer"]
 
 
 def build_policy(model: ModelConfig) -> DiffusersPolicy:
@@ -25,3 +26,9 @@ def build_policy(model: ModelConfig) -> DiffusersPolicy:
         options["complex_human_instruction"] = model.complex_human_instruction
     return POLICIES[model.kind].from_pretrained(model.path, lora=model.lora, device=device, **options)
 
+
+
+def build_trainer(policy: DiffusersPolicy, config: RunConfig) -> NFTTrainer:
+    """The DiffusionNFT trainer of `policy`, training at the regeneration sampler's steps and shift."""
+    ro, train = config.rollout, config.train
+    return NFTTrainer(policy, train.nft, train.optim, ro.regenerate.steps, ro.regenerate.shift, config.seed, train.micro_batch)

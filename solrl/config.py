@@ -10,6 +10,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from solrl.faults import parse_fault
 from solrl.models.base import LoraSpec, Precision
 from solrl.objectives.nft import NFTConfig
 from solrl.quant.linear import QuantRecipe
@@ -107,6 +108,15 @@ class ClusterConfig(_Strict):
     groups_per_task: int = Field(default=1, ge=1)  # prompt groups a rollout worker takes at a time
     checkpoint_every: int = Field(default=1, ge=0)  # iterations between checkpoints (0: only at the end)
     max_restarts: int = Field(default=10, ge=0)  # worker replacements before the run gives up
+    # Fault injection for tests (solrl/faults.py): "WORKER:POINT:K" kills WORKER at POINT of its K-th task.
+    faults: list[str] = Field(default_factory=list)
+
+    @field_validator("faults")
+    @classmethod
+    def _faults(cls, value: list[str]) -> list[str]:
+        for spec in value:
+            parse_fault(spec)
+        return value
 
     @property
     def workers(self) -> int:

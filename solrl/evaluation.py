@@ -98,6 +98,14 @@ def merge_measures(parts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarr
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
+def eval_copy(policy, config: RunConfig, adapter_state: dict | None = None) -> Sampleable:
+    """A merged copy of `policy`'s base in eval precision, plus `adapter_state` when given."""
+    model = policy.inference_copy(config.eval.precision, adapter=None, compute_dtype=config.rollout.compute_dtype)
+    if adapter_state is not None:
+        model.update_adapter(adapter_state)
+    return model
+
+
 def evaluate_run(config: RunConfig, model: Sampleable, reward=None, base: bool = False) -> dict:
     """The run's eval of `model` (a merged inference copy), per config.eval; the `base` model's
     shapes eval also draws eval.best_of seeds per caption for the best-of preference."""

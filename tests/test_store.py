@@ -53,3 +53,20 @@ def test_bad_input_is_refused():
     with pytest.raises(ValueError, match="status 'done' is unknown"):
         store.close((0, 4), "done")
     assert read_log("/nonexistent").num_rows == 0
+
+
+def test_a_resumed_log_drops_the_parts_written_after_its_checkpoint(tmp_path):
+    store = CandidateStore(tmp_path)
+    for it in range(3):
+        store.add(_candidates(1, iteration=it), "rollout-0")
+        store.close((it, 1), "trained")
+        store.flush()
+    (tmp_path / "part-00003.tmp").write_bytes(b"torn")  # a write the kill interrupted
+    resumed = CandidateStore(tmp_path)
+    resumed.truncate(2)  # the checkpoint was taken after two parts
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["part-00000.parquet", "part-00001.parquet"]
+    resumed.add(_candidates(1, iteration=2), "rollout-1")
+    resumed.close((2, 1), "trained")
+    assert resumed.flush().name == "part-00002.parquet"
+    log = read_log(tmp_path).to_pylist()
+    assert [r["iteration"] for r in log] == [0] * 6 + [1] * 6 + [2] * 6 and log[-1]["explore_worker"] == "rollout-1"

@@ -9,6 +9,7 @@ ignored and counted, so nothing is trained twice.
 
 from __future__ import annotations
 
+import os
 import pathlib
 from collections.abc import Sequence
 
@@ -106,9 +107,19 @@ class CandidateStore:
             return None
         self.log_dir.mkdir(parents=True, exist_ok=True)
         path = self.log_dir / f"part-{self.parts:05d}.parquet"
-        pq.write_table(pa.concat_tables(self.pending), path)
+        tmp = path.with_suffix(".tmp")  # renamed into place whole: a killed run leaves no torn part
+        pq.write_table(pa.concat_tables(self.pending), tmp)
+        os.replace(tmp, path)
         self.pending, self.parts = [], self.parts + 1
         return path
+
+    def truncate(self, parts: int) -> None:
+        """Continue a log after its first `parts` part files (a resumed run's checkpoint count):
+        parts written after that checkpoint belong to iterations the run will redo."""
+        self.parts = parts
+        for path in pathlib.Path(self.log_dir).glob("part-*") if self.log_dir is not None else ():
+            if path.suffix == ".tmp" or int(path.stem.removeprefix("part-")) >= parts:
+                path.unlink()
 
 
 def read_log(log_dir: str | pathlib.Path) -> pa.Table:

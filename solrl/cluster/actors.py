@@ -13,10 +13,12 @@ import torch
 from solrl.actors.reward import reward_worker_from_config
 from solrl.actors.sampler import Role, sampler_from_config
 from solrl.config import RunConfig
+from solrl.evaluation import eval_copy, measure_run, run_grid
+from solrl.faults import FaultPlan
 from solrl.learner.group import LearnerRank
 from solrl.learner.weight_sync import WeightUpdate
 from solrl.models.base import OLD, POLICY
-from solrl.evaluation import measure_run, run_grid
+from solrl.runs import per_selection
 from solrl.types import PromptGroup, Selection, TrainBatch
 
 
@@ -33,20 +35,23 @@ class SamplerActor:
         self.name, self.role = name, role
         self.worker = sampler_from_config(config, role, with_reward=config.cluster.reward_workers == 0)
         self.config = config
+        self.faults = FaultPlan(config.cluster.faults, name)
 
     def info(self) -> dict:
         """Name, role, process id and the policy version served."""
         return {"name": self.name, "role": self.role, "pid": os.getpid(), "version": self.worker.version}
 
-    def explore(self, groups: Sequence[PromptGroup]):
-        """(candidates, busy seconds) for whole prompt groups."""
+    def explore(self, groups: Sequence[PromptGroup]) -> dict:
+        """The candidates of whole prompt groups, with busy seconds."""
+        self.faults.reached("explore")
         start = time.perf_counter()
-        out = self.worker.explore(groups)
-        return out, time.perf_counter() - start
+        candidates = self.worker.explore(groups)
+        return self._report(start) | {"candidates": candidates}
 
     def regenerate(self, selections: Sequence[Selection]) -> tuple[TrainBatch, dict]:
         """The TrainBatch (left in the object store for the learners) and a small summary for
         the driver: BF16 rewards per selection, busy seconds, version."""
+        self.faults.reached("regenerate")
         start = time.perf_counter()
         batch = self.worker.regenerate(selections)
         summary = {"rewards": per_selection(batch.rewards, selections), "seconds": time.perf_counter() - start}
@@ -56,12 +61,14 @@ class SamplerActor:
     # stay in the object store until a RewardActor scores them.
     def explore_images(self, groups: Sequence[PromptGroup]) -> tuple[torch.Tensor, dict]:
         """(previews, report) for whole prompt groups, unscored."""
+        self.faults.reached("explore_images")
         start = time.perf_counter()
         _, images, per_group = self.worker.explore_images(groups)
         return images, self._report(start) | {"seconds_per_group": per_group}
 
     def regenerate_images(self, selections: Sequence[Selection]) -> tuple[TrainBatch, torch.Tensor, dict]:
         """(unscored TrainBatch, its images, report)."""
+        self.faults.reached("regenerate_images")
         start = time.perf_counter()
         batch, images = self.worker.regenerate_images(selections)
         return batch, images, self._report(start)
@@ -71,19 +78,17 @@ class SamplerActor:
 
     def apply_update(self, update: WeightUpdate) -> int:
         """Verify and merge a published weight update; the version now served."""
+        self.faults.reached("apply_update")
         return self.worker.apply_update(update)
 
     def _eval_model(self, adapter_state: dict[str, torch.Tensor] | None):
-        policy = self.worker.policy
-        model = policy.inference_copy(self.config.eval.precision, adapter=None, compute_dtype=self.config.rollout.compute_dtype)
-        if adapter_state is not None:
-            model.update_adapter(adapter_state)
-        return model
+        return eval_copy(self.worker.policy, self.config, adapter_state)
 
     def measure(self, adapter_state: dict[str, torch.Tensor] | None, pairs: Sequence[tuple[str, int]], scorer=None) -> dict:
         """Per-image eval measures (solrl.evaluation.measure_run) of the base model plus
         `adapter_state` (None: the base alone) on a slice of the eval plan. `scorer`: a
         RewardActor handle, for a sampler that holds no reward."""
+        self.faults.reached("measure")
         reward = self.worker.reward
         if reward is None and scorer is not None:
             reward = _PooledReward(scorer)
@@ -91,16 +96,8 @@ class SamplerActor:
 
     def grid(self, adapter_state: dict[str, torch.Tensor] | None):
         """The run's sample grid (a PIL image) of the base model plus `adapter_state`."""
+        self.faults.reached("grid")
         return run_grid(self.config, self._eval_model(adapter_state))
-
-
-def per_selection(rewards: torch.Tensor, selections: Sequence[Selection]) -> list[list[float]]:
-    """A batch's rewards (selection-then-seed order) as one list per selection."""
-    out, offset = [], 0
-    for s in selections:
-        out.append(rewards[offset : offset + len(s.seeds)].tolist())
-        offset += len(s.seeds)
-    return out
 
 
 class _PooledReward:
@@ -112,7 +109,7 @@ class _PooledReward:
     def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         import ray
 
-        rewards, _ = ray.get(self.handle.score.remote(images, list(prompts)))
+        rewards = ray.get(self.handle.score.remote(images, list(prompts)))["rewards"]
         return torch.tensor(rewards, dtype=torch.float32)
 
 
@@ -123,19 +120,22 @@ class RewardActor:
         _threads(cpus)
         self.name = name
         self.worker = reward_worker_from_config(config)
+        self.faults = FaultPlan(config.cluster.faults, name)
 
     def info(self) -> dict:
         return {"name": self.name, "role": "reward", "pid": os.getpid()}
 
-    def score(self, images: torch.Tensor, prompts: Sequence[str]) -> tuple[list[float], float]:
-        """(rewards, busy seconds) of explore previews."""
+    def score(self, images: torch.Tensor, prompts: Sequence[str]) -> dict:
+        """The rewards of explore previews, with busy seconds."""
+        self.faults.reached("score")
         start = time.perf_counter()
         rewards = self.worker.score(images, prompts).tolist()
-        return rewards, time.perf_counter() - start
+        return {"rewards": rewards, "seconds": time.perf_counter() - start}
 
     def label(self, batch: TrainBatch, images: torch.Tensor, selections: Sequence[Selection]) -> tuple[TrainBatch, dict]:
         """The regenerated batch with its BF16 rewards (left in the object store for the
         learners), and the rewards per selection with busy seconds for the driver."""
+        self.faults.reached("label")
         start = time.perf_counter()
         batch = self.worker.label(batch, images, [s.group.prompt for s in selections for _ in s.seeds])
         return batch, {"rewards": per_selection(batch.rewards, selections), "seconds": time.perf_counter() - start}
@@ -144,10 +144,15 @@ class RewardActor:
 class LearnerActor:
     """One LearnerRank in its own process."""
 
-    def __init__(self, config: RunConfig, rank: int, world: int, master_addr: str, master_port: int, cpus: float = 1):
+    def __init__(self, config: RunConfig, rank: int, world: int, master_addr: str, master_port: int, cpus: float = 1, armed: bool = True):
         _threads(cpus)
         self.rank = LearnerRank(config, rank, world, master_addr, master_port)
         self.updates = config.train.updates_per_iteration
+        self.faults = FaultPlan(config.cluster.faults, f"learner-{rank}", armed)
+        if "backward" in self.faults.armed:  # inside backward: the first block's gradients come last
+            blocks = getattr(self.rank.policy.transformer, "transformer_blocks", None)
+            module = blocks[0] if blocks else self.rank.policy.transformer
+            module.register_full_backward_pre_hook(lambda *_: self.faults.reached("backward"))
 
     def info(self) -> dict:
         return {"rank": self.rank.rank, "pid": os.getpid(), "version": self.rank.version}
@@ -155,6 +160,7 @@ class LearnerActor:
     def step(self, *batches: TrainBatch) -> tuple[dict, WeightUpdate | None]:
         """Train on the concatenated batches; returns (stats, the new rollout policy's
         WeightUpdate on rank 0, None elsewhere)."""
+        self.faults.reached("step")
         batch = TrainBatch.concat(batches)
         start = time.perf_counter()
         parts = batch.split_by_group(min(self.updates, len(set(batch.groups.tolist()))))
@@ -162,6 +168,7 @@ class LearnerActor:
         out = {k: float(sum(s[k] for s in stats) / len(stats)) for k in ("loss", "policy_loss", "kl", "grad_norm")}
         out.update(old_decay=stats[-1]["old_decay"], version=self.rank.version, seconds=time.perf_counter() - start)
         sync_start = time.perf_counter()
+        self.faults.reached("publish")
         update = self.rank.weight_update()
         out["publish_seconds"] = time.perf_counter() - sync_start
         out["update_bytes"] = update.nbytes if update is not None else 0

@@ -1,4 +1,4 @@
-"""Elastic worker pools (samplers, rewards) and the learner group, as Ray actors.
+"""Elastic worker pools (samplers, rewards), as Ray actors.
 
 Pools are pulled from: the driver hands a task to any idle worker. Growing a pool spawns workers
 that receive the current weights before their first task (actor calls run in order); shrinking
@@ -8,14 +8,14 @@ retires workers, which finish the task they hold and are then killed. A dead wor
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 import ray
-from ray.util.placement_group import placement_group, remove_placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+from ray.exceptions import RayActorError
 
-from solrl.cluster.actors import LearnerActor, RewardActor, SamplerActor
+from solrl.cluster.actors import RewardActor, SamplerActor
 from solrl.config import RunConfig
 
 
@@ -76,6 +76,15 @@ class WorkerPool:
         self.restarts += 1
         return self.spawn()
 
+    def replace_dead(self, w: Worker, log: Callable[[str], None]) -> None:
+        """Replace a worker found dead, once, unless the pool has used up cluster.max_restarts."""
+        if w.name not in self.workers:
+            return  # already replaced: its death was seen elsewhere first
+        if self.restarts >= self.config.cluster.max_restarts:
+            raise RuntimeError(f"{self.prefix} workers died {self.restarts} times (cluster.max_restarts); giving up")
+        log(f"{w.name} died; starting a replacement")
+        self.replace(w)
+
     def idle(self) -> list[Worker]:
         return [w for w in self.workers.values() if w.task is None and not w.retiring]
 
@@ -88,54 +97,19 @@ class WorkerPool:
             self.remove(w)
 
 
-class LearnerGroup:
-    """N LearnerActor ranks in one placement group, joined by torch.distributed."""
-
-    def __init__(self, config: RunConfig):
-        self.config = config
-        self.start()
-
-    def start(self) -> None:
-        c = self.config.cluster
-        n = c.learner_ranks
-        bundle = {"CPU": c.cpus_per_worker} | ({"GPU": c.gpus_per_worker} if c.gpus_per_worker else {})
-        self.pg = placement_group([bundle] * n, strategy="PACK")
-        ray.get(self.pg.ready())
-        master = ray.get(_rendezvous.options(scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, 0)).remote())
-        self.ranks = [
-            ray.remote(LearnerActor)
-            .options(
-                num_cpus=c.cpus_per_worker,
-                num_gpus=c.gpus_per_worker,
-                max_restarts=0,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, i),
-            )
-            .remote(self.config, i, n, master[0], master[1], c.cpus_per_worker)
-            for i in range(n)
-        ]
-
-    def call(self, method: str, *args) -> list:
-        """Start `method` on every rank (collectives need all of them); returns the refs."""
-        return [getattr(r, method).remote(*args) for r in self.ranks]
-
-    def pids(self) -> list[int]:
-        return [i["pid"] for i in ray.get(self.call("info"))]
-
-    def shutdown(self) -> None:
-        for r in self.ranks:
-            ray.kill(r, no_restart=True)
-        remove_placement_group(self.pg)
-
-    def restart(self) -> None:
-        """Kill every rank and start a fresh group (the caller restores a checkpoint)."""
-        self.shutdown()
-        self.start()
-
-
-@ray.remote(num_cpus=0)
-def _rendezvous() -> tuple[str, int]:
-    """An address and free port on the node that will host rank 0."""
-    from solrl.learner.group import free_port
-
-    host = ray.util.get_node_ip_address()
-    return host, free_port(host)
+def call_spread(pools: Sequence[WorkerPool], method: str, calls: list[tuple], log: Callable[[str], None]) -> list:
+    """Each call's result, the calls spread over the pools' workers; a call whose worker died
+    goes to the next one, and the dead worker is replaced."""
+    results, todo = [None] * len(calls), list(range(len(calls)))
+    while todo:
+        workers = [(pool, w) for pool in pools for w in pool.workers.values() if not w.retiring]
+        running = [(i, *workers[j % len(workers)]) for j, i in enumerate(todo)]
+        refs = [getattr(w.handle, method).remote(*calls[i]) for i, _, w in running]
+        todo = []
+        for (i, pool, w), ref in zip(running, refs):
+            try:
+                results[i] = ray.get(ref)
+            except RayActorError:
+                pool.replace_dead(w, log)
+                todo.append(i)
+    return results

@@ -17,9 +17,8 @@ import torch.distributed as dist
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from solrl.builders import build_policy
+from solrl.builders import build_policy, build_trainer
 from solrl.config import RunConfig
-from solrl.learner.nft_trainer import NFTTrainer
 from solrl.learner.weight_sync import WeightUpdate
 from solrl.models.base import OLD, POLICY
 from solrl.types import TrainBatch
@@ -71,10 +70,7 @@ class LearnerRank:
         self.policy = build_policy(config.model)
         if world > 1:
             shard_model(self.policy.transformer)
-        ro, train = config.rollout, config.train
-        self.trainer = NFTTrainer(
-            self.policy, train.nft, train.optim, ro.regenerate.steps, ro.regenerate.shift, config.seed, train.micro_batch
-        )
+        self.trainer = build_trainer(self.policy, config)
         if world > 1:
             self.trainer.gradient_sync = self.policy.transformer.set_requires_gradient_sync
 

@@ -1,0 +1,103 @@
+"""The learner group: N LearnerActor ranks in one Ray placement group, joined by
+torch.distributed. A rank that dies takes the step with it; the group is restarted from the
+state it had before the step (kept in the object store after every step) and the step redone."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import ray
+from ray.exceptions import RayActorError
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from solrl.cluster.actors import LearnerActor
+from solrl.config import RunConfig
+
+
+class LearnerGroup:
+    """N LearnerActor ranks in one placement group, joined by torch.distributed."""
+
+    def __init__(self, config: RunConfig, log: Callable[[str], None] = print):
+        self.config, self.log = config, log
+        self.generation = 0  # restarts so far; injected faults arm only the first group
+        self.saved = None  # ref to rank 0's full state after the last completed step
+        self.start()
+
+    def start(self) -> None:
+        c = self.config.cluster
+        n = c.learner_ranks
+        bundle = {"CPU": c.cpus_per_worker} | ({"GPU": c.gpus_per_worker} if c.gpus_per_worker else {})
+        self.pg = placement_group([bundle] * n, strategy="PACK")
+        ray.get(self.pg.ready())
+        master = ray.get(_rendezvous.options(scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, 0)).remote())
+        self.ranks = [
+            ray.remote(LearnerActor)
+            .options(
+                num_cpus=c.cpus_per_worker,
+                num_gpus=c.gpus_per_worker,
+                max_restarts=0,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, i),
+            )
+            .remote(self.config, i, n, master[0], master[1], c.cpus_per_worker, self.generation == 0)
+            for i in range(n)
+        ]
+
+    def call(self, method: str, *args) -> list:
+        """Start `method` on every rank (collectives need all of them); returns the refs."""
+        return [getattr(r, method).remote(*args) for r in self.ranks]
+
+    def pids(self) -> list[int]:
+        return [i["pid"] for i in ray.get(self.call("info"))]
+
+    def shutdown(self) -> None:
+        for r in self.ranks:
+            ray.kill(r, no_restart=True)
+        remove_placement_group(self.pg)
+
+    def restart(self) -> None:
+        """Kill every rank and start a fresh group (the caller restores a checkpoint)."""
+        self.shutdown()
+        self.generation += 1
+        self.start()
+
+    def step(self, batches: list) -> list:
+        """Start one step on every rank over the batch refs; returns the (stats, update) ref pairs."""
+        return [r.step.options(num_returns=2).remote(*batches) for r in self.ranks]
+
+    def finish(self, calls: list, batches: list, version: int) -> tuple[dict, object]:
+        """Wait for a step; if a rank died, restart the group from the state it had before the
+        step (or the fresh start) and redo it. Returns (stats, rank 0's WeightUpdate ref)."""
+        for _ in range(self.config.cluster.max_restarts + 1):
+            try:
+                stats = _gather([c[0] for c in calls])[0]
+                break
+            except RayActorError:
+                self.log(f"a learner rank died; restarting the group at version {version} and redoing the step")
+                self.restart()
+                if self.saved is not None:
+                    ray.get(self.call("load_state", self.saved, version))
+                calls = self.step(batches)
+        else:
+            raise RuntimeError(f"the learner group died {self.generation} times (cluster.max_restarts); giving up")
+        self.saved = self.call("state")[0]
+        return stats, calls[0][1]
+
+
+def _gather(refs: list) -> list:
+    """ray.get that fails as soon as any rank fails: the survivors would wait in a collective
+    for the dead rank until the process group's timeout."""
+    waiting = list(refs)
+    while waiting:
+        ready, waiting = ray.wait(waiting, num_returns=1)
+        ray.get(ready)  # raises RayActorError for a dead rank
+    return ray.get(refs)
+
+
+@ray.remote(num_cpus=0)
+def _rendezvous() -> tuple[str, int]:
+    """An address and free port on the node that will host rank 0."""
+    from solrl.learner.group import free_port
+
+    host = ray.util.get_node_ip_address()
+    return host, free_port(host)

@@ -1,0 +1,108 @@
+"""The driver's per-iteration ledger: which prompt groups each iteration holds, what has been
+explored, selected and regenerated for them, and what was dropped and why.
+
+Every group ends in the candidate log exactly once, as trained or dropped: a group whose
+records fell more than max_policy_lag versions behind the learner is dropped as stale, and
+groups queued for an iteration that never ran are dropped as run_ended.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from solrl.actors.selector import Selector
+from solrl.actors.store import CandidateStore, GroupKey, group_key
+from solrl.types import Candidates, PromptGroup, Selection
+
+
+@dataclass
+class IterationState:
+    """What the driver tracks for one iteration while its groups are in flight."""
+
+    groups: list[PromptGroup]
+    started: float
+    candidates: dict = field(default_factory=dict)  # group key -> Candidates
+    selections: dict = field(default_factory=dict)  # group key -> Selection
+    regenerated: dict = field(default_factory=dict)  # group key -> (batch ref, summary)
+    explore_done: float | None = None
+    dropped: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return len(self.regenerated) + self.dropped == len(self.groups)
+
+    def ordered_batches(self) -> list:
+        """The regenerated batch refs in the order the groups were drawn."""
+        order = {(g.iteration, g.prompt_id): i for i, g in enumerate(self.groups)}
+        return [self.regenerated[k][0] for k in sorted(self.regenerated, key=order.__getitem__)]
+
+
+class Ledger:
+    def __init__(self, store: CandidateStore, selector: Selector, max_policy_lag: int):
+        self.store, self.selector, self.max_lag = store, selector, max_policy_lag
+        self.iterations: dict[int, IterationState] = {}
+        self.dropped: dict[str, int] = {}
+        self.version = 0  # the learner's policy version, set by the driver as weights are published
+
+    def open(self, iteration: int, groups: list[PromptGroup]) -> None:
+        self.iterations[iteration] = IterationState(groups, time.perf_counter())
+
+    def current(self) -> IterationState | None:
+        """The oldest iteration still in flight."""
+        return self.iterations[min(self.iterations)] if self.iterations else None
+
+    def too_stale(self, version: int) -> bool:
+        return self.version - version > self.max_lag
+
+    def explored(self, results: list[Candidates], worker: str) -> list[Selection]:
+        """Record explore results; returns the selections to regenerate."""
+        selections = []
+        for c in results:
+            state = self.iterations.get(c.group.iteration)
+            if state is None or not self.store.add(c, worker):
+                continue
+            key = group_key(c)
+            state.candidates[key] = c
+            if self.too_stale(c.version):
+                self.drop(state, key, "stale")
+                continue
+            sel = self.selector.choose(c)
+            state.selections[key] = sel
+            selections.append(sel)
+        for state in self.iterations.values():
+            if state.explore_done is None and len(state.candidates) == len(state.groups):
+                state.explore_done = time.perf_counter()
+        return selections
+
+    def regenerated(self, sel: Selection, batch_ref, summary: dict) -> None:
+        state = self.iterations[sel.group.iteration]
+        key = group_key(sel)
+        self.store.record_regenerated(sel, summary["rewards"][0], summary["worker"])
+        if self.too_stale(summary["version"]):
+            self.drop(state, key, "stale")
+            return
+        state.regenerated[key] = (batch_ref, summary)
+
+    def drop_stale_batches(self, state: IterationState) -> None:
+        """Drop batches that fell more than max_policy_lag versions behind while they waited."""
+        for key in [k for k, (_, summary) in state.regenerated.items() if self.too_stale(summary["version"])]:
+            del state.regenerated[key]
+            self.drop(state, key, "stale")
+
+    def trained(self, state: IterationState) -> None:
+        for key in state.regenerated:
+            self.store.close(key, "trained")
+
+    def drop(self, state: IterationState, key: GroupKey, reason: str) -> None:
+        state.dropped += 1
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        self.store.close(key, "dropped")
+
+    def drop_unfinished(self) -> None:
+        """Groups queued for an iteration that will not run are logged as dropped, never lost."""
+        for state in self.iterations.values():
+            for g in state.groups:
+                key = (g.iteration, g.prompt_id)
+                if key in self.store.open:
+                    self.drop(state, key, "run_ended")

@@ -1,0 +1,76 @@
+"""The distributed run's metrics row: the shared iteration row plus what only pools have —
+stage spans, worker busy ratios, queue depths, policy lag, weight-sync bytes and the drops and
+restarts since the previous row. The row goes out as one per-iteration event to metrics.jsonl,
+Prometheus, the live view and any other subscriber (solrl.run)."""
+
+from __future__ import annotations
+
+import time
+
+from solrl.cluster.ledger import IterationState
+from solrl.cluster.pools import WorkerPool
+from solrl.runs import iteration_row
+
+STAT_KEYS = ("loss", "policy_loss", "kl", "grad_norm", "old_decay")
+
+
+class Telemetry:
+    def __init__(self):
+        self.last_row_at: float | None = None
+        self.seen: dict[str, dict[str, int]] = {}
+
+    def row(
+        self,
+        it: int,
+        version: int,
+        state: IterationState,
+        pools: dict[str, WorkerPool],
+        queues: dict[str, int],
+        timing: dict[str, float],
+        stats: dict | None,
+        trained_at: int,
+        dropped: dict[str, int],
+        restarts: dict[str, int],
+    ) -> dict:
+        """`timing`: regen_done (when the iteration's last group was regenerated), learn and
+        sync seconds; `trained_at`: the version the step trained from."""
+        keys = list(state.regenerated)
+        selections = [state.selections[k] for k in keys]
+        bf16 = [state.regenerated[k][1]["rewards"][0] for k in keys]
+        versions = [state.regenerated[k][1]["version"] for k in keys]
+        explore_end = state.explore_done or timing["regen_done"]
+        seconds = {
+            "explore": explore_end - state.started,
+            "regenerate": max(0.0, timing["regen_done"] - explore_end),
+            "learn": timing["learn"],
+            "sync": timing["sync"],
+        }
+        now = time.perf_counter()
+        # Busy seconds accumulate between rows; with overlapping iterations that interval is
+        # shorter than the iteration's own span, so utilization is measured over it.
+        interval = now - max(state.started, self.last_row_at or state.started)
+        self.last_row_at = now
+        row = iteration_row(it, version, list(state.candidates.values()), selections, bf16, seconds, stats or dict.fromkeys(STAT_KEYS, float("nan")))
+        busy = {}
+        for pool in pools.values():
+            for w in pool.workers.values():
+                busy[w.name] = round(min(1.0, w.busy_seconds / interval), 3) if interval > 0 else 0.0
+                w.busy_seconds = 0.0
+        row.update(
+            iteration_seconds=round(now - state.started, 3),
+            busy=busy,
+            queues=queues,
+            policy_lag=max((trained_at - v for v in versions), default=0),
+            sync_bytes=int(stats.get("update_bytes", 0)) if stats else 0,
+            dropped=self.delta("dropped", dropped),
+            restarts=self.delta("restarts", restarts),
+            workers={name: pool.size for name, pool in pools.items()},
+        )
+        return row
+
+    def delta(self, name: str, totals: dict[str, int]) -> dict[str, int]:
+        """Counts since the last row (rows carry per-iteration increments)."""
+        seen = self.seen.setdefault(name, {})
+        out = {k: v - seen.get(k, 0) for k, v in totals.items() if v - seen.get(k, 0)}
+        seen.update(totals)
+        return out

@@ -1,0 +1,136 @@
+"""The run skeleton every engine shares: the run folder, the eval schedule, the log lines, the
+metrics rows and the report, written once.
+
+An engine (LocalRun in one process, the Ray Driver on worker pools) supplies only how iterations
+happen: it yields one metrics row per finished iteration, evaluates the base model or one of its
+adapters on request, draws sample grids, and hands over its adapter states at the end. Everything
+a user reads — config.yaml, metrics.jsonl, lora/, grid.png, eval.json, the `iter ...` lines, the
+Prometheus endpoint — is written here, so the two engines cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol
+
+import torch
+
+from solrl.config import RunConfig, dump_config
+from solrl.evaluation import describe, run_report, write_grid
+from solrl.runs import save_lora
+
+Subscriber = Callable[[dict], None]  # called with each iteration's metrics row, after it is written
+
+
+class Engine(Protocol):
+    """What executes a run's iterations."""
+
+    start_iteration: int  # > 0 when the engine resumed a checkpoint
+
+    def evaluate(self, adapter: str | None) -> dict:
+        """The run's eval of the base model (None) or of its 'ema' / 'policy' adapter."""
+
+    def grid(self, adapter: str | None):
+        """The sample grid (a PIL image) of the base (None) or an adapter; None when eval.grid_rows is 0."""
+
+    def iterate(self, stop: Callable[[], bool]) -> Iterator[dict]:
+        """One metrics row per finished iteration, until train.iterations or `stop()` holds."""
+
+    def adapter_states(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The trained 'policy', 'old' and 'ema' adapter states and the policy version."""
+
+    def totals(self) -> dict:
+        """Engine figures for eval.json (restarts, dropped records, ...); {} when there are none."""
+
+    @property
+    def version(self) -> int: ...
+
+
+def iteration_line(row: dict, total: int) -> str:
+    """The log line of one finished iteration."""
+    seconds = row.get("iteration_seconds", sum(row["seconds"].values()))
+    lag = f", lag {row['policy_lag']}" if "policy_lag" in row else ""
+    text = (
+        f"iter {row['iteration'] + 1}/{total}: bf16 reward {row['bf16_reward_mean']:.3f} "
+        f"proxy {row['proxy_reward_mean']:.3f} rho {row['spearman']:.2f} loss {row['loss']:.4f} ({seconds:.1f}s{lag})"
+    )
+    return text + (f" eval {describe(row['eval'])}" if "eval" in row else "")
+
+
+def eval_due(config: RunConfig, iteration: int) -> bool:
+    """Whether the EMA is evaluated after `iteration` (0-based); the last one gets the final eval."""
+    every, total = config.eval.every, config.train.iterations
+    return bool(every) and (iteration + 1) % every == 0 and iteration + 1 < total
+
+
+def _rows_before(path: pathlib.Path, iteration: int) -> list[str]:
+    """The metrics lines a resumed run keeps: those of the iterations its checkpoint holds. Later
+    rows (and a line torn by a kill) belong to iterations the run redoes."""
+    kept = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if row["iteration"] < iteration:
+            kept.append(line)
+    return kept
+
+
+def execute(
+    engine: Engine,
+    config: RunConfig,
+    out: pathlib.Path,
+    log: Callable[[str], None] = print,
+    subscribers: Sequence[Subscriber] = (),
+    resume: bool = False,
+) -> dict:
+    """Run `engine` through `config`'s schedule, writing the run folder `out`; returns eval.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(dump_config(config))
+    metrics_path = out / "metrics.jsonl"
+    kept = _rows_before(metrics_path, engine.start_iteration) if resume else []
+    metrics_path.write_text("".join(line + "\n" for line in kept))
+    run_start = time.perf_counter()
+    base = engine.evaluate(None)
+    log(f"base model: eval {describe(base)}")
+    before = engine.grid(None)
+    train_start = time.perf_counter()
+    max_s = config.train.max_seconds
+
+    def time_up() -> bool:
+        return bool(max_s) and time.perf_counter() - train_start >= max_s
+
+    iterations = engine.start_iteration
+    for row in engine.iterate(time_up):
+        iterations = row["iteration"] + 1
+        if eval_due(config, row["iteration"]):
+            row["eval"] = engine.evaluate("ema")
+        row["elapsed"] = round(time.perf_counter() - run_start, 1)
+        with metrics_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        for subscriber in subscribers:
+            subscriber(row)
+        log(iteration_line(row, config.train.iterations))
+    if iterations < config.train.iterations:
+        log(f"stopping after {iterations} iterations: train.max_seconds={max_s} reached")
+    states = engine.adapter_states()
+    save_lora(out / "lora", states, config.model, engine.version)
+    final = {adapter: engine.evaluate(adapter) for adapter in ("ema", "policy")}
+    if before is not None:
+        write_grid(out / "grid.png", before, engine.grid("ema"))
+    report = run_report(
+        base,
+        final["ema"],
+        final["policy"],
+        iterations=iterations,
+        train_seconds=round(time.perf_counter() - train_start, 1),
+        seconds=round(time.perf_counter() - run_start, 1),
+        **engine.totals(),
+    )
+    (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    log(f"done in {report['seconds']:.0f}s: eval {describe(base)} -> {describe(final['ema'])} (EMA; policy {describe(final['policy'])})")
+    return report
