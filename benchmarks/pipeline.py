@@ -46,7 +46,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for lag in (0, 1):
-        config = load_config(overrides=[*args.set, f"train.iterations={args.iterations}", f"cluster.max_policy_lag={lag}", "eval.n=1"])
+        config = load_config(overrides=[*args.set, f"train.iterations={args.iterations}", f"rollout.max_policy_lag={lag}", "eval.n=1"])
         started = runtime.start(config)
         try:
             with tempfile.TemporaryDirectory() as out:

@@ -70,6 +70,22 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_show(args: argparse.Namespace) -> int:
+    from solrl.config import ConfigError, load_config
+    from solrl.config_docs import schema, show
+
+    if args.schema:
+        print(schema(), end="")
+        return 0
+    try:
+        config = load_config(args.config, args.set)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(show(config), end="")
+    return 0
+
+
 def _load_sampler(args: argparse.Namespace):
     """The model `toy eval` / `toy grid` sample from: base weights, optionally with a trained LoRA."""
     from solrl.runs import load_lora
@@ -142,10 +158,11 @@ def _reward_serve(args: argparse.Namespace) -> int:
     import os
     import signal
 
-    from solrl.rewards.registry import RewardSpec, build_one
+    from solrl.rewards.registry import build_one, reward_spec
     from solrl.rewards.service import TOKEN_ENV, RewardServer
 
-    reward = build_one(RewardSpec(name=args.reward, path=args.path, device=args.device))
+    model = {"path": args.path, "device": args.device} if not args.reward.startswith("shapes") else {}
+    reward = build_one(reward_spec(name=args.reward, **model))
     try:
         server = RewardServer(reward, args.reward, args.host, args.port, os.environ.get(TOKEN_ENV) or None, args.max_batch, args.max_side)
     except (ValueError, OSError) as exc:
@@ -188,6 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="DIR", help="continue a run from its newest checkpoint (a run folder or checkpoint folder)")
     train.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT")
     train.set_defaults(func=_train)
+
+    config = sub.add_parser("config", help="the run configuration").add_subparsers(dest="config_command", required=True)
+    show = config.add_parser("show", help="print the resolved config, each field's description beside it")
+    show.add_argument("config", nargs="?", help="YAML run config (default: the shipped shapes.yaml)")
+    show.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    show.add_argument("--schema", action="store_true", help="print the config's JSON schema instead")
+    show.set_defaults(func=_config_show)
 
     reward = sub.add_parser("reward", help="reward models as services").add_subparsers(dest="reward_command", required=True)
     serve = reward.add_parser("serve", help="serve one reward over gRPC (protos/solrl/v1/reward.proto)")

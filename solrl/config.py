@@ -14,7 +14,7 @@ from solrl.faults import parse_fault
 from solrl.models.base import LoraSpec, Precision
 from solrl.objectives.nft import NFTConfig
 from solrl.quant.linear import QuantRecipe
-from solrl.rewards.registry import RewardSpec
+from solrl.rewards.registry import RewardSpec, ShapesRewardSpec
 from solrl.sampling.loop import SamplingConfig
 from solrl.selection import Mode
 
@@ -23,17 +23,21 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _describe(text: str, **constraints) -> Any:
+    return Field(description=text, **constraints)
+
+
 class ModelConfig(_Strict):
-    kind: Literal["shapes", "sd3", "flux", "sana"] = "shapes"
-    # shapes: None = the weights shipped in the package. sd3 / flux / sana: a local diffusers folder.
-    path: str | None = None
-    lora: LoraSpec = Field(default_factory=LoraSpec)
-    device: str = "auto"  # 'auto' = the first CUDA device if any, else cpu
-    # Diffusers pipelines only (ignored by shapes):
-    resolution: int | None = Field(default=None, ge=8)  # image side in pixels (None: the model's default)
-    max_sequence_length: int | None = Field(default=None, ge=1)  # text tokens (None: the pipeline's default)
-    guidance: float = Field(default=3.5, ge=0)  # FLUX.1-dev's distilled-guidance input (not CFG)
-    complex_human_instruction: bool = True  # SANA: prepend the pipeline's default instruction
+    """The policy model and its LoRA adapters."""
+
+    kind: Literal["shapes", "sd3", "flux", "sana"] = _describe("Model family: the built-in shapes model or a diffusers pipeline.", default="shapes")
+    path: str | None = _describe("shapes: None = the weights shipped in the package; sd3 / flux / sana: a local diffusers folder (no hub downloads).", default=None)
+    lora: LoraSpec = Field(default_factory=LoraSpec, description="The LoRA adapters trained on the model.")
+    device: str = _describe("'auto' = the first CUDA device if any, else cpu.", default="auto")
+    resolution: int | None = _describe("Diffusers pipelines: image side in pixels (None: the model's default).", default=None, ge=8)
+    max_sequence_length: int | None = _describe("Diffusers pipelines: text tokens (None: the pipeline's default).", default=None, ge=1)
+    guidance: float = _describe("FLUX.1-dev's distilled-guidance input (not CFG).", default=3.5, ge=0)
+    complex_human_instruction: bool = _describe("SANA: prepend the pipeline's default instruction.", default=True)
 
     @model_validator(mode="after")
     def _path_for_pipelines(self) -> ModelConfig:
@@ -43,73 +47,97 @@ class ModelConfig(_Strict):
 
 
 class RolloutConfig(_Strict):
-    # sol: explore -> select -> regenerate the selected seeds. direct: train on the explored
-    # samples themselves (plain DiffusionNFT when k = candidates; the paper's baselines).
-    mode: Literal["sol", "direct"] = "sol"
-    prompts_per_iteration: int = Field(default=48, ge=1)
-    candidates: int = Field(default=96, ge=1)  # N seeds explored per prompt
-    explore: SamplingConfig = Field(default_factory=lambda: SamplingConfig(steps=6))
-    regenerate: SamplingConfig = Field(default_factory=lambda: SamplingConfig(steps=10))
-    explore_precision: Precision = "nvfp4"
-    regenerate_precision: Precision = "bf16"
-    compute_dtype: Literal["auto", "fp32", "bf16"] = "auto"
-    quant: QuantRecipe = Field(default_factory=QuantRecipe)
+    """How candidates are explored and the selected ones regenerated."""
+
+    mode: Literal["sol", "direct"] = _describe(
+        "sol: explore, select, regenerate the selected seeds. direct: train on the explored samples themselves "
+        "(plain DiffusionNFT when selection.k = candidates; the paper's baselines; --local only).",
+        default="sol",
+    )
+    prompts_per_iteration: int = _describe("Prompt groups explored per iteration.", default=48, ge=1)
+    candidates: int = _describe("N: seeds explored per prompt.", default=96, ge=1)
+    explore: SamplingConfig = Field(default_factory=lambda: SamplingConfig(steps=6), description="Sampler of the low-precision explore pass.")
+    regenerate: SamplingConfig = Field(default_factory=lambda: SamplingConfig(steps=10), description="Sampler of the regeneration (and training times).")
+    explore_precision: Precision = _describe("Precision of the explore copy of the policy.", default="nvfp4")
+    regenerate_precision: Precision = _describe("Precision of the regeneration copy.", default="bf16")
+    compute_dtype: Literal["auto", "fp32", "bf16"] = _describe("Dtype of the samplers' arithmetic ('auto': bf16 on GPU, fp32 on CPU).", default="auto")
+    quant: QuantRecipe = Field(default_factory=QuantRecipe, description="What the low-precision copies quantize, in which format, on which backend.")
+    max_policy_lag: int = _describe(
+        "Policy versions explore may run ahead of training: 0 is synchronous; 1 explores the next iteration while the "
+        "learners train this one (the distributed run; --local is always synchronous). Older records are dropped and counted.",
+        default=0,
+        ge=0,
+    )
 
 
 class SelectionConfig(_Strict):
-    mode: Mode = "best_worst"
-    k: int = Field(default=24, ge=1)  # kept per prompt
+    """Which explored seeds are regenerated and trained on."""
+
+    mode: Mode = _describe("How the k seeds are chosen from a group's proxy rewards.", default="best_worst")
+    k: int = _describe("Seeds kept per prompt.", default=24, ge=1)
 
 
 class OptimConfig(_Strict):
     """AdamW settings; defaults are docs/method.md's."""
 
-    lr: float = Field(default=3e-4, gt=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = Field(default=1e-4, ge=0)
-    grad_clip: float = Field(default=1.0, gt=0)
+    lr: float = _describe("Learning rate.", default=3e-4, gt=0)
+    betas: tuple[float, float] = _describe("Adam betas.", default=(0.9, 0.999))
+    weight_decay: float = _describe("Decoupled weight decay.", default=1e-4, ge=0)
+    grad_clip: float = _describe("Gradient-norm clip.", default=1.0, gt=0)
 
 
 class TrainConfig(_Strict):
-    iterations: int = Field(default=100, ge=0)
-    max_seconds: float = Field(default=0, ge=0)  # stop starting iterations after this (0: no limit)
-    nft: NFTConfig = Field(default_factory=NFTConfig)
-    optim: OptimConfig = Field(default_factory=OptimConfig)
-    micro_batch: int | None = Field(default=None, ge=1)
-    # Optimizer steps per iteration, each on an equal share of the prompt groups (docs/method.md: 1).
-    updates_per_iteration: int = Field(default=1, ge=1)
+    """The learner: how long, and how each step trains."""
+
+    iterations: int = _describe("Iterations (explore, select, regenerate, one learner step each).", default=100, ge=0)
+    max_seconds: float = _describe("Stop starting iterations after this many seconds of training (0: no limit).", default=0, ge=0)
+    nft: NFTConfig = Field(default_factory=NFTConfig, description="DiffusionNFT objective.")
+    optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimizer.")
+    micro_batch: int | None = _describe("Rows per forward/backward (None: the whole batch).", default=None, ge=1)
+    updates_per_iteration: int = _describe("Optimizer steps per iteration, each on an equal share of the prompt groups (the method: 1).", default=1, ge=1)
 
 
 class EvalConfig(_Strict):
-    prompts: str = "eval"  # 'train', 'eval' or a file of captions
-    n: int = Field(default=8, ge=1)  # images per prompt
-    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(steps=10, solver="euler"))
-    precision: Precision = "fp32"
-    seed: int = 1234
-    every: int = Field(default=0, ge=0)  # also evaluate every this many iterations (0: start and end only)
-    # shapes runs: the base eval also draws this many seeds per caption for the best-of preference (0: off)
-    best_of: int = Field(default=32, ge=0)
-    grid_rows: int = Field(default=8, ge=0)  # captions in the run's before/after grid.png (0: no grid)
+    """The held-out evaluation before, during and after training."""
+
+    prompts: str = _describe("'train', 'eval' (shipped shapes captions) or a file of prompts.", default="eval")
+    n: int = _describe("Images per prompt.", default=8, ge=1)
+    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(steps=10, solver="euler"), description="Sampler of eval images.")
+    precision: Precision = _describe("Precision of the evaluated model.", default="fp32")
+    seed: int = _describe("Seed of the eval images (the same before and after).", default=1234)
+    every: int = _describe("Also evaluate the EMA every this many iterations (0: start and end only).", default=0, ge=0)
+    best_of: int = _describe("Shapes runs: seeds per caption of the base model's best-of preference (0: off).", default=32, ge=0)
+    grid_rows: int = _describe("Captions in the run's before/after grid.png (0: no grid).", default=8, ge=0)
 
 
 class ClusterConfig(_Strict):
     """How the distributed run is laid out (ignored by --local)."""
 
-    rollout_workers: int = Field(default=2, ge=1)
-    regen_workers: int = Field(default=1, ge=1)
-    # 0: every sampler scores its own images. N > 0: the reward lives only in a pool of N
-    # RewardWorkers, for reward models too big to sit beside every sampler.
-    reward_workers: int = Field(default=0, ge=0)
-    learner_ranks: int = Field(default=2, ge=1)
-    cpus_per_worker: float = Field(default=1, gt=0)
-    gpus_per_worker: float = Field(default=0, ge=0)
-    # How many policy versions explore may run ahead of training (0 = synchronous).
-    max_policy_lag: int = Field(default=0, ge=0)
-    groups_per_task: int = Field(default=1, ge=1)  # prompt groups a rollout worker takes at a time
-    checkpoint_every: int = Field(default=1, ge=0)  # iterations between checkpoints (0: only at the end)
-    max_restarts: int = Field(default=10, ge=0)  # worker replacements before the run gives up
-    # Fault injection for tests (solrl/faults.py): "WORKER:POINT:K" kills WORKER at POINT of its K-th task.
-    faults: list[str] = Field(default_factory=list)
+    rollout_workers: int = _describe("NVFP4 explore workers.", default=2, ge=1)
+    regen_workers: int = _describe("BF16 regeneration workers.", default=1, ge=1)
+    reward_workers: int = _describe(
+        "0: every sampler scores its own images. N > 0: the reward lives only in a pool of N reward workers, "
+        "for reward models too big to sit beside every sampler.",
+        default=0,
+        ge=0,
+    )
+    learner_ranks: int = _describe("FSDP2 learner ranks.", default=2, ge=1)
+    cpus_per_worker: float = _describe("Logical CPUs each worker reserves.", default=1, gt=0)
+    gpus_per_worker: float = _describe("GPUs each worker reserves.", default=0, ge=0)
+    groups_per_task: int = _describe("Prompt groups a rollout worker takes at a time.", default=1, ge=1)
+    checkpoint_every: int = _describe("Iterations between checkpoints (0: only at the end).", default=1, ge=0)
+    max_restarts: int = _describe("Worker replacements per pool before the run gives up.", default=10, ge=0)
+    faults: list[str] = _describe(
+        "Fault injection for tests: 'WORKER:POINT:K' SIGKILLs WORKER at POINT of its K-th task (solrl/faults.py).",
+        default_factory=list,
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "max_policy_lag" in data:
+            raise ValueError("cluster.max_policy_lag moved to rollout.max_policy_lag (it changes the algorithm, not the layout); set that instead")
+        return data
 
     @field_validator("faults")
     @classmethod
@@ -129,19 +157,24 @@ class ClusterConfig(_Strict):
 
 
 class RunConfig(_Strict):
-    seed: int = 0
-    prompts: str = "train"
-    # uniform: every prompt equally often. by_task: every task equally often (shapes captions).
-    prompt_sampling: Literal["uniform", "by_task"] = "uniform"
-    # A reward name, one {name, path, weight} mapping, or a list of them (a weighted sum).
-    reward: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="shapes")])
-    deterministic: bool = False
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
-    selection: SelectionConfig = Field(default_factory=SelectionConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
-    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    """One Sol-RL run."""
+
+    seed: int = _describe("Seed of prompt order, explore seeds and training noise.", default=0)
+    prompts: str = _describe("Training prompts: 'train' (shipped shapes captions) or a file of prompts.", default="train")
+    prompt_sampling: Literal["uniform", "by_task"] = _describe(
+        "uniform: every prompt equally often. by_task: every task equally often (shapes captions).", default="uniform"
+    )
+    reward: list[RewardSpec] = Field(
+        default_factory=lambda: [ShapesRewardSpec(name="shapes")],
+        description="A reward name, one reward mapping, or a list of them (a weighted sum, parts optionally gated).",
+    )
+    deterministic: bool = _describe("Bit-reproducible runs: one thread per learner step; the distributed run equals --local.", default=False)
+    model: ModelConfig = Field(default_factory=ModelConfig, description=ModelConfig.__doc__)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description=RolloutConfig.__doc__)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig, description=SelectionConfig.__doc__)
+    train: TrainConfig = Field(default_factory=TrainConfig, description=TrainConfig.__doc__)
+    eval: EvalConfig = Field(default_factory=EvalConfig, description=EvalConfig.__doc__)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig, description=ClusterConfig.__doc__)
 
     @field_validator("reward", mode="before")
     @classmethod
@@ -198,7 +231,7 @@ def _explain(exc: ValidationError, source: str) -> ConfigError:
         field = ".".join(str(p) for p in err["loc"]) or "(root)"
         value = err.get("input")
         shown = "" if isinstance(value, dict) else f" = {value!r}"
-        hint = "remove it or check its spelling" if err["type"] == "extra_forbidden" else "fix the value"
+        hint = {"extra_forbidden": "remove it or check its spelling", "missing": "add it"}.get(err["type"], "fix the value")
         lines.append(f"  {field}{shown}: {err['msg']} ({hint})")
     return ConfigError(f"invalid configuration from {source}:\n" + "\n".join(lines))
 

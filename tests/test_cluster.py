@@ -32,7 +32,7 @@ TINY = [
     "eval.sampling.steps=2",
     "deterministic=true",
     "cluster.cpus_per_worker=0.25",
-    "cluster.max_policy_lag=0",  # the shipped lag is 1; exact equality holds only in lockstep
+    "rollout.max_policy_lag=0",  # the shipped lag is 1; exact equality holds only in lockstep
 ]
 
 
@@ -221,7 +221,7 @@ def test_a_pooled_reward_scores_as_the_reward_itself(cluster):
 
 
 def test_policy_lag_is_bounded_and_recorded(cluster, tmp_path):
-    report = Driver(_cfg(cluster, "cluster.max_policy_lag=1"), tmp_path, log=lambda _: None, live=True).run()
+    report = Driver(_cfg(cluster, "rollout.max_policy_lag=1"), tmp_path, log=lambda _: None, live=True).run()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["policy_lag"] for r in rows] == [0, 1, 1]
     assert report["dropped"] == {}

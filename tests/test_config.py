@@ -1,5 +1,8 @@
 """Run configuration: the shipped default, --set overrides, and errors that name field, value and fix."""
 
+import json
+import pathlib
+
 import pytest
 
 from solrl.config import ConfigError, RunConfig, dump_config, load_config, shipped_config
@@ -68,3 +71,39 @@ def test_reward_workers_reserve_resources_too():
     c = load_config(overrides=["cluster.reward_workers=3", "cluster.cpus_per_worker=0.5", "cluster.gpus_per_worker=0.25"]).cluster
     assert c.workers == c.rollout_workers + c.regen_workers + c.learner_ranks + 3
     assert c.resources() == {"CPU": 0.5 * c.workers, "GPU": 0.25 * c.workers}
+
+
+def test_config_show_prints_a_loadable_config_with_every_description(tmp_path, capsys):
+    from solrl.cli import main
+    from solrl.config import RunConfig
+
+    assert main(["config", "show", "--set", "train.iterations=3", "--set", "rollout.max_policy_lag=0"]) == 0
+    text = capsys.readouterr().out
+    path = tmp_path / "shown.yaml"
+    path.write_text(text)
+    assert load_config(path) == load_config(overrides=["train.iterations=3", "rollout.max_policy_lag=0"])
+    assert "  max_policy_lag: 0  # Policy versions explore may run ahead of training" in text
+    assert all("  # " in line for line in text.splitlines())
+    assert main(["config", "show", "--schema"]) == 0
+    assert json.loads(capsys.readouterr().out)["title"] == RunConfig.__name__
+
+
+def test_the_configuration_docs_are_generated_from_the_models():
+    from solrl.config_docs import markdown
+
+    doc = pathlib.Path(__file__).parents[1] / "docs" / "configuration.md"
+    assert doc.read_text() == markdown(), "regenerate: python -m solrl.config_docs > docs/configuration.md"
+    assert "|  |" not in doc.read_text()  # every field has a description
+
+
+def test_the_lag_moved_out_of_cluster_with_a_message_naming_its_new_place():
+    with pytest.raises(ConfigError, match="moved to rollout.max_policy_lag"):
+        load_config(overrides=["cluster.max_policy_lag=1"])
+    assert load_config().rollout.max_policy_lag == 1
+
+
+def test_each_reward_kind_takes_only_its_own_fields():
+    with pytest.raises(ConfigError, match=r"reward\.0\.shapes\.address.*remove it"):
+        load_config(overrides=["reward={name: shapes, address: 'h:1'}"])
+    with pytest.raises(ConfigError, match=r"reward\.0\.vlm_judge\.judge_model: Field required \(add it\)"):
+        load_config(overrides=["reward={name: vlm_judge, address: 'http://h/v1'}"])

@@ -12,7 +12,7 @@ from transformers import BlipTextConfig, BlipTextModel, BlipVisionConfig, BlipVi
 
 from solrl.rewards.clip import ScoreHead
 from solrl.rewards.image_reward import CLIP_MEAN, CLIP_STD, MEAN, STD, ImageReward, preprocess
-from solrl.rewards.registry import RewardSpec, build_one
+from solrl.rewards.registry import build_one, reward_spec
 
 VISION = {"hidden_size": 24, "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 32, "patch_size": 8, "layer_norm_eps": 1e-6}
 MED = {"vocab_size": 64, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -74,7 +74,7 @@ def test_score_follows_image_reward_recipe(release):
     got = reward(images, prompts)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(reward(images, prompts[::-1]), got)
-    assert isinstance(build_one(RewardSpec(name="imagereward", path=str(folder))), ImageReward)
+    assert isinstance(build_one(reward_spec(name="imagereward", path=str(folder))), ImageReward)
 
 
 def test_preprocessing():

@@ -187,7 +187,7 @@ def test_sol_rl_iteration_with_remote_reward(server, tmp_path):
     ])
     report = LocalRun(config, tmp_path / "run", log=lambda _: None).run()
     assert report["iterations"] == 1 and report["base_eval"]["metric"] == "reward"
-    with pytest.raises(ConfigError, match="needs address"):
+    with pytest.raises(ConfigError, match=r"reward\.0\.remote\.address: Field required \(add it\)"):
         load_config(overrides=["reward=remote"])
 
 

@@ -14,7 +14,7 @@ from solrl.models.tiny_pipelines import build_clip
 from solrl.rewards.clip import AestheticReward, ClipReward, HPSv2, PickScore, ScoreHead
 from solrl.rewards.images import to_pil
 from solrl.rewards.open_clip_convert import convert_open_clip_state
-from solrl.rewards.registry import RewardSpec, WeightedReward, build_reward
+from solrl.rewards.registry import reward_spec, WeightedReward, build_reward
 
 PROMPTS = ["a red cube on a table", "two dogs", "an astronaut riding a horse"]
 
@@ -151,7 +151,7 @@ def test_aesthetic_head_from_safetensors_or_pth(clip_dir, tmp_path):
 
 def test_weighted_sum_and_config_forms(clip_dir):
     imgs = images()
-    specs = [RewardSpec(name="pickscore", path=str(clip_dir), weight=0.5), RewardSpec(name="clipscore", path=str(clip_dir), weight=2.0)]
+    specs = [reward_spec(name="pickscore", path=str(clip_dir), weight=0.5), reward_spec(name="clipscore", path=str(clip_dir), weight=2.0)]
     total = build_reward(specs)
     assert isinstance(total, WeightedReward)
     expected = 0.5 * PickScore.from_pretrained(clip_dir)(imgs, PROMPTS) + 2.0 * ClipReward.from_pretrained(clip_dir)(imgs, PROMPTS)

@@ -101,13 +101,13 @@ def test_reward_passes_fresh_renders_of_eval_captions(eval_renders):
 
 def test_strict_shapes_reward_is_the_pass_flag(eval_renders):
     """reward: shapes_strict trains on what the eval counts: 1 for a strict pass, else 0."""
-    from solrl.rewards.registry import RewardSpec, build_reward
+    from solrl.rewards.registry import build_reward, reward_spec
 
     captions, images = eval_renders
     captions, images = captions[:64], images[:64]
     shuffled = captions[1:] + captions[:1]  # mostly wrong captions: a mix of passes and failures
     _, passed = ShapesReward().evaluate(images, shuffled)
-    strict = build_reward([RewardSpec(name="shapes_strict")])(images, shuffled)
+    strict = build_reward([reward_spec(name="shapes_strict")])(images, shuffled)
     assert 0 < int(passed.sum()) < 64 and torch.equal(strict, passed.float())
 
 

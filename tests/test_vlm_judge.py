@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from solrl.config import ConfigError, load_config
-from solrl.rewards.registry import RewardSpec, build_one
+from solrl.rewards.registry import build_one, reward_spec
 from solrl.rewards.vlm_judge import VLMJudge, VLMJudgeError, parse_score
 
 
@@ -104,5 +104,5 @@ def test_unreachable_judge_and_config():
         load_config(overrides=["reward={name: vlm_judge, address: 'http://h:8000/v1'}"])
     with pytest.raises(ValueError, match="\\{prompt\\}"):
         VLMJudge("http://h/v1", "m", template="no placeholder")
-    judge = build_one(RewardSpec(name="vlm_judge", address="http://h:8000/v1", judge_model="m", max_score=5))
+    judge = build_one(reward_spec(name="vlm_judge", address="http://h:8000/v1", judge_model="m", max_score=5))
     assert judge.url == "http://h:8000/v1/chat/completions" and judge.max_score == 5

@@ -62,7 +62,7 @@ class Driver:
         self.prompts = load_run_prompts(config, config.prompts)
         self.order = prompt_order(config, self.prompts)
         self.store = CandidateStore(self.out / "candidates")
-        self.ledger = Ledger(self.store, Selector(config.selection), config.cluster.max_policy_lag)
+        self.ledger = Ledger(self.store, Selector(config.selection), config.rollout.max_policy_lag)
         self.telemetry = Telemetry()
         self.metrics = RunMetrics()
         self.server = MetricsServer(self.metrics, metrics_port) if metrics_port is not None else None
@@ -212,7 +212,7 @@ class Driver:
     def iterate(self, stop: Callable[[], bool]) -> Iterator[dict]:
         """Iterations until train.iterations or `stop()`; with max_policy_lag > 0 the next
         iteration explores while the learner trains on this one."""
-        total, lag = self.config.train.iterations, self.config.cluster.max_policy_lag
+        total, lag = self.config.train.iterations, self.config.rollout.max_policy_lag
         if self.live:
             self.view = LiveView(total, self.start_iteration)
         it, inflight, halt = self.start_iteration, None, False

@@ -63,9 +63,11 @@ class LoraSpec(BaseModel):
     """Low-rank adapter shape and placement (docs/method.md: r=32, alpha=64 on attention projections)."""
 
     model_config = ConfigDict(extra="forbid")
-    rank: int = Field(default=32, ge=1)
-    alpha: float = Field(default=64.0, gt=0)
-    target_modules: list[str] = Field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    rank: int = Field(default=32, ge=1, description="LoRA rank r.")
+    alpha: float = Field(default=64.0, gt=0, description="LoRA alpha; the update is scaled by alpha / rank.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"], description="Module names (peft's matching) that get adapters."
+    )
 
     @property
     def scaling(self) -> float:

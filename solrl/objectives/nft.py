@@ -16,23 +16,23 @@ class NFTConfig(BaseModel):
     """DiffusionNFT hyper-parameters; defaults are docs/method.md's."""
 
     model_config = ConfigDict(extra="forbid")
-    beta: float = Field(default=1.0, gt=0)  # mixing of v_theta into v+ / v-
-    adv_clip: float = Field(default=5.0, gt=0)  # r = 0.5 + 0.5 clip(A / adv_clip, -1, 1)
-    adv_eps: float = Field(default=1e-4, gt=0)  # A = (R - mean_prompt) / (std_batch + adv_eps)
-    kl_weight: float = Field(default=1e-4, ge=0)  # weight of mean((v_theta - v_ref)^2)
-    timestep_fraction: float = Field(default=0.6, gt=0, le=1)  # share of the grid's times trained per step
-    weight_floor: float = Field(default=1e-5, gt=0)  # floor of the adaptive x0-space weight
-    old_decay_rate: float = Field(default=1e-3, ge=0)  # eta = min(rate * step, old_decay_max)
-    old_decay_max: float = Field(default=0.5, ge=0, le=1)
-    ema_decay: float = Field(default=0.9, ge=0, le=1)  # evaluation EMA of theta: its decay at most
-    # Warm-up of the evaluation EMA, as the reference code does: decay min((1 + s) / (10 + s),
-    # ema_decay) at step s, so a short run's EMA is not mostly the initial adapter.
-    ema_warmup: bool = True
-    # Each sample draws its own training times (the reference code); False: one draw per step.
-    per_sample_times: bool = True
-    # Not in the paper: one training-noise draw per prompt group and time (common random
-    # numbers), so a group's reward contrast is not mixed with differences of noise draws.
-    group_noise: bool = False
+    beta: float = Field(default=1.0, gt=0, description="Mixing of v_theta into v+ / v-.")
+    adv_clip: float = Field(default=5.0, gt=0, description="r = 0.5 + 0.5 clip(A / adv_clip, -1, 1); the loss is scaled by it.")
+    adv_eps: float = Field(default=1e-4, gt=0, description="A = (R - mean over the prompt) / (std over the batch + adv_eps).")
+    kl_weight: float = Field(default=1e-4, ge=0, description="Weight of mean((v_theta - v_ref)^2).")
+    timestep_fraction: float = Field(default=0.6, gt=0, le=1, description="Share of the sampler grid's times trained per step.")
+    weight_floor: float = Field(default=1e-5, gt=0, description="Floor of the adaptive x0-space weight.")
+    old_decay_rate: float = Field(default=1e-3, ge=0, description="Old-policy decay eta = min(rate * step, old_decay_max).")
+    old_decay_max: float = Field(default=0.5, ge=0, le=1, description="Largest old-policy decay.")
+    ema_decay: float = Field(default=0.9, ge=0, le=1, description="Largest decay of the evaluation EMA of theta.")
+    ema_warmup: bool = Field(
+        default=True, description="EMA decay min((1 + s) / (10 + s), ema_decay) at step s (the reference), so a short run's EMA is not mostly the initial adapter."
+    )
+    per_sample_times: bool = Field(default=True, description="Each sample draws its own training times (the reference); False: one draw per step.")
+    group_noise: bool = Field(
+        default=False,
+        description="Not in the paper: one training-noise draw per prompt group and time (common random numbers).",
+    )
 
 
 def group_advantages(rewards: torch.Tensor, groups: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:

@@ -19,26 +19,29 @@ class SkipRules(BaseModel):
     """Which GEMMs stay in high precision, as data (a model's config carries its own)."""
 
     model_config = ConfigDict(extra="forbid")
-    # fnmatch patterns on the module's qualified name, e.g. "*.proj_out" or "time_text_embed.*".
-    name_patterns: list[str] = Field(default_factory=list)
-    # A GEMM whose smaller side (in or out features) is below this stays high precision.
-    min_features: int = Field(default=0, ge=0)
-    # A GEMM whose larger side is at most this stays high precision: the Sol-RL reference code's
-    # nvfp4_min_dim rule (skip when max(in, out) <= min_dim); 0 turns it off.
-    min_dim: int = Field(default=0, ge=0)
+    name_patterns: list[str] = Field(
+        default_factory=list, description="fnmatch patterns on the module's qualified name kept high precision, e.g. '*.proj_out'."
+    )
+    min_features: int = Field(default=0, ge=0, description="A GEMM whose smaller side (in or out features) is below this stays high precision.")
+    min_dim: int = Field(
+        default=0,
+        ge=0,
+        description="A GEMM whose larger side is at most this stays high precision (the Sol-RL reference's nvfp4_min_dim; 0: off).",
+    )
 
 
 class QuantRecipe(BaseModel):
     """What to quantize, in which format, on which backend."""
 
     model_config = ConfigDict(extra="forbid")
-    format: QuantFormat = "nvfp4"
-    backend: str = "emulated"
-    quantize_activations: bool = True
-    # Emulated backend: fake-quantize activations with a torch.compile'd function (bit-identical,
-    # several times faster on CPU, compiled once per process); False keeps the eager function.
-    fused: bool = True
-    skip: SkipRules = Field(default_factory=SkipRules)
+    format: QuantFormat = Field(default="nvfp4", description="Low-precision format of the explore copy.")
+    backend: str = Field(default="emulated", description="emulated (exact numerics, any device), torchao or transformer_engine (GPU extras).")
+    quantize_activations: bool = Field(default=True, description="Quantize GEMM inputs too, not only weights.")
+    fused: bool = Field(
+        default=True,
+        description="Emulated backend: fake-quantize activations with a torch.compile'd function (bit-identical, faster); False: eager.",
+    )
+    skip: SkipRules = Field(default_factory=SkipRules, description="Which GEMMs stay in high precision.")
 
 
 class QuantReport(BaseModel):

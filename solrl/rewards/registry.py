@@ -4,10 +4,10 @@ run's `reward` config builds."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Annotated, Literal, Union
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 RewardName = Literal[
     "shapes", "shapes_strict", "shapes_size", "pickscore", "clipscore", "hpsv2", "aesthetic", "imagereward", "remote", "vlm_judge"
@@ -16,43 +16,67 @@ RewardName = Literal[
 LOCAL_REWARDS = ("shapes", "shapes_strict", "shapes_size", "pickscore", "clipscore", "hpsv2", "aesthetic", "imagereward")
 
 
-class RewardSpec(BaseModel):
-    """One reward: its name, the local folder of its weights, and its weight in a sum. A remote
-    reward names the service's address instead (see solrl.rewards.remote for the failure policy)."""
+class _Part(BaseModel):
+    """What every part of a reward list has: its weight in the sum and an optional gate."""
 
     model_config = ConfigDict(extra="forbid")
-    name: RewardName
-    path: str | None = None
-    weight: float = 1.0
-    # The name of another part of the same reward list: this part pays in proportion to that
-    # part's score (weight * this * gate), e.g. a preference that counts only where the caption holds.
-    gate: RewardName | None = None
-    device: str = Field(default="auto", description="'auto' = the first CUDA device if any, else cpu")
-    # remote and vlm_judge:
-    # remote: host:port of `solrl reward serve` (token from SOLRL_REWARD_TOKEN);
-    # vlm_judge: the OpenAI-compatible base URL, e.g. http://judge:8000/v1 (key from api_key_env).
-    address: str | None = None
-    timeout_s: float = Field(default=30.0, gt=0)
-    retries: int = Field(default=3, ge=0)
-    on_failure: Literal["raise", "nan"] = "raise"
-    encoding: Literal["raw", "png"] = "raw"  # remote only
-    # vlm_judge only:
-    judge_model: str | None = None
-    template: str | None = None  # must contain {prompt}; default solrl.rewards.vlm_judge.DEFAULT_TEMPLATE
-    max_score: float = Field(default=10.0, gt=0)
-    api_key_env: str = "OPENAI_API_KEY"
+    name: RewardName = Field(description="Which reward (the fields below depend on it).")  # narrowed by each kind
+    weight: float = Field(default=1.0, description="Weight of this part in the reward's sum.")
+    gate: RewardName | None = Field(
+        default=None,
+        description="Another part of the same list: this part pays in proportion to that part's score (weight * this * gate), "
+        "e.g. a preference that counts only where the caption holds.",
+    )
 
-    @model_validator(mode="after")
-    def _address_for_services(self) -> RewardSpec:
-        served = self.name in ("remote", "vlm_judge")
-        if served and not self.address:
-            what = "host:port of a running `solrl reward serve`" if self.name == "remote" else "the judge's base URL, e.g. http://host:8000/v1"
-            raise ValueError(f"reward {self.name!r} needs address: {what}")
-        if not served and self.address:
-            raise ValueError(f"reward {self.name!r} is computed locally; address applies to remote and vlm_judge only")
-        if self.name == "vlm_judge" and not self.judge_model:
-            raise ValueError("reward 'vlm_judge' needs judge_model: the model name the endpoint serves")
-        return self
+
+class ShapesRewardSpec(_Part):
+    """The shapes world's detector: caption score, strict pass, or size preference."""
+
+    name: Literal["shapes", "shapes_strict", "shapes_size"] = Field(description="shapes: caption score; shapes_strict: 1 for a strict pass; shapes_size: object size.")
+
+
+class ModelRewardSpec(_Part):
+    """A reward model loaded from a local folder."""
+
+    name: Literal["pickscore", "clipscore", "hpsv2", "aesthetic", "imagereward"] = Field(description="The reward model.")
+    path: str | None = Field(default=None, description="Local folder of the reward model's weights (no hub downloads).")
+    device: str = Field(default="auto", description="'auto' = the first CUDA device if any, else cpu.")
+
+
+class _Served(_Part):
+    address: str = Field(min_length=1)
+    timeout_s: float = Field(default=30.0, gt=0, description="Seconds one request may take.")
+    retries: int = Field(default=3, ge=0, description="Retries of a failed request.")
+    on_failure: Literal["raise", "nan"] = Field(default="raise", description="When retries run out: fail the run, or NaN rewards (quarantined and counted).")
+
+
+class RemoteRewardSpec(_Served):
+    """A reward computed by `solrl reward serve` (token from SOLRL_REWARD_TOKEN)."""
+
+    name: Literal["remote"] = Field(description="A reward served over gRPC.")
+    address: str = Field(min_length=1, description="host:port of a running `solrl reward serve`.")
+    encoding: Literal["raw", "png"] = Field(default="raw", description="How images travel to the service.")
+
+
+class JudgeRewardSpec(_Served):
+    """A vision-language model behind an OpenAI-compatible endpoint, asked to score each image."""
+
+    name: Literal["vlm_judge"] = Field(description="A VLM judge over HTTP.")
+    address: str = Field(min_length=1, description="The endpoint's base URL, e.g. http://judge:8000/v1.")
+    judge_model: str = Field(min_length=1, description="The model name the endpoint serves.")
+    template: str | None = Field(default=None, description="Question with {prompt}; default solrl.rewards.vlm_judge.DEFAULT_TEMPLATE.")
+    max_score: float = Field(default=10.0, gt=0, description="The judge's top score (rewards are score / max_score).")
+    api_key_env: str = Field(default="OPENAI_API_KEY", description="Environment variable holding the endpoint's key.")
+
+
+# One part of a run's reward, its fields chosen by its name.
+RewardSpec = Annotated[Union[ShapesRewardSpec, ModelRewardSpec, RemoteRewardSpec, JudgeRewardSpec], Field(discriminator="name")]  # noqa: UP007
+_SPEC = TypeAdapter(RewardSpec)
+
+
+def reward_spec(**fields) -> ShapesRewardSpec | ModelRewardSpec | RemoteRewardSpec | JudgeRewardSpec:
+    """The RewardSpec its fields describe (the name picks the kind)."""
+    return _SPEC.validate_python(fields)
 
 
 class WeightedReward:

@@ -19,12 +19,13 @@ class SamplingConfig(BaseModel):
     """How one image is drawn from its seed."""
 
     model_config = ConfigDict(extra="forbid")
-    steps: int = Field(default=10, ge=1)
-    solver: Literal["euler", "dpm2"] = "dpm2"
-    shift: float = Field(default=1.0, gt=0)
-    # Rows per model call. Batched GEMMs may reduce in a different order than unbatched ones
-    # (rows then differ by ~1e-7); micro_batch=1 makes every sample independent of its batch.
-    micro_batch: int | None = Field(default=None, ge=1)
+    steps: int = Field(default=10, ge=1, description="Solver steps from noise to image.")
+    solver: Literal["euler", "dpm2"] = Field(default="dpm2", description="ODE solver (dpm2: second order, two model calls per step).")
+    shift: float = Field(default=1.0, gt=0, description="Time-schedule shift (SD3's; 1: uniform in t).")
+    # Batched GEMMs may reduce in a different order than unbatched ones (rows then differ by ~1e-7).
+    micro_batch: int | None = Field(
+        default=None, ge=1, description="Rows per model call (None: all); 1 makes every sample independent of its batch."
+    )
 
 
 @torch.no_grad()
