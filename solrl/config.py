@@ -17,6 +17,7 @@ from solrl.quant.linear import QuantRecipe
 from solrl.rewards.registry import RewardSpec, ShapesRewardSpec
 from solrl.sampling.loop import SamplingConfig
 from solrl.selection import Mode
+from solrl.world import world_named
 
 
 class _Strict(BaseModel):
@@ -184,9 +185,10 @@ class RunConfig(_Strict):
         return [value] if isinstance(value, dict) else value
 
     @property
-    def shapes_captions(self) -> bool:
-        """Whether prompts are shapes-world captions (the shapes reward parses them)."""
-        return any(r.name.startswith("shapes") for r in self.reward)
+    def world(self) -> str:
+        """The world (solrl.world) the run's reward reads prompts of."""
+        worlds = {r.world for r in self.reward}
+        return next((w for w in sorted(worlds) if w != "prompts"), "prompts")
 
     @model_validator(mode="after")
     def _k_fits_n(self) -> RunConfig:
@@ -209,15 +211,7 @@ class RunConfig(_Strict):
                     f"reward {r.name!r} has gate={r.gate!r}, which is not another part of the reward list {names}; "
                     f"add {{name: {r.gate}, weight: 0}} to gate by it without paying for it"
                 )
-        if not self.shapes_captions:
-            for field, value in (("prompts", self.prompts), ("eval.prompts", self.eval.prompts)):
-                if value in ("train", "eval"):
-                    raise ValueError(
-                        f"{field}={value!r} names the shipped shapes captions, which only the shapes reward reads; "
-                        f"set {field} to a text file of prompts (one per line)"
-                    )
-            if self.prompt_sampling == "by_task":
-                raise ValueError("prompt_sampling='by_task' needs shapes captions (their task); use 'uniform'")
+        world_named(self.world).check(self)
         return self
 
 

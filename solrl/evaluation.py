@@ -1,10 +1,10 @@
 """A run's evaluation: the prompts it trains and evaluates on, one figure to judge it by, the
 report that compares the trained policy with the base, and the before/after sample grid.
 
-Shapes runs report GenEval-style strict accuracy, caption score and the size preference, each
-with its standard error (solrl.toy.evaluate), and for the base model the best-of-m preference;
-runs on any other reward report the mean reward of n fixed seeds per eval prompt. Every result
-names its headline figure under "metric", so reports and logs read the same either way.
+What the figures are is the run's world's (solrl.world): shapes runs report GenEval-style strict
+accuracy, caption score and the size preference with standard errors, and the base model's
+best-of-m preference; prompt-file runs the mean reward of n fixed seeds per eval prompt. Every
+result names its headline figure under "metric", so reports and logs read the same either way.
 """
 
 from __future__ import annotations
@@ -16,81 +16,42 @@ import numpy as np
 
 from solrl.config import RunConfig
 from solrl.models.base import Sampleable
+from solrl.sampling.eval_images import eval_pairs
+from solrl.world import World, world_named
 
-REWARD_BATCH = 64  # images scored at a time by a non-shapes reward
 
-
-def read_prompt_file(path: str) -> list[str]:
-    """Prompts of a text file, one per line; blank lines and '#' comments skipped."""
-    file = pathlib.Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"prompt file {path!r} does not exist; pass a text file with one prompt per line")
-    prompts = [line.strip() for line in file.read_text().splitlines() if line.strip() and not line.startswith("#")]
-    if not prompts:
-        raise ValueError(f"prompt file {path!r} holds no prompts")
-    return prompts
+def world_of(config: RunConfig) -> World:
+    return world_named(config.world)
 
 
 def load_run_prompts(config: RunConfig, name: str) -> list[str]:
-    """The prompts `name` stands for in this run: shapes captions (validated) or a plain file."""
-    if config.shapes_captions:
-        from solrl.toy.captions import load_prompts
-
-        return load_prompts(name)
-    return read_prompt_file(name)
+    """The prompts `name` stands for in this run's world."""
+    return world_of(config).load_prompts(name)
 
 
 def eval_plan(config: RunConfig, base: bool = False) -> list[tuple[str, int]]:
     """(prompt, seed) of every image the run's eval samples: eval.n fixed seeds per eval prompt, and
-    for the base model of a shapes run eval.best_of of them (its first eval.n being the same)."""
-    from solrl.toy.evaluate import eval_pairs
-
-    ev = config.eval
-    best_of = ev.best_of if base and config.shapes_captions else 0
-    return eval_pairs(load_run_prompts(config, ev.prompts), ev.n, ev.seed, best_of)
+    for the base model of a world with a best-of figure eval.best_of of them (its first eval.n the same)."""
+    ev, world = config.eval, world_of(config)
+    best_of = ev.best_of if base and world.best_of else 0
+    return eval_pairs(world.load_prompts(ev.prompts), ev.n, ev.seed, best_of)
 
 
 def measure_run(config: RunConfig, model: Sampleable, pairs: Sequence[tuple[str, int]], reward=None) -> dict[str, np.ndarray]:
-    """Per-image measures of `model` (a merged inference copy) on any slice of the eval plan:
-    shapes runs the detector's verdicts, other runs `reward` (built from the config if omitted)."""
-    from solrl.toy.evaluate import generate, measure
-
-    sampling = config.eval.sampling
-    if config.shapes_captions:
-        return measure(model, pairs, sampling)
+    """Per-image measures of `model` (a merged inference copy) on any slice of the eval plan;
+    `reward` (built from the config if omitted) serves worlds judged by the run's reward."""
     if reward is None:
         from solrl.rewards.registry import build_reward
 
         reward = build_reward(config.reward)
-    values, seconds = [], 0.0
-    for start in range(0, len(pairs), REWARD_BATCH):
-        chunk = pairs[start : start + REWARD_BATCH]
-        images, spent = generate(model, chunk, sampling, REWARD_BATCH)
-        seconds += spent
-        values.append(reward(images, [p for p, _ in chunk]).double().cpu().numpy())
-    return {"reward": np.concatenate(values), "seconds": np.array([seconds])}
+    return world_of(config).measure(model, pairs, config.eval.sampling, reward)
 
 
 def summarize_run(config: RunConfig, pairs: Sequence[tuple[str, int]], measures: dict[str, np.ndarray], base: bool = False) -> dict:
     """The eval's figures from the measures of every planned image (in plan order)."""
-    from solrl.toy.evaluate import stratified_mean, summarize
-
-    ev = config.eval
+    ev, world = config.eval, world_of(config)
     info = {"seed": ev.seed, "steps": ev.sampling.steps, "solver": ev.sampling.solver}
-    if config.shapes_captions:
-        return {"metric": "accuracy", **summarize(pairs, measures, ev.n, ev.best_of if base else 0), **info}
-    r = measures["reward"]
-    mean, se = stratified_mean(r, [p for p, _ in pairs])
-    seconds = float(measures["seconds"].sum())
-    return {
-        "metric": "reward",
-        "reward": round(mean, 6),
-        "reward_se": round(se, 6),
-        "reward_std": round(float(r.std()), 6),
-        "images": len(pairs),
-        "images_per_s": round(len(pairs) / seconds, 2) if seconds else None,
-        **info,
-    }
+    return world.summarize(pairs, measures, ev.n, ev.best_of if base and world.best_of else 0) | info
 
 
 def merge_measures(parts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -128,22 +89,16 @@ def describe(result: dict) -> str:
     return text
 
 
-def run_report(base: dict, final: dict, final_policy: dict, **extra) -> dict:
+def run_report(config: RunConfig, base: dict, final: dict, final_policy: dict, **extra) -> dict:
     """eval.json: the base eval, the trained EMA and raw policy evals, the headline improvement
-    and, on shapes runs, the share of the base's best-of-m preference gap each closes."""
+    and what the world compares (on shapes runs: the share of the best-of preference gap closed)."""
     report = {
         "base_eval": base,
         "final_eval": final,
         "final_eval_policy": final_policy,
         "improvement": round(headline(final) - headline(base), 4),
     }
-    if "best_of" in base:
-        from solrl.toy.evaluate import accuracy_change, gap_closed
-
-        report["preference_gap_closed"] = gap_closed(base, final)
-        report["preference_gap_closed_policy"] = gap_closed(base, final_policy)
-        report["accuracy_change"], report["accuracy_change_se"] = accuracy_change(base, final)
-    return report | extra
+    return report | world_of(config).compare(base, final, final_policy) | extra
 
 
 def run_grid(config: RunConfig, model: Sampleable):
@@ -151,7 +106,8 @@ def run_grid(config: RunConfig, model: Sampleable):
     from solrl.toy.grid import grid_for
 
     ev = config.eval
-    return grid_for(model, load_run_prompts(config, ev.prompts), ev.sampling, ev.seed, ev.grid_rows, framed=config.shapes_captions)
+    world = world_of(config)
+    return grid_for(model, world.load_prompts(ev.prompts), ev.sampling, ev.seed, ev.grid_rows, framed=world.framed_grid)
 
 
 def write_grid(path: pathlib.Path, before, after) -> None:

@@ -123,6 +123,7 @@ def execute(
     if before is not None:
         write_grid(out / "grid.png", before, engine.grid("ema"))
     report = run_report(
+        config,
         base,
         final["ema"],
         final["policy"],

@@ -18,8 +18,8 @@ from solrl.models.lora_export import export_diffusers_lora
 from solrl.sampling import derive_seeds
 from solrl.sampling.noise import hash_ints
 from solrl.stats import finite_mean, kendall, spearman
-from solrl.toy.captions import parse_caption
 from solrl.types import Candidates, PromptGroup, Selection
+from solrl.world import world_named
 
 LORA_FILES = {"policy": "policy.safetensors", "old": "old.safetensors", "ema": "ema.safetensors"}
 
@@ -107,7 +107,7 @@ def load_lora(directory: str | pathlib.Path, which: str = "ema") -> tuple[dict[s
 
 def prompt_order(config: RunConfig, prompts: Sequence[str]) -> PromptOrder:
     """The run's prompt order (task-balanced when prompt_sampling is by_task)."""
-    strata = [parse_caption(p).task for p in prompts] if config.prompt_sampling == "by_task" else None
+    strata = world_named(config.world).strata(prompts) if config.prompt_sampling == "by_task" else None
     return PromptOrder(len(prompts), config.seed, strata)
 
 

@@ -55,3 +55,12 @@ def finite_mean(values: Sequence[float]) -> float:
     arr = np.asarray(values, dtype=np.float64)
     arr = arr[np.isfinite(arr)]
     return float(arr.mean()) if len(arr) else float("nan")
+
+
+def stratified_mean(values: np.ndarray, strata: Sequence[str]) -> tuple[float, float]:
+    """(mean of the strata's means, its standard error) of `values` grouped by `strata`."""
+    labels = sorted(set(strata))
+    groups = [values[[i for i, s in enumerate(strata) if s == label]] for label in labels]
+    mean = float(np.mean([g.mean() for g in groups]))
+    var = sum(g.var(ddof=1) / len(g) if len(g) > 1 else 0.0 for g in groups)
+    return mean, float(np.sqrt(var) / len(groups))

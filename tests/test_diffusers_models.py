@@ -15,7 +15,7 @@ from solrl.loop import LocalRun
 from solrl.models.base import POLICY, LoraSpec
 from solrl.models.diffusers_models import POLICIES
 from solrl.models.lora_export import WEIGHT_NAME, export_diffusers_lora
-from solrl.models.tiny_pipelines import BUILDERS, build_clip
+from tiny_pipelines import BUILDERS, build_clip
 
 KINDS = ["sd3", "flux", "sana"]
 TARGETS = {

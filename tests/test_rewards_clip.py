@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from transformers import AutoProcessor, CLIPModel
 
 from solrl.config import ConfigError, load_config
-from solrl.models.tiny_pipelines import build_clip
+from tiny_pipelines import build_clip
 from solrl.rewards.clip import AestheticReward, ClipReward, HPSv2, PickScore, ScoreHead
 from solrl.rewards.images import to_pil
 from solrl.rewards.open_clip_convert import convert_open_clip_state

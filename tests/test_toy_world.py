@@ -262,7 +262,8 @@ def test_main_job_reward_pays_size_only_where_the_caption_holds(eval_renders, mo
 def test_accuracy_change_pairs_the_same_captions():
     """The paired change is the task-stratified mean of per-caption differences; its s.e. is
     smaller than the unpaired one when captions differ far more than the change does."""
-    from solrl.toy.evaluate import accuracy_change, stratified_mean
+    from solrl.stats import stratified_mean
+    from solrl.toy.evaluate import accuracy_change
 
     captions = ["a red circle", "a blue square", "two circles", "three squares"]  # two tasks
     base = {"per_caption": dict(zip(captions, [1.0, 0.5, 0.0, 0.25]))}

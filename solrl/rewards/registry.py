@@ -4,7 +4,7 @@ run's `reward` config builds."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Literal, Union
+from typing import Annotated, ClassVar, Literal, Union
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -20,6 +20,7 @@ class _Part(BaseModel):
     """What every part of a reward list has: its weight in the sum and an optional gate."""
 
     model_config = ConfigDict(extra="forbid")
+    world: ClassVar[str] = "prompts"  # the world (solrl.world) whose prompts this reward reads
     name: RewardName = Field(description="Which reward (the fields below depend on it).")  # narrowed by each kind
     weight: float = Field(default=1.0, description="Weight of this part in the reward's sum.")
     gate: RewardName | None = Field(
@@ -31,6 +32,8 @@ class _Part(BaseModel):
 
 class ShapesRewardSpec(_Part):
     """The shapes world's detector: caption score, strict pass, or size preference."""
+
+    world: ClassVar[str] = "shapes"
 
     name: Literal["shapes", "shapes_strict", "shapes_size"] = Field(description="shapes: caption score; shapes_strict: 1 for a strict pass; shapes_size: object size.")
 
