@@ -27,7 +27,7 @@ import torch
 
 from common import append_results, table
 from solrl.config import load_config
-from solrl.loop import LocalRun
+from solrl.local_run import LocalRun
 
 
 def variants(k: int, n: int, regen_steps: int) -> dict[str, list[str]]:

@@ -23,7 +23,7 @@ import torch
 
 from common import append_results, table
 from solrl.config import load_config
-from solrl.loop import LocalRun
+from solrl.local_run import LocalRun
 from solrl.objectives.nft import group_advantages, optimality_probability, pick_train_times
 from solrl.types import TrainBatch
 

@@ -44,7 +44,7 @@ def _train(args: argparse.Namespace) -> int:
         if args.resume or args.address or args.metrics_port is not None:
             print("solrl train --local: --resume, --address and --metrics-port need the distributed run; drop --local", file=sys.stderr)
             return 2
-        from solrl.loop import LocalRun
+        from solrl.local_run import LocalRun
 
         report = LocalRun(config, out).run()
     else:

@@ -11,12 +11,12 @@ import pytest
 import ray
 import torch
 
-from solrl.actors.store import read_log
+from solrl.workers.store import read_log
 from solrl.cli import main
 from solrl.cluster import runtime
 from solrl.cluster.driver import Driver
 from solrl.config import ConfigError, load_config
-from solrl.loop import LocalRun
+from solrl.local_run import LocalRun
 from solrl.runs import load_lora
 
 TINY = [
@@ -204,7 +204,7 @@ def test_a_fault_spec_names_its_form():
 def test_a_pooled_reward_scores_as_the_reward_itself(cluster):
     """The callable a reward-less sampler evaluates with asks a RewardActor, and gets the numbers
     the reward computes in-process."""
-    from solrl.actors.reward import reward_worker_from_config
+    from solrl.workers.reward import reward_worker_from_config
     from solrl.cluster.actors import RewardActor, _PooledReward
     from solrl.toy.captions import parse_caption
     from solrl.toy.render import render_batch

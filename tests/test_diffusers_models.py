@@ -11,7 +11,7 @@ import torch
 from diffusers import DiffusionPipeline
 
 from solrl.config import ConfigError, load_config
-from solrl.loop import LocalRun
+from solrl.local_run import LocalRun
 from solrl.models.base import POLICY, LoraSpec
 from solrl.models.diffusers_models import POLICIES
 from solrl.models.lora_export import WEIGHT_NAME, export_diffusers_lora

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from solrl.config import load_config
-from solrl.loop import LocalRun
+from solrl.local_run import LocalRun
 from solrl.runs import PromptOrder, load_lora, make_groups, prompt_order
 from solrl.models.base import POLICY, LoraSpec
 from solrl.models.shapes import ShapesArchitecture, ShapesModel

@@ -177,7 +177,7 @@ def test_token_required_off_loopback_and_enforced():
 
 
 def test_sol_rl_iteration_with_remote_reward(server, tmp_path):
-    from solrl.loop import LocalRun
+    from solrl.local_run import LocalRun
 
     config = load_config(overrides=[
         f"reward={{name: remote, address: '{server.address}'}}", "rollout.prompts_per_iteration=2", "rollout.candidates=4",

@@ -2,8 +2,8 @@
 
 import pytest
 
-from solrl.actors.selector import Selector
-from solrl.actors.store import CandidateStore, read_log
+from solrl.workers.selector import Selector
+from solrl.workers.store import CandidateStore, read_log
 from solrl.config import SelectionConfig
 from solrl.types import Candidates, PromptGroup
 

@@ -10,12 +10,12 @@ from collections.abc import Sequence
 
 import torch
 
-from solrl.actors.reward import reward_worker_from_config
-from solrl.actors.sampler import Role, sampler_from_config
+from solrl.workers.reward import reward_worker_from_config
+from solrl.workers.sampler import Role, sampler_from_config
 from solrl.config import RunConfig
 from solrl.evaluation import eval_copy, measure_run, run_grid
 from solrl.faults import FaultPlan
-from solrl.learner.group import LearnerRank
+from solrl.learner.rank import LearnerRank
 from solrl.learner.weight_sync import WeightUpdate
 from solrl.models.base import OLD, POLICY
 from solrl.runs import per_selection

@@ -24,9 +24,9 @@ from collections.abc import Callable, Iterator
 import ray
 from ray.exceptions import RayActorError
 
-from solrl.actors.reward import candidates_from_rewards
-from solrl.actors.selector import Selector
-from solrl.actors.store import CandidateStore
+from solrl.workers.reward import candidates_from_rewards
+from solrl.workers.selector import Selector
+from solrl.workers.store import CandidateStore
 from solrl.cluster.dispatch import OWN_REWARD, REWARD_POOL, Dispatcher, Done
 from solrl.cluster.learners import LearnerGroup
 from solrl.cluster.ledger import IterationState, Ledger

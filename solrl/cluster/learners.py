@@ -97,7 +97,7 @@ def _gather(refs: list) -> list:
 @ray.remote(num_cpus=0)
 def _rendezvous() -> tuple[str, int]:
     """An address and free port on the node that will host rank 0."""
-    from solrl.learner.group import free_port
+    from solrl.learner.rank import free_port
 
     host = ray.util.get_node_ip_address()
     return host, free_port(host)

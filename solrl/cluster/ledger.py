@@ -11,8 +11,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from solrl.actors.selector import Selector
-from solrl.actors.store import CandidateStore, GroupKey, group_key
+from solrl.workers.selector import Selector
+from solrl.workers.store import CandidateStore, GroupKey, group_key
 from solrl.types import Candidates, PromptGroup, Selection
 
 

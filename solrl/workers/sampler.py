@@ -10,7 +10,7 @@ from typing import Literal
 
 import torch
 
-from solrl.actors.reward import BATCH_SIZE, candidates_from_rewards, score_in_batches
+from solrl.workers.reward import BATCH_SIZE, candidates_from_rewards, score_in_batches
 from solrl.models.base import OLD, Precision
 from solrl.builders import build_policy, build_reward
 from solrl.config import RunConfig

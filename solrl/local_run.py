@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from solrl.actors.sampler import sampler_from_config
-from solrl.actors.selector import Selector
+from solrl.workers.sampler import sampler_from_config
+from solrl.workers.selector import Selector
 from solrl.builders import build_policy, build_trainer
 from solrl.config import RunConfig
 from solrl.determinism import single_threaded
