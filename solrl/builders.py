@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from solrl.config import ModelConfig, RunConfig
+from solrl.config import ModelConfig, TrainConfig
 from solrl.learner.nft_trainer import NFTTrainer
 from solrl.models.lora_policy import DiffusersPolicy
 from solrl.rewards.registry import build_reward, resolve_device
+from solrl.sampling import SamplingConfig
 
 __all__ = ["build_policy", "build_reward", "build_trainer"]
 
@@ -28,7 +29,7 @@ def build_policy(model: ModelConfig) -> DiffusersPolicy:
 
 
 
-def build_trainer(policy: DiffusersPolicy, config: RunConfig) -> NFTTrainer:
-    """The DiffusionNFT trainer of `policy`, training at the regeneration sampler's steps and shift."""
-    ro, train = config.rollout, config.train
-    return NFTTrainer(policy, train.nft, train.optim, ro.regenerate.steps, ro.regenerate.shift, config.seed, train.micro_batch)
+def build_trainer(policy: DiffusersPolicy, train: TrainConfig, sampling: SamplingConfig, seed: int) -> NFTTrainer:
+    """The DiffusionNFT trainer of `policy`, training at the times of `sampling` (the regeneration
+    sampler's steps and shift)."""
+    return NFTTrainer(policy, train.nft, train.optim, sampling.steps, sampling.shift, seed, train.micro_batch)

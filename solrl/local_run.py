@@ -41,7 +41,7 @@ class LocalRun:
         self.explorer = sampler_from_config(config, "explore", self.policy)
         # direct mode trains on the explored samples: there is no regeneration pool
         self.regenerator = sampler_from_config(config, "regenerate", self.policy) if config.rollout.mode == "sol" else None
-        self.trainer = build_trainer(self.policy, config)
+        self.trainer = build_trainer(self.policy, config.train, config.rollout.regenerate, config.seed)
         self.selector = Selector(config.selection)
 
     @property

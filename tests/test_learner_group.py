@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from solrl.config import load_config
-from solrl.learner.rank import LearnerRank, free_port
+from solrl.learner.rank import LearnerRank, RankConfig, free_port
 from solrl.models.base import POLICY
 from solrl.models.shapes import ShapesArchitecture, ShapesModel
 from solrl.toy.captions import all_captions
@@ -38,7 +38,7 @@ def _batch(policy, step: int) -> TrainBatch:
 
 def _train(rank: int, world: int, port: int, config, steps: range, out: str, restore: str | None = None):
     torch.set_num_threads(1)
-    learner = LearnerRank(config, rank, world, "127.0.0.1", port)
+    learner = LearnerRank(RankConfig.of(config), rank, world, "127.0.0.1", port)
     if restore:
         meta = json.loads(open(restore + ".json").read())
         learner.load_state(load_file(restore), meta["step"])
@@ -86,7 +86,7 @@ def _one_process_group_step(config, steps, world: int):
     """NFTTrainer taking the `world`-rank group's step in one process (what deterministic runs do)."""
     torch.set_num_threads(1)
     torch.manual_seed(config.seed)
-    learner = LearnerRank(config, 0, 1, "127.0.0.1", 0)
+    learner = LearnerRank(RankConfig.of(config), 0, 1, "127.0.0.1", 0)
     for step in steps:
         with torch.no_grad():
             batch = _batch(learner.policy, step)
@@ -110,6 +110,6 @@ def test_one_process_takes_the_two_rank_step_bit_for_bit(config, tmp_path, micro
 
 
 def test_rank_policy_matches_plain_model_keys(config):
-    learner = LearnerRank(config, 0, 1, "127.0.0.1", 0)
+    learner = LearnerRank(RankConfig.of(config), 0, 1, "127.0.0.1", 0)
     assert learner.adapter_state(POLICY).keys() == learner.policy.adapter_state(POLICY).keys()
     assert learner.weight_update().version == 0

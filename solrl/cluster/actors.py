@@ -10,16 +10,16 @@ from collections.abc import Sequence
 
 import torch
 
-from solrl.workers.reward import reward_worker_from_config
-from solrl.workers.sampler import Role, sampler_from_config
 from solrl.config import RunConfig
 from solrl.evaluation import eval_copy, measure_run, run_grid
 from solrl.faults import FaultPlan
-from solrl.learner.rank import LearnerRank
+from solrl.learner.rank import LearnerRank, RankConfig
 from solrl.learner.weight_sync import WeightUpdate
 from solrl.models.base import OLD, POLICY
 from solrl.runs import per_selection
 from solrl.types import PromptGroup, Selection, TrainBatch
+from solrl.workers.reward import reward_worker_from_config
+from solrl.workers.sampler import Role, sampler_from_config
 
 
 def _threads(cpus: float) -> None:
@@ -146,7 +146,7 @@ class LearnerActor:
 
     def __init__(self, config: RunConfig, rank: int, world: int, master_addr: str, master_port: int, cpus: float = 1, armed: bool = True):
         _threads(cpus)
-        self.rank = LearnerRank(config, rank, world, master_addr, master_port)
+        self.rank = LearnerRank(RankConfig.of(config), rank, world, master_addr, master_port)
         self.updates = config.train.updates_per_iteration
         self.faults = FaultPlan(config.cluster.faults, f"learner-{rank}", armed)
         if "backward" in self.faults.armed:  # inside backward: the first block's gradients come last

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -18,9 +19,10 @@ from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from solrl.builders import build_policy, build_trainer
-from solrl.config import RunConfig
+from solrl.config import ModelConfig, RunConfig, TrainConfig
 from solrl.learner.weight_sync import WeightUpdate
 from solrl.models.base import OLD, POLICY
+from solrl.sampling import SamplingConfig
 from solrl.types import TrainBatch
 
 
@@ -54,10 +56,25 @@ def shard_model(transformer: torch.nn.Module) -> None:
             module.set_force_sum_reduction_for_comms(True)
 
 
+@dataclass(frozen=True)
+class RankConfig:
+    """What a learner rank needs of the run's config, and nothing else."""
+
+    model: ModelConfig
+    train: TrainConfig
+    sampling: SamplingConfig  # the regeneration sampler: the times trained on
+    seed: int
+    deterministic: bool
+
+    @classmethod
+    def of(cls, config: RunConfig) -> RankConfig:
+        return cls(config.model, config.train, config.rollout.regenerate, config.seed, config.deterministic)
+
+
 class LearnerRank:
     """Policy, old policy, optimizer and evaluation EMA of one data-parallel rank."""
 
-    def __init__(self, config: RunConfig, rank: int, world: int, master_addr: str, master_port: int, backend: str | None = None):
+    def __init__(self, config: RankConfig, rank: int, world: int, master_addr: str, master_port: int, backend: str | None = None):
         self.config, self.rank, self.world = config, rank, world
         if config.deterministic:
             torch.set_num_threads(1)  # see solrl/determinism.py
@@ -70,7 +87,7 @@ class LearnerRank:
         self.policy = build_policy(config.model)
         if world > 1:
             shard_model(self.policy.transformer)
-        self.trainer = build_trainer(self.policy, config)
+        self.trainer = build_trainer(self.policy, config.train, config.sampling, config.seed)
         if world > 1:
             self.trainer.gradient_sync = self.policy.transformer.set_requires_gradient_sync
 
