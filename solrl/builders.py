@@ -1,14 +1,12 @@
-"""What a run's config names, built: the policy model, its trainer and the reward."""
+"""What a run's config names, built: the policy model and the reward."""
 
 from __future__ import annotations
 
-from solrl.config import ModelConfig, TrainConfig
-from solrl.learner.nft_trainer import NFTTrainer
+from solrl.config import ModelConfig
 from solrl.models.lora_policy import DiffusersPolicy
 from solrl.rewards.registry import build_reward, resolve_device
-from solrl.sampling import SamplingConfig
 
-__all__ = ["build_policy", "build_reward", "build_trainer"]
+__all__ = ["build_policy", "build_reward"]
 
 
 def build_policy(model: ModelConfig) -> DiffusersPolicy:
@@ -28,8 +26,3 @@ def build_policy(model: ModelConfig) -> DiffusersPolicy:
     return POLICIES[model.kind].from_pretrained(model.path, lora=model.lora, device=device, **options)
 
 
-
-def build_trainer(policy: DiffusersPolicy, train: TrainConfig, sampling: SamplingConfig, seed: int) -> NFTTrainer:
-    """The DiffusionNFT trainer of `policy`, training at the times of `sampling` (the regeneration
-    sampler's steps and shift)."""
-    return NFTTrainer(policy, train.nft, train.optim, sampling.steps, sampling.shift, seed, train.micro_batch)

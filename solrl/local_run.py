@@ -14,17 +14,18 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from solrl.workers.sampler import sampler_from_config
-from solrl.workers.selector import Selector
-from solrl.builders import build_policy, build_trainer
+from solrl.builders import build_policy
 from solrl.config import RunConfig
 from solrl.determinism import single_threaded
 from solrl.evaluation import eval_copy, evaluate_run, load_run_prompts, run_grid
+from solrl.learner.nft_trainer import NFTTrainer
 from solrl.learner.weight_sync import WeightUpdate, check_served
 from solrl.models.base import OLD, POLICY
 from solrl.run import execute
 from solrl.runs import iteration_row, make_groups, per_selection, prompt_order
 from solrl.types import Candidates, PromptGroup, Selection
+from solrl.workers.sampler import sampler_from_config
+from solrl.workers.selector import Selector
 
 
 class LocalRun:
@@ -41,7 +42,7 @@ class LocalRun:
         self.explorer = sampler_from_config(config, "explore", self.policy)
         # direct mode trains on the explored samples: there is no regeneration pool
         self.regenerator = sampler_from_config(config, "regenerate", self.policy) if config.rollout.mode == "sol" else None
-        self.trainer = build_trainer(self.policy, config.train, config.rollout.regenerate, config.seed)
+        self.trainer = NFTTrainer.for_run(self.policy, config.train, config.rollout.regenerate, config.seed)
         self.selector = Selector(config.selection)
 
     @property

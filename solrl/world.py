@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pathlib
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -20,9 +20,6 @@ from solrl.models.base import Sampleable
 from solrl.sampling import SamplingConfig
 from solrl.sampling.eval_images import Pairs, generate
 from solrl.stats import stratified_mean
-
-if TYPE_CHECKING:
-    from solrl.config import RunConfig
 
 REWARD_BATCH = 64  # images scored at a time
 
@@ -32,8 +29,9 @@ class World(Protocol):
     best_of: bool  # whether the base eval also draws best-of seeds (the headroom selection gives)
     framed_grid: bool  # whether grid.png frames each image pass / fail
 
-    def check(self, config: RunConfig) -> None:
-        """Raise ValueError (naming the field and the fix) for settings this world cannot run."""
+    def check(self, config) -> None:
+        """Raise ValueError (naming the field and the fix) for settings of the RunConfig this
+        world cannot run. (Untyped: the config module asks the world, never the other way.)"""
 
     def load_prompts(self, name: str) -> list[str]:
         """The prompts `name` stands for (a shipped set or a file), validated."""
@@ -67,7 +65,7 @@ class PromptFileWorld:
 
     name, best_of, framed_grid = "prompts", False, False
 
-    def check(self, config: RunConfig) -> None:
+    def check(self, config) -> None:
         for field, value in (("prompts", config.prompts), ("eval.prompts", config.eval.prompts)):
             if value in ("train", "eval"):
                 raise ValueError(

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from solrl.config import OptimConfig
+from solrl.config import OptimConfig, TrainConfig
 from solrl.models.base import OLD, POLICY
 from solrl.objectives.nft import (
     NFTConfig,
@@ -25,6 +25,7 @@ from solrl.objectives.nft import (
     optimality_probability,
     pick_train_times,
 )
+from solrl.sampling import SamplingConfig
 from solrl.sampling.noise import hash_ints, seed_noise
 from solrl.sampling.schedules import time_grid
 from solrl.types import TrainBatch
@@ -59,6 +60,13 @@ class NFTTrainer:
         self.ema = [p.detach().clone() for p in params]
         # set by a sharded learner rank: gradient_sync(False) keeps a pass's gradient local
         self.gradient_sync: Callable[[bool], None] | None = None
+
+
+    @classmethod
+    def for_run(cls, model, train: TrainConfig, sampling: SamplingConfig, seed: int) -> NFTTrainer:
+        """The trainer of a run's `train` settings, on the times of `sampling` (the regeneration
+        sampler's steps and shift)."""
+        return cls(model, train.nft, train.optim, sampling.steps, sampling.shift, seed, train.micro_batch)
 
     def _keys(self, batch: TrainBatch, rows: torch.Tensor) -> list[tuple[int, ...]]:
         # Keyed by sample seed (or by group under group_noise), never by row position.

@@ -18,8 +18,9 @@ import torch.distributed as dist
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from solrl.builders import build_policy, build_trainer
+from solrl.builders import build_policy
 from solrl.config import ModelConfig, RunConfig, TrainConfig
+from solrl.learner.nft_trainer import NFTTrainer
 from solrl.learner.weight_sync import WeightUpdate
 from solrl.models.base import OLD, POLICY
 from solrl.sampling import SamplingConfig
@@ -87,7 +88,7 @@ class LearnerRank:
         self.policy = build_policy(config.model)
         if world > 1:
             shard_model(self.policy.transformer)
-        self.trainer = build_trainer(self.policy, config.train, config.sampling, config.seed)
+        self.trainer = NFTTrainer.for_run(self.policy, config.train, config.sampling, config.seed)
         if world > 1:
             self.trainer.gradient_sync = self.policy.transformer.set_requires_gradient_sync
 
