@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import shutil
 import statistics
 import subprocess
 import sys
@@ -29,6 +30,7 @@ def run(out: pathlib.Path, seed: int, overrides: list[str]) -> tuple[dict, float
     report = out / "eval.json"
     if report.is_file():
         return json.loads(report.read_text()), None
+    shutil.rmtree(out, ignore_errors=True)  # a run that did not finish starts over (train refuses a non-empty --out)
     start = time.perf_counter()
     sets = [a for s in [f"seed={seed}", *overrides] for a in ("--set", s)]
     subprocess.run([sys.executable, "-m", "solrl.cli", "train", "--out", str(out), *sets], check=True)

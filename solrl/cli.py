@@ -37,13 +37,21 @@ def _train(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    if args.local and (args.resume or args.address or args.metrics_port is not None):
+        print("solrl train --local: --resume, --address and --metrics-port need the distributed run; drop --local", file=sys.stderr)
+        return 2
     if args.resume and not args.out:
         args.out = args.resume  # a resumed run keeps writing to its own folder
     out = pathlib.Path(args.out or f"runs/{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    from solrl.learner.checkpoint import CheckpointError
+    from solrl.run import RunFolderError, check_run_folder
+
+    try:
+        check_run_folder(out, pathlib.Path(args.resume) if args.resume else None, config)
+    except (RunFolderError, CheckpointError) as exc:
+        print(f"solrl train: {exc}", file=sys.stderr)
+        return 2
     if args.local:
-        if args.resume or args.address or args.metrics_port is not None:
-            print("solrl train --local: --resume, --address and --metrics-port need the distributed run; drop --local", file=sys.stderr)
-            return 2
         from solrl.local_run import LocalRun
 
         report = LocalRun(config, out).run()

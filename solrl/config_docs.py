@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from solrl.config import RunConfig
+from solrl.run import RESUMABLE
 
 
 def _inline(value: Any) -> str:
@@ -99,6 +100,10 @@ def markdown() -> str:
         "it is current). `solrl config show [CONFIG] [--set key=value ...]` prints a resolved config with these",
         "descriptions, `solrl config show --schema` its JSON schema. The shipped shapes run is `solrl/configs/shapes.yaml`;",
         "real models have `configs/sd35.yaml`, `configs/flux1.yaml`, `configs/sana.yaml`.",
+        "",
+        "`solrl train --resume RUN` refuses a config that differs from the checkpoint's, except in "
+        + ", ".join(f"`{k}*`" if k.endswith(".") else f"`{k}`" for k in RESUMABLE)
+        + ": a resumed run may change where and how wide it runs and how long, not what it computes.",
     ]
     paths: dict[type[BaseModel], list[str]] = {}  # each model and where it appears, in file order
     todo: list[tuple[str, type[BaseModel]]] = [("", RunConfig)]

@@ -66,6 +66,50 @@ def eval_due(config: RunConfig, iteration: int) -> bool:
     return bool(every) and (iteration + 1) % every == 0 and iteration + 1 < total
 
 
+# What a resumed run may change: where and how wide it runs, and how long; not what it computes.
+RESUMABLE = ("cluster.", "train.iterations", "train.max_seconds")
+
+
+class RunFolderError(ValueError):
+    """A run folder that cannot be written or resumed as asked; the message says what to do."""
+
+
+def _flat(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_changes(saved: dict, config: RunConfig) -> dict[str, tuple]:
+    """Fields whose value differs between a checkpoint's config and `config`, except RESUMABLE ones."""
+    old, new = _flat(saved), _flat(json.loads(json.dumps(config.model_dump(mode="json"))))
+    changed = {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)}
+    return {k: v for k, v in changed.items() if not k.startswith(RESUMABLE)}
+
+
+def check_run_folder(out: pathlib.Path, resume: pathlib.Path | None, config: RunConfig) -> None:
+    """Refuse, before anything starts or is written, a new run into a folder that holds files, and
+    a resume whose checkpoint is damaged (CheckpointError) or whose config differs from `config`."""
+    if resume is None:
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise RunFolderError(f"--out {out} is not an empty folder; pass a new one, or --resume {out} to continue the run in it")
+        return
+    from solrl.learner.checkpoint import inspect_checkpoint
+
+    folder, state = inspect_checkpoint(resume)
+    changes = config_changes(state.get("config", {}), config) if "config" in state else {}
+    if changes:
+        shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
+        raise RunFolderError(
+            f"--resume {resume}: the config differs from checkpoint {folder.name}'s in {shown}; resume with the run's own config "
+            f"({resume}/config.yaml and the same --set), changing only {', '.join(RESUMABLE)}*"
+        )
+
+
 def _rows_before(path: pathlib.Path, iteration: int) -> list[str]:
     """The metrics lines a resumed run keeps: those of the iterations its checkpoint holds. Later
     rows (and a line torn by a kill) belong to iterations the run redoes."""

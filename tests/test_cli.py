@@ -87,3 +87,47 @@ def test_unknown_adapter_file_is_named(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
         load_lora(tmp_path)
+
+
+def test_a_new_run_into_a_folder_with_files_is_refused_before_anything_starts(tmp_path, capsys):
+    import ray
+
+    (tmp_path / "notes.txt").write_text("someone's work")
+    assert main(["train", "--out", str(tmp_path), *TINY_RUN]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {tmp_path} is not an empty folder" in err and f"--resume {tmp_path}" in err
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"] and not ray.is_initialized()
+
+
+def _checkpointed_run(tmp_path, *overrides):
+    import torch
+
+    from solrl.config import load_config
+    from solrl.learner.checkpoint import save_checkpoint
+
+    config = load_config(overrides=list(overrides))
+    save_checkpoint(tmp_path, 2, {"x": torch.zeros(2)}, {"iteration": 2, "config": config.model_dump(mode="json")})
+    return tmp_path
+
+
+def test_resume_refuses_a_damaged_checkpoint_or_another_config_before_anything_starts(tmp_path, capsys):
+    import ray
+
+    run = _checkpointed_run(tmp_path / "run", "train.optim.lr=0.001")
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    assert main(["train", "--resume", str(run), "--set", "train.iterations=5"]) == 2
+    err = capsys.readouterr().err
+    assert "the config differs from checkpoint step-000002's in train.optim.lr: 0.001 -> 0.0003" in err and "config.yaml" in err
+    (run / "checkpoints" / "step-000002" / "manifest.json").write_text("[]")
+    assert main(["train", "--resume", str(run), "--set", "train.optim.lr=0.001"]) == 2
+    assert "must map file names to sha256 digests" in capsys.readouterr().err
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before and not ray.is_initialized()
+
+
+def test_resume_may_change_the_layout_and_length_but_nothing_else(tmp_path):
+    from solrl.config import load_config
+    from solrl.run import check_run_folder
+
+    run = _checkpointed_run(tmp_path, "train.iterations=4")
+    same = load_config(overrides=["train.iterations=9", "cluster.rollout_workers=5", "train.max_seconds=60"])
+    check_run_folder(run, run, same)  # no error

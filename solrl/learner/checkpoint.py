@@ -76,26 +76,45 @@ def latest_checkpoint(run_dir: str | pathlib.Path) -> pathlib.Path | None:
     return found[-1] if found else None
 
 
-def load_checkpoint(path: str | pathlib.Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """(tensors, state) of a checkpoint after checking every file against its manifest.
+def inspect_checkpoint(path: str | pathlib.Path) -> tuple[pathlib.Path, dict]:
+    """(folder, state) of a checkpoint whose every file matches its manifest, without loading
+    the tensors. `path` may be a checkpoint folder or a run folder (its newest checkpoint).
 
-    `path` may be a checkpoint folder or a run folder (its newest checkpoint is taken).
-    """
+    The manifest must be a JSON object of file name -> sha256 listing exactly the files present,
+    and the folder's name must match the step stored in state.json; anything else is a
+    CheckpointError naming what is wrong."""
     path = pathlib.Path(path)
     if not (path / MANIFEST).is_file():
         newest = latest_checkpoint(path)
         if newest is None:
             raise CheckpointError(f"{path} holds no complete checkpoint (no {MANIFEST}); pass a run folder or a checkpoints/step-* folder")
         path = newest
-    manifest = json.loads((path / MANIFEST).read_text())
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"checkpoint {path}: {MANIFEST} is not JSON ({exc}); resume from an earlier checkpoint") from None
+    if not isinstance(manifest, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in manifest.items()):
+        raise CheckpointError(f"checkpoint {path}: {MANIFEST} must map file names to sha256 digests; resume from an earlier checkpoint")
+    present = {p.name for p in path.iterdir()} - {MANIFEST}
+    if set(manifest) != {TENSORS, STATE} or present != set(manifest):
+        raise CheckpointError(
+            f"checkpoint {path}: its manifest lists {sorted(manifest)}, the folder holds {sorted(present)} besides it, and both must be "
+            f"exactly {[STATE, TENSORS]}; it is incomplete or was altered, resume from an earlier one"
+        )
     for name, digest in manifest.items():
-        file = path / name
-        if not file.is_file():
-            raise CheckpointError(f"checkpoint {path} lacks {name}; it is incomplete, resume from an earlier one")
-        actual = _sha256(file)
+        actual = _sha256(path / name)
         if actual != digest:
             raise CheckpointError(
                 f"checkpoint {path}: {name} has sha256 {actual[:12]}..., the manifest says {digest[:12]}...; "
                 "the file is corrupt, resume from an earlier checkpoint"
             )
-    return load_file(str(path / TENSORS)), json.loads((path / STATE).read_text())
+    state = json.loads((path / STATE).read_text())
+    if path.name != f"step-{state.get('step', -1):06d}":
+        raise CheckpointError(f"checkpoint folder {path.name} holds step {state.get('step')}; a checkpoint folder is named step-NNNNNN after its step")
+    return path, state
+
+
+def load_checkpoint(path: str | pathlib.Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, state) of a checkpoint after inspect_checkpoint's checks."""
+    path, state = inspect_checkpoint(path)
+    return load_file(str(path / TENSORS)), state
