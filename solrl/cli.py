@@ -44,11 +44,13 @@ def _train(args: argparse.Namespace) -> int:
         args.out = args.resume  # a resumed run keeps writing to its own folder
     out = pathlib.Path(args.out or f"runs/{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}")
     from solrl.learner.checkpoint import CheckpointError
+    from solrl.preflight import PreflightError, preflight
     from solrl.run import RunFolderError, check_run_folder
 
     try:
+        preflight(config, args.metrics_port)
         check_run_folder(out, pathlib.Path(args.resume) if args.resume else None, config)
-    except (RunFolderError, CheckpointError) as exc:
+    except (PreflightError, RunFolderError, CheckpointError) as exc:
         print(f"solrl train: {exc}", file=sys.stderr)
         return 2
     if args.local:

@@ -230,8 +230,12 @@ def _explain(exc: ValidationError, source: str) -> ConfigError:
     return ConfigError(f"invalid configuration from {source}:\n" + "\n".join(lines))
 
 
-def _parse_value(text: str) -> Any:
-    return yaml.safe_load(text) if text != "" else ""
+def _parse_value(text: str, assignment: str) -> Any:
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError as exc:
+        where = f" (line {exc.problem_mark.line + 1}, column {exc.problem_mark.column + 1})" if getattr(exc, "problem_mark", None) else ""
+        raise ConfigError(f"--set {assignment!r}: the value is not valid YAML{where}: {getattr(exc, 'problem', exc)}; quote it or fix its brackets") from None
 
 
 def apply_override(data: dict, assignment: str) -> None:
@@ -245,7 +249,7 @@ def apply_override(data: dict, assignment: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"--set {assignment!r}: {part!r} is a value, not a section")
-    node[parts[-1]] = _parse_value(text)
+    node[parts[-1]] = _parse_value(text, assignment)
 
 
 def shipped_config(name: str) -> pathlib.Path:
@@ -258,7 +262,12 @@ def load_config(path: str | pathlib.Path | None = None, overrides: list[str] | N
     path = pathlib.Path(path) if path is not None else shipped_config("shapes")
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist; pass a YAML file or omit it for the shapes run")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML at{where}: {getattr(exc, 'problem', exc)}; fix the file") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
     for assignment in overrides or []:

@@ -4,6 +4,7 @@ model's best-of-m preference, and the share of that headroom a trained policy cl
 
 from __future__ import annotations
 
+import pathlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -22,7 +23,12 @@ class ShapesWorld:
         pass  # every setting runs; captions are validated as they load
 
     def load_prompts(self, name: str) -> list[str]:
-        return load_prompts(name)
+        if name not in ("train", "eval") and not pathlib.Path(name).is_file():
+            raise FileNotFoundError(f"{name!r} is neither 'train', 'eval' nor a caption file; pass one of those")
+        captions = load_prompts(name)
+        if not captions:
+            raise ValueError(f"caption file {name!r} holds no captions; write one caption per line")
+        return captions
 
     def strata(self, prompts: Sequence[str]) -> list[str]:
         return [parse_caption(p).task for p in prompts]

@@ -1,0 +1,49 @@
+"""`solrl train` refuses bad input before anything starts: one line on stderr naming the setting,
+the value and the fix, exit status 2, no traceback, no run folder, no Ray. Each case runs the
+real command line in a subprocess."""
+
+import socket
+import subprocess
+import sys
+
+import pytest
+
+QUICK = ["--set", "train.iterations=1"]
+
+
+def _case(tmp_path, name):
+    """(extra arguments, what stderr must say) of one bad input."""
+    files = {"bad.yaml": "train: {iterations: 3\n", "empty.txt": "# nothing\n", "odd.txt": "a purple hexagon\n", "two.txt": "a red circle\ntwo squares\n"}
+    for file, text in files.items():
+        (tmp_path / file).write_text(text)
+    path = {file: str(tmp_path / file) for file in files}
+    return {
+        "yaml_file": ([path["bad.yaml"]], "is not valid YAML at line"),
+        "yaml_set": (["--set", "reward=[shapes"], "--set 'reward=[shapes': the value is not valid YAML"),
+        "missing_prompts": (["--set", f"prompts={tmp_path / 'none.txt'}"], "is neither 'train', 'eval' nor a caption file"),
+        "empty_prompts": (["--set", f"prompts={path['empty.txt']}"], "holds no captions"),
+        "bad_caption": (["--set", f"eval.prompts={path['odd.txt']}"], "eval.prompts="),
+        "few_prompts": (["--set", f"prompts={path['two.txt']}"], "rollout.prompts_per_iteration=8 is more than the 2 prompts"),
+        "model_folder": (["--set", f"model.path={tmp_path / 'no-model'}"], "is not a folder"),
+        "device": (["--set", "model.device=cuda:0"], "has no CUDA device"),
+        "port_invalid": (["--metrics-port", "70000"], "--metrics-port 70000 is not a port"),
+    }[name]
+
+
+@pytest.mark.parametrize(
+    "name", ["yaml_file", "yaml_set", "missing_prompts", "empty_prompts", "bad_caption", "few_prompts", "model_folder", "device", "port_invalid", "port_busy"]
+)
+def test_bad_input_gets_one_line_before_anything_starts(tmp_path, name):
+    out = tmp_path / "run"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        if name == "port_busy":
+            args, expected = ["--metrics-port", str(busy.getsockname()[1])], "cannot be bound"
+        else:
+            args, expected = _case(tmp_path, name)
+        done = subprocess.run([sys.executable, "-m", "solrl.cli", "train", "--out", str(out), *QUICK, *args], capture_output=True, text=True, timeout=300)
+    lines = [line for line in done.stderr.splitlines() if line.strip() and not line.startswith(("Failed to load", "W1", "W0"))]
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert len(lines) == 1 and expected in lines[0], lines
+    assert "Traceback" not in done.stderr and "ray" not in done.stderr.lower() and not out.exists()
