@@ -15,7 +15,9 @@ from solrl.quant.formats import (
     fp8_e4m3_quantize,
     nvfp4_fake_quant,
     nvfp4_quantize,
+    nvfp4_tensor_scale,
 )
+from solrl.quant.fused import fused_fake_quant
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -169,3 +171,21 @@ def test_fused_fake_quant_is_bit_identical_to_the_eager_one():
         for x in cases:
             assert torch.equal(fused_fake_quant(x, fmt), fake_quant(x, fmt)), (fmt, x.shape)
     assert not _broken, _broken  # it compiled here; a fallback would make this test vacuous
+
+
+def test_nan_anywhere_makes_the_whole_nvfp4_image_nan_as_in_torchao():
+    x = torch.randn(3, 32, generator=torch.Generator().manual_seed(5))
+    x[1, 7] = float("nan")
+    ours = nvfp4_quantize(x)
+    assert torch.isnan(ours.tensor_scale)  # not a made-up scale that quantizes the other rows wrongly
+    assert torch.isnan(ours.dequantize(torch.float32)).all() and torch.isnan(_torchao(x)[1]).all()
+    assert torch.isnan(nvfp4_fake_quant(x)).all() and torch.isnan(fused_fake_quant(x, "nvfp4")).all()
+
+
+@pytest.mark.parametrize("amax", [1e-44, 1e-45])
+def test_an_amax_that_underflows_the_tensor_scale_gives_zeros_not_nan(amax):
+    x = torch.zeros(2, 16)
+    x[0, 0], x[1, 3] = amax, -amax
+    assert nvfp4_tensor_scale(x.abs().amax()) == 0  # the scale itself underflowed
+    for out in (nvfp4_quantize(x).dequantize(torch.float32), nvfp4_fake_quant(x), fused_fake_quant(x, "nvfp4")):
+        assert torch.isfinite(out).all() and not out.any()

@@ -2,10 +2,13 @@
 scale) and FP8 E4M3 with a per-tensor scale, as quantize / dequantize / fake-quant in pure torch.
 
 The NVFP4 arithmetic follows the two-level scaling recipe in the same operation order as
-torchao's NVFP4Tensor (per-tensor scale mode), so both produce identical bits. Two deliberate
-differences, both on inputs where torchao returns NaN: an all-zero tensor quantizes to zeros,
-and a zero element of a tensor whose amax is so small that 1/tensor_scale overflows to inf
-quantizes to zero (torchao computes 0 * inf).
+torchao's NVFP4Tensor (per-tensor scale mode), so both produce identical bits. Deliberate
+differences, on inputs where torchao's answer is not a quantization of the input (measured with
+torchao 0.18 on CPU, tests/test_quant_formats.py): an all-zero tensor quantizes to zeros (torchao:
+NaN, its tensor scale being 0 / 0), and a zero element of a tensor whose amax is so small that
+1 / tensor_scale overflows quantizes to zero (torchao: a tiny nonzero value). A tensor whose amax
+underflows the tensor scale to zero quantizes to zeros. NaN anywhere in a tensor makes its whole
+NVFP4 image NaN, as in torchao: the tensor scale is taken from the NaN amax.
 """
 
 from __future__ import annotations
@@ -43,8 +46,9 @@ class NVFP4Quantized:
 def nvfp4_tensor_scale(amax: torch.Tensor) -> torch.Tensor:
     """Per-tensor fp32 scale amax / (6 * 448), so the largest block scale lands on E4M3's max."""
     amax = amax.to(torch.float32)
-    # An all-zero tensor has no scale; any positive one quantizes it to exact zeros.
-    return torch.where(amax > 0, amax / (E4M3_MAX * E2M1_MAX), torch.ones_like(amax))
+    # An all-zero tensor has no scale; any positive one quantizes it to exact zeros. A NaN amax
+    # stays NaN, so a tensor holding NaN dequantizes to NaN throughout, as torchao's does.
+    return torch.where(amax == 0, torch.ones_like(amax), amax / (E4M3_MAX * E2M1_MAX))
 
 
 def _e2m1_step(m: torch.Tensor) -> torch.Tensor:
@@ -91,11 +95,15 @@ def _nvfp4_scaled_blocks(x: torch.Tensor, tensor_scale: torch.Tensor | None):
     if tensor_scale is None:
         tensor_scale = nvfp4_tensor_scale(block_amax.amax())
     tensor_scale = tensor_scale.to(device=x.device, dtype=torch.float32)
-    scales_fp8 = torch.clamp(block_amax / E2M1_MAX / tensor_scale, min=E4M3_MIN_NORMAL, max=E4M3_MAX).to(
-        torch.float8_e4m3fn
-    )
+    # A tensor scale that underflowed to zero (amax below about 4e-42): every value is far below
+    # NVFP4's smallest step, so the tensor quantizes to zeros instead of dividing 0 by 0.
+    underflow = tensor_scale == 0
+    blocks = torch.where(underflow, torch.zeros_like(blocks), blocks)
+    block_amax = torch.where(underflow, torch.zeros_like(block_amax), block_amax)
+    divisor = torch.where(underflow, torch.ones_like(tensor_scale), tensor_scale)
+    scales_fp8 = torch.clamp(block_amax / E2M1_MAX / divisor, min=E4M3_MIN_NORMAL, max=E4M3_MAX).to(torch.float8_e4m3fn)
     # Multiply by the reciprocal of the combined scale, in torchao's order, for identical bits.
-    reciprocal = (1.0 / tensor_scale) / scales_fp8.float()
+    reciprocal = (1.0 / divisor) / scales_fp8.float()
     # inf * 0 happens when the tensor scale is subnormal-small: zeros stay zero. Always applied (it
     # changes no other value), since a data-dependent branch would break the compiled graph in two.
     scaled = torch.where(blocks == 0, blocks, blocks * reciprocal.unsqueeze(-1))
