@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=_config_show)
 
     reward = sub.add_parser("reward", help="reward models as services").add_subparsers(dest="reward_command", required=True)
-    serve = reward.add_parser("serve", help="serve one reward over gRPC (protos/solrl/v1/reward.proto)")
+    serve = reward.add_parser("serve", help="serve one reward over gRPC (protos/solrl/rewards/v1/reward.proto)")
     from solrl.rewards.registry import LOCAL_REWARDS
 
     serve.add_argument("--reward", required=True, choices=LOCAL_REWARDS)

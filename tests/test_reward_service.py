@@ -26,7 +26,7 @@ from solrl.rewards.shapes import ShapesReward
 from solrl.rewards.wire import encode_images
 from solrl.toy.captions import load_prompts, parse_caption
 from solrl.toy.render import render_batch
-from solrl.v1 import reward_pb2, reward_pb2_grpc
+from solrl.rewards.v1 import reward_pb2, reward_pb2_grpc
 
 CAPTIONS = load_prompts("eval")[:12]
 
@@ -201,6 +201,6 @@ def test_generated_code_matches_proto(tmp_path):
     from grpc_tools import protoc
 
     root = pathlib.Path(__file__).resolve().parents[1]
-    assert protoc.main(["protoc", f"-I{root / 'protos'}", f"--python_out={tmp_path}", f"--grpc_python_out={tmp_path}", str(root / "protos/solrl/v1/reward.proto")]) == 0
+    assert protoc.main(["protoc", f"-I{root / 'protos'}", f"--python_out={tmp_path}", f"--grpc_python_out={tmp_path}", str(root / "protos/solrl/rewards/v1/reward.proto")]) == 0
     for name in ("reward_pb2.py", "reward_pb2_grpc.py"):
-        assert (tmp_path / "solrl/v1" / name).read_text() == (root / "solrl/v1" / name).read_text(), f"regenerate solrl/v1/{name} (see protos/README)"
+        assert (tmp_path / "solrl/rewards/v1" / name).read_text() == (root / "solrl/rewards/v1" / name).read_text(), f"regenerate solrl/rewards/v1/{name} (see protos/README)"

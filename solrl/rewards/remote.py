@@ -22,7 +22,7 @@ import torch
 
 from solrl.rewards.service import TOKEN_ENV
 from solrl.rewards.wire import Encoding, encode_images
-from solrl.v1 import reward_pb2, reward_pb2_grpc
+from solrl.rewards.v1 import reward_pb2, reward_pb2_grpc
 
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED}
 

@@ -1,4 +1,4 @@
-"""The reward service: one reward model behind gRPC (protos/solrl/v1/reward.proto).
+"""The reward service: one reward model behind gRPC (protos/solrl/rewards/v1/reward.proto).
 
 Binds to loopback by default. Bound anywhere else it refuses to start without a token, and then
 every call but the health check must carry `authorization: Bearer <token>`. Requests are proto
@@ -19,7 +19,7 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from solrl.rewards.wire import MalformedImage, decode_images
-from solrl.v1 import reward_pb2, reward_pb2_grpc
+from solrl.rewards.v1 import reward_pb2, reward_pb2_grpc
 
 TOKEN_ENV = "SOLRL_REWARD_TOKEN"
 SERVICE = "solrl.v1.RewardService"

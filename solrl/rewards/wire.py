@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from solrl.rewards.images import to_uint8
-from solrl.v1 import reward_pb2
+from solrl.rewards.v1 import reward_pb2
 
 Encoding = Literal["raw", "png"]
 

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from solrl.v1 import reward_pb2 as solrl_dot_v1_dot_reward__pb2
+from solrl.rewards.v1 import reward_pb2 as solrl_dot_rewards_dot_v1_dot_reward__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in solrl/v1/reward_pb2_grpc.py depends on'
+        + ' but the generated code in solrl/rewards/v1/reward_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,13 +36,13 @@ class RewardServiceStub:
         """
         self.Score = channel.unary_unary(
                 '/solrl.v1.RewardService/Score',
-                request_serializer=solrl_dot_v1_dot_reward__pb2.ScoreRequest.SerializeToString,
-                response_deserializer=solrl_dot_v1_dot_reward__pb2.ScoreResponse.FromString,
+                request_serializer=solrl_dot_rewards_dot_v1_dot_reward__pb2.ScoreRequest.SerializeToString,
+                response_deserializer=solrl_dot_rewards_dot_v1_dot_reward__pb2.ScoreResponse.FromString,
                 _registered_method=True)
         self.Info = channel.unary_unary(
                 '/solrl.v1.RewardService/Info',
-                request_serializer=solrl_dot_v1_dot_reward__pb2.InfoRequest.SerializeToString,
-                response_deserializer=solrl_dot_v1_dot_reward__pb2.InfoResponse.FromString,
+                request_serializer=solrl_dot_rewards_dot_v1_dot_reward__pb2.InfoRequest.SerializeToString,
+                response_deserializer=solrl_dot_rewards_dot_v1_dot_reward__pb2.InfoResponse.FromString,
                 _registered_method=True)
 
 
@@ -66,13 +66,13 @@ def add_RewardServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Score': grpc.unary_unary_rpc_method_handler(
                     servicer.Score,
-                    request_deserializer=solrl_dot_v1_dot_reward__pb2.ScoreRequest.FromString,
-                    response_serializer=solrl_dot_v1_dot_reward__pb2.ScoreResponse.SerializeToString,
+                    request_deserializer=solrl_dot_rewards_dot_v1_dot_reward__pb2.ScoreRequest.FromString,
+                    response_serializer=solrl_dot_rewards_dot_v1_dot_reward__pb2.ScoreResponse.SerializeToString,
             ),
             'Info': grpc.unary_unary_rpc_method_handler(
                     servicer.Info,
-                    request_deserializer=solrl_dot_v1_dot_reward__pb2.InfoRequest.FromString,
-                    response_serializer=solrl_dot_v1_dot_reward__pb2.InfoResponse.SerializeToString,
+                    request_deserializer=solrl_dot_rewards_dot_v1_dot_reward__pb2.InfoRequest.FromString,
+                    response_serializer=solrl_dot_rewards_dot_v1_dot_reward__pb2.InfoResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -100,8 +100,8 @@ class RewardService:
             request,
             target,
             '/solrl.v1.RewardService/Score',
-            solrl_dot_v1_dot_reward__pb2.ScoreRequest.SerializeToString,
-            solrl_dot_v1_dot_reward__pb2.ScoreResponse.FromString,
+            solrl_dot_rewards_dot_v1_dot_reward__pb2.ScoreRequest.SerializeToString,
+            solrl_dot_rewards_dot_v1_dot_reward__pb2.ScoreResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -127,8 +127,8 @@ class RewardService:
             request,
             target,
             '/solrl.v1.RewardService/Info',
-            solrl_dot_v1_dot_reward__pb2.InfoRequest.SerializeToString,
-            solrl_dot_v1_dot_reward__pb2.InfoResponse.FromString,
+            solrl_dot_rewards_dot_v1_dot_reward__pb2.InfoRequest.SerializeToString,
+            solrl_dot_rewards_dot_v1_dot_reward__pb2.InfoResponse.FromString,
             options,
             channel_credentials,
             insecure,
