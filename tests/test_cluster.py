@@ -1,6 +1,8 @@
 """The distributed run on a real local Ray cluster (token auth on), with the shipped model:
-equality with the single-process loop, resume, elastic pools, killed samplers and learner
-ranks, and bounded policy lag. Each run is tiny; the cluster is started once for the module."""
+equality with the single-process loop; a driver SIGKILLed mid-run and resumed through the CLI;
+workers killed in every phase through cluster.faults, with pools scaled meanwhile, each ending
+bit for bit where the uninterrupted run ends; and bounded policy lag. Each run is tiny; the
+cluster is started once for the module."""
 
 import json
 import signal
@@ -12,7 +14,6 @@ import ray
 import torch
 
 from solrl.workers.store import read_log
-from solrl.cli import main
 from solrl.cluster import runtime
 from solrl.cluster.driver import Driver
 from solrl.config import ConfigError, load_config
@@ -111,9 +112,11 @@ def test_a_driver_killed_mid_run_resumes_exactly(cluster, reference, tmp_path):
     first_rows = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["iteration"] for r in first_rows] == [0, 1]
     assert len(list((run / "candidates").glob("part-*.parquet"))) == 2  # iteration 2's groups were logged
-    resumed = subprocess.run([*cmd, "--resume", str(run)], capture_output=True, text=True, timeout=900)
+    resumed = subprocess.run([*cmd, "--resume", str(run), "--metrics-port", "0"], capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from step 1 (iteration 1)" in resumed.stdout + resumed.stderr
+    assert json.loads(resumed.stdout.strip().splitlines()[-1])["out"] == str(run)  # the CLI's summary line
+    assert {"config.yaml", "metrics.jsonl", "lora", "eval.json", "candidates", "checkpoints", "grid.png"} <= {p.name for p in run.iterdir()}
     rows = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["iteration"] for r in rows] == [0, 1, 2]
     assert rows[0] == first_rows[0]  # kept as written, not redone from iteration 0
@@ -217,12 +220,3 @@ def test_policy_lag_is_bounded_and_recorded(cluster, tmp_path):
     assert [r["policy_lag"] for r in rows] == [0, 1, 1]
     assert report["dropped"] == {}
     _trained_once(tmp_path, 3)
-
-
-def test_cli_train_runs_on_ray_and_serves_metrics(cluster, tmp_path, capsys):
-    out = tmp_path / "run"
-    sets = [a for s in TINY for a in ("--set", s)] + ["--set", f"eval.prompts={cluster.eval.prompts}", "--set", "train.iterations=1"]
-    assert main(["train", "--out", str(out), "--metrics-port", "0", *sets]) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["out"] == str(out)
-    assert {"config.yaml", "metrics.jsonl", "lora", "eval.json", "candidates", "checkpoints"} <= {p.name for p in out.iterdir()}
