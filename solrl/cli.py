@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import pathlib
 import shlex
 import sys
@@ -30,6 +31,7 @@ def _info(_: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from solrl.metrics import TOKEN_ENV
     from solrl.config import ConfigError, load_config
 
     try:
@@ -48,7 +50,7 @@ def _train(args: argparse.Namespace) -> int:
     from solrl.run import RunFolderError, check_run_folder
 
     try:
-        preflight(config, args.metrics_port)
+        preflight(config, args.metrics_port, args.metrics_host, bool(os.environ.get(TOKEN_ENV)))
         check_run_folder(out, pathlib.Path(args.resume) if args.resume else None, config)
     except (PreflightError, RunFolderError, CheckpointError) as exc:
         print(f"solrl train: {exc}", file=sys.stderr)
@@ -63,7 +65,8 @@ def _train(args: argparse.Namespace) -> int:
 
         started = runtime.start(config, args.address)
         try:
-            report = Driver(config, out, metrics_port=args.metrics_port, resume=args.resume, live=sys.stderr.isatty()).run()
+            metrics = {"metrics_port": args.metrics_port, "metrics_host": args.metrics_host, "metrics_token": os.environ.get(TOKEN_ENV) or None}
+            report = Driver(config, out, resume=args.resume, live=sys.stderr.isatty(), **metrics).run()
         finally:
             runtime.stop(started)
     from solrl.evaluation import headline
@@ -213,7 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--local", action="store_true", help="run in this process, without Ray")
     train.add_argument("--address", help="join an existing Ray cluster (default: start an embedded local one)")
     train.add_argument("--resume", metavar="DIR", help="continue a run from its newest checkpoint (a run folder or checkpoint folder)")
-    train.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT")
+    train.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on PORT (0: any free port)")
+    train.add_argument(
+        "--metrics-host", default="127.0.0.1", help="address the metrics endpoint binds (default loopback; any other needs SOLRL_METRICS_TOKEN)"
+    )
     train.set_defaults(func=_train)
 
     config = sub.add_parser("config", help="the run configuration").add_subparsers(dest="config_command", required=True)

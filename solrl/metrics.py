@@ -8,12 +8,14 @@ The endpoint binds to loopback by default and demands a bearer token when bound 
 from __future__ import annotations
 
 import hmac
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+TOKEN_ENV = "SOLRL_METRICS_TOKEN"
 
 
 class RunMetrics:
@@ -84,10 +86,14 @@ class RunMetrics:
         return generate_latest(self.registry)
 
 
+class _IPv6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
 class MetricsServer:
     """Serves /metrics over HTTP in a daemon thread; a token is required off loopback."""
 
-    def __init__(self, metrics: RunMetrics, port: int, host: str = "127.0.0.1", token: str | None = None):
+    def __init__(self, metrics: RunMetrics, port: int, host: str = "127.0.0.1", token: str | None = None, idle_timeout: float = 10.0):
         if host not in LOOPBACK and not token:
             raise ValueError(
                 f"metrics host {host!r} is not loopback and no token is set; pass a token "
@@ -96,6 +102,8 @@ class MetricsServer:
         expected = f"Bearer {token}".encode() if token else None
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = idle_timeout  # a connection that sends nothing is closed, not held open
+
             def do_GET(self):  # noqa: N802 (http.server's naming)
                 if expected is not None and not hmac.compare_digest(self.headers.get("Authorization", "").encode(), expected):
                     self.send_error(401, "missing or wrong bearer token")
@@ -113,7 +121,8 @@ class MetricsServer:
             def log_message(self, *args):  # scrapes every few seconds would flood the console
                 pass
 
-        self.server = ThreadingHTTPServer((host, port), Handler)
+        server_class = _IPv6Server if ":" in host else ThreadingHTTPServer
+        self.server = server_class((host, port), Handler)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, name="solrl-metrics", daemon=True)
         self.thread.start()

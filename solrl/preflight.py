@@ -9,6 +9,7 @@ import socket
 
 from solrl.config import RunConfig
 from solrl.evaluation import load_run_prompts
+from solrl.metrics import LOOPBACK, TOKEN_ENV
 
 
 class PreflightError(ValueError):
@@ -22,7 +23,7 @@ def _prompts(config: RunConfig, field: str, name: str) -> list[str]:
         raise PreflightError(f"{field}={name!r}: {exc}") from None
 
 
-def preflight(config: RunConfig, metrics_port: int | None = None) -> None:
+def preflight(config: RunConfig, metrics_port: int | None = None, metrics_host: str = "127.0.0.1", metrics_token: bool = False) -> None:
     prompts = _prompts(config, "prompts", config.prompts)
     _prompts(config, "eval.prompts", config.eval.prompts)
     k = config.rollout.prompts_per_iteration
@@ -42,8 +43,10 @@ def preflight(config: RunConfig, metrics_port: int | None = None) -> None:
     if metrics_port is not None:
         if not 0 <= metrics_port <= 65535:
             raise PreflightError(f"--metrics-port {metrics_port} is not a port; pass 0-65535 (0: any free port)")
-        with socket.socket() as s:
+        if metrics_host not in LOOPBACK and not metrics_token:
+            raise PreflightError(f"--metrics-host {metrics_host} is not loopback and {TOKEN_ENV} is not set; set a token or bind 127.0.0.1")
+        with socket.socket(socket.AF_INET6 if ":" in metrics_host else socket.AF_INET) as s:
             try:
-                s.bind(("127.0.0.1", metrics_port))
+                s.bind((metrics_host, metrics_port))
             except OSError as exc:
-                raise PreflightError(f"--metrics-port {metrics_port} cannot be bound ({exc.strerror}); pass a free port or 0") from None
+                raise PreflightError(f"--metrics-host {metrics_host} --metrics-port {metrics_port} cannot be bound ({exc.strerror}); pass a free port or 0") from None

@@ -5,6 +5,7 @@ bit for bit where the uninterrupted run ends; and bounded policy lag. Each run i
 cluster is started once for the module."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -220,3 +221,16 @@ def test_policy_lag_is_bounded_and_recorded(cluster, tmp_path):
     assert [r["policy_lag"] for r in rows] == [0, 1, 1]
     assert report["dropped"] == {}
     _trained_once(tmp_path, 3)
+
+
+def test_the_embedded_cluster_listens_on_loopback_only_with_token_auth_on(cluster):
+    """Run last in the module, when the cluster's processes include the workers runs started."""
+    import psutil
+
+    assert os.environ["RAY_AUTH_MODE"] == "token" and ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+    me = psutil.Process()  # the driver; the cluster's processes (GCS, raylet, workers) descend from it
+    ray_pids = {me.pid} | {p.pid for p in me.children(recursive=True)}
+    listening = [c for c in psutil.net_connections("inet") if c.status == psutil.CONN_LISTEN and c.pid in ray_pids]
+    assert listening, "found none of the cluster's sockets"
+    exposed = [(c.laddr.ip, c.laddr.port, c.pid) for c in listening if c.laddr.ip not in ("127.0.0.1", "::1")]
+    assert not exposed, f"Ray listens off loopback: {exposed}"

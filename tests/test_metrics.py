@@ -1,5 +1,7 @@
 """Prometheus metrics: filled from a metrics.jsonl row, served over a real HTTP socket on loopback."""
 
+import socket
+import time
 import urllib.error
 import urllib.request
 
@@ -67,3 +69,29 @@ def test_endpoint_serves_on_loopback_and_checks_the_token():
         server.close()
     with pytest.raises(ValueError, match="not loopback and no token"):
         MetricsServer(m, port=0, host="0.0.0.0")
+
+
+@pytest.mark.skipif(not socket.has_ipv6, reason="this machine has no IPv6 stack")
+def test_endpoint_serves_ipv6_loopback():
+    m = RunMetrics()
+    m.observe_iteration(ROW)
+    try:
+        server = MetricsServer(m, port=0, host="::1")
+    except OSError as exc:  # an IPv6 stack without ::1 configured
+        pytest.skip(f"cannot bind ::1 here: {exc}")
+    try:
+        body = urllib.request.urlopen(f"http://[::1]:{server.port}/metrics", timeout=5).read().decode()
+        assert _value(body, "solrl_policy_version") == 3
+    finally:
+        server.close()
+
+
+def test_an_idle_connection_is_closed_not_held():
+    server = MetricsServer(RunMetrics(), port=0, idle_timeout=0.5)
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as idle:
+            start = time.monotonic()
+            assert idle.recv(1) == b""  # the server hung up on a client that sent nothing
+            assert time.monotonic() - start < 5
+    finally:
+        server.close()

@@ -2,6 +2,7 @@
 the value and the fix, exit status 2, no traceback, no run folder, no Ray. Each case runs the
 real command line in a subprocess."""
 
+import os
 import socket
 import subprocess
 import sys
@@ -27,11 +28,12 @@ def _case(tmp_path, name):
         "model_folder": (["--set", f"model.path={tmp_path / 'no-model'}"], "is not a folder"),
         "device": (["--set", "model.device=cuda:0"], "has no CUDA device"),
         "port_invalid": (["--metrics-port", "70000"], "--metrics-port 70000 is not a port"),
+        "metrics_exposed": (["--metrics-port", "0", "--metrics-host", "0.0.0.0"], "is not loopback and SOLRL_METRICS_TOKEN is not set"),
     }[name]
 
 
 @pytest.mark.parametrize(
-    "name", ["yaml_file", "yaml_set", "missing_prompts", "empty_prompts", "bad_caption", "few_prompts", "model_folder", "device", "port_invalid", "port_busy"]
+    "name", ["yaml_file", "yaml_set", "missing_prompts", "empty_prompts", "bad_caption", "few_prompts", "model_folder", "device", "port_invalid", "port_busy", "metrics_exposed"]
 )
 def test_bad_input_gets_one_line_before_anything_starts(tmp_path, name):
     out = tmp_path / "run"
@@ -42,7 +44,8 @@ def test_bad_input_gets_one_line_before_anything_starts(tmp_path, name):
             args, expected = ["--metrics-port", str(busy.getsockname()[1])], "cannot be bound"
         else:
             args, expected = _case(tmp_path, name)
-        done = subprocess.run([sys.executable, "-m", "solrl.cli", "train", "--out", str(out), *QUICK, *args], capture_output=True, text=True, timeout=300)
+        env = {k: v for k, v in os.environ.items() if k != "SOLRL_METRICS_TOKEN"}
+        done = subprocess.run([sys.executable, "-m", "solrl.cli", "train", "--out", str(out), *QUICK, *args], capture_output=True, text=True, timeout=300, env=env)
     lines = [line for line in done.stderr.splitlines() if line.strip() and not line.startswith(("Failed to load", "W1", "W0"))]
     assert done.returncode == 2, done.stderr[-2000:]
     assert len(lines) == 1 and expected in lines[0], lines

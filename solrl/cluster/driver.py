@@ -53,6 +53,8 @@ class Driver:
         log: Callable[[str], None] = print,
         on_iteration: Callable[[Driver, dict], None] | None = None,
         metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
+        metrics_token: str | None = None,
         resume: str | pathlib.Path | None = None,
         live: bool = False,
     ):
@@ -65,7 +67,7 @@ class Driver:
         self.ledger = Ledger(self.store, Selector(config.selection), config.rollout.max_policy_lag)
         self.telemetry = Telemetry()
         self.metrics = RunMetrics()
-        self.server = MetricsServer(self.metrics, metrics_port) if metrics_port is not None else None
+        self.server = MetricsServer(self.metrics, metrics_port, metrics_host, metrics_token) if metrics_port is not None else None
         self.start_iteration = 0
         self.resume = resume
         self.order_states: dict[int, dict] = {}  # prompt order before each iteration's groups

@@ -1,7 +1,8 @@
 """Where the distributed run executes: an embedded local Ray cluster by default, or an existing
-cluster given by address. Ray's token authentication stays on; an embedded cluster gets a
-generated token, an existing one needs the token its operator set up (RAY_AUTH_TOKEN or
-~/.ray/auth_token)."""
+cluster given by address. Ray's token authentication is turned on here (RAY_AUTH_MODE=token),
+not left to a version default: an embedded cluster gets a generated token, an existing one needs
+the token its operator set up (RAY_AUTH_TOKEN or ~/.ray/auth_token). An embedded cluster binds
+its services to 127.0.0.1 only: nothing on other interfaces can reach it."""
 
 from __future__ import annotations
 
@@ -17,13 +18,20 @@ def start(config: RunConfig, address: str | None = None) -> bool:
     call started Ray (and so should shut it down)."""
     if ray.is_initialized():
         return False
+    os.environ["RAY_AUTH_MODE"] = "token"  # read by ray.init and inherited by every Ray process
     if address:
         ray.init(address=address, log_to_driver=True)
         return True
     # Logical CPUs may exceed the machine's: the workers then share its cores, which is how the
     # default layout (2 rollout, 1 regeneration, 2 learner ranks) runs on a 2-core laptop.
     cpus = max(config.cluster.resources()["CPU"], os.cpu_count() or 1)
-    ray.init(num_cpus=int(cpus + 0.999), include_dashboard=False, log_to_driver=True, object_store_memory=512 * 1024**2)
+    ray.init(
+        num_cpus=int(cpus + 0.999),
+        include_dashboard=False,
+        log_to_driver=True,
+        object_store_memory=512 * 1024**2,
+        _node_ip_address="127.0.0.1",  # every gRPC server of the cluster listens on loopback only
+    )
     return True
 
 
