@@ -134,3 +134,21 @@ def test_shapes_model_sample_prediction_derives_the_velocity_and_survives_a_save
     torch.testing.assert_close(x[0] - 0.6 * v[0], x0_hat[0], atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="prediction='x0'"):
         ShapesModel(model.transformer, model.text_encoder, model.tokenizer, prediction="x0")
+
+
+@pytest.mark.parametrize("layer", ["linear", "conv1x1", "conv3x3"])
+def test_the_merged_lora_delta_equals_peft_for_linear_and_conv_targets(layer):
+    """Merged inference copies add scaling * B A to the base weight; for Conv2d targets (SANA's
+    1x1 convs, which peft and the config accept) B A must be shaped and composed as peft does."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    from solrl.models.lora_policy import lora_delta
+
+    torch.manual_seed(0)
+    base = {"linear": torch.nn.Linear(12, 10), "conv1x1": torch.nn.Conv2d(12, 10, 1), "conv3x3": torch.nn.Conv2d(12, 10, 3, padding=1)}[layer]
+    model = inject_adapter_in_model(LoraConfig(r=4, lora_alpha=8, target_modules=["0"]), torch.nn.Sequential(base))
+    lora = model[0]
+    torch.nn.init.normal_(lora.lora_B["default"].weight)  # peft starts B at zero; any B will do
+    expected = lora.get_delta_weight("default")
+    a, b = lora.lora_A["default"].weight, lora.lora_B["default"].weight
+    assert torch.allclose(lora.scaling["default"] * lora_delta(a, b), expected, atol=1e-6)

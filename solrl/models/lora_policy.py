@@ -32,6 +32,16 @@ def resolve_compute_dtype(compute: ComputeDtype, device: torch.device) -> torch.
     return _DTYPES[compute]
 
 
+def lora_delta(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """B A, shaped as the base weight: Linear (out, in); Conv2d (out, in, kh, kw), where peft's
+    lora_A is a kh x kw conv to the rank and lora_B a 1x1 conv from it."""
+    if a.dim() == 2:
+        return b @ a
+    if a.shape[-2:] == (1, 1):
+        return (b.flatten(1) @ a.flatten(1))[:, :, None, None]
+    return torch.nn.functional.conv2d(a.permute(1, 0, 2, 3), b).permute(1, 0, 2, 3)
+
+
 def _adapter_key(param_name: str, adapter: str) -> str | None:
     """'blocks.0.attn.to_q.lora_A.policy.weight' -> 'blocks.0.attn.to_q.lora_A.weight'."""
     token = f".{adapter}."
@@ -218,7 +228,7 @@ class InferenceModel(nn.Module):
             if a is None or b is None:
                 raise KeyError(f"adapter state lacks {path}.lora_A/B.weight; it does not belong to this model")
             weight = self.transformer.get_submodule(path).weight
-            merged = base.to(weight.device) + self.scaling * (b.float().to(weight.device) @ a.float().to(weight.device))
+            merged = base.to(weight.device) + self.scaling * lora_delta(a.float().to(weight.device), b.float().to(weight.device))
             weight.copy_(merged.to(weight.dtype))
         self.version = version
 
