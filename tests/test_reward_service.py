@@ -204,3 +204,54 @@ def test_generated_code_matches_proto(tmp_path):
     assert protoc.main(["protoc", f"-I{root / 'protos'}", f"--python_out={tmp_path}", f"--grpc_python_out={tmp_path}", str(root / "protos/solrl/rewards/v1/reward.proto")]) == 0
     for name in ("reward_pb2.py", "reward_pb2_grpc.py"):
         assert (tmp_path / "solrl/rewards/v1" / name).read_text() == (root / "solrl/rewards/v1" / name).read_text(), f"regenerate solrl/rewards/v1/{name} (see protos/README)"
+
+
+def test_a_request_over_max_pixels_is_refused_before_it_is_decoded():
+    server = RewardServer(ShapesReward(), "shapes", port=0, max_pixels=3 * 32 * 32)  # three 32x32 renders
+    try:
+        images = shapes_images(CAPTIONS[:4])
+        with pytest.raises(RemoteRewardError, match="RESOURCE_EXHAUSTED.*image 3 brings the request to 4096 pixels, over .*max_pixels=3072"):
+            RemoteReward(server.address, retries=0, encoding="png")(images, CAPTIONS[:4])
+        assert server.servicer.scored == 0
+        assert RemoteReward(server.address, batch_size=3)(images, CAPTIONS[:4]).shape == (4,)  # split, it fits
+    finally:
+        server.stop(0)
+
+
+def test_a_caption_the_reward_cannot_read_is_invalid_argument(server):
+    with pytest.raises(grpc.RpcError) as err:
+        stub(server.address).Score(reward_pb2.ScoreRequest(images=encode_images(shapes_images(CAPTIONS[:1])), prompts=["a purple hexagon"]), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "hexagon" in err.value.details()
+
+
+class GatedReward:
+    """Blocks its first call until released, counting the images it scores."""
+
+    def __init__(self):
+        self.release, self.calls = threading.Event(), 0
+
+    def __call__(self, images, prompts):
+        self.calls += 1
+        self.release.wait(30)
+        return torch.zeros(len(images))
+
+
+def test_a_request_whose_client_is_gone_is_not_scored():
+    reward = GatedReward()
+    server = RewardServer(reward, "gated", port=0)
+    try:
+        images = encode_images(shapes_images(CAPTIONS[:2]))
+        first = stub(server.address).Score.future(reward_pb2.ScoreRequest(images=images, prompts=CAPTIONS[:2]), timeout=30)
+        while reward.calls == 0:  # the first request holds the reward
+            time.sleep(0.01)
+        with pytest.raises(grpc.RpcError) as err:  # the second waits behind it past its deadline
+            stub(server.address).Score(reward_pb2.ScoreRequest(images=images, prompts=CAPTIONS[:2]), timeout=0.5)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        reward.release.set()
+        assert list(first.result().scores) == [0.0, 0.0]
+        deadline = time.monotonic() + 30
+        while server.servicer.abandoned == 0 and time.monotonic() < deadline:  # it gets the lock now
+            time.sleep(0.01)
+        assert server.servicer.abandoned == 1 and reward.calls == 1 and server.servicer.scored == 2
+    finally:
+        server.stop(0)

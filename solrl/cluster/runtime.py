@@ -1,8 +1,11 @@
 """Where the distributed run executes: an embedded local Ray cluster by default, or an existing
 cluster given by address. Ray's token authentication is turned on here (RAY_AUTH_MODE=token),
 not left to a version default: an embedded cluster gets a generated token, an existing one needs
-the token its operator set up (RAY_AUTH_TOKEN or ~/.ray/auth_token). An embedded cluster binds
-its services to 127.0.0.1 only: nothing on other interfaces can reach it."""
+the token its operator set up (RAY_AUTH_TOKEN or ~/.ray/auth_token).
+
+Ray 2.60 cannot keep an embedded cluster on loopback: ray.init resolves 127.0.0.1 to the node's
+address (services.resolve_ip_for_localhost) and the GCS, raylet and workers listen on all
+interfaces. The token is what guards them (tests/test_cluster.py records the listeners)."""
 
 from __future__ import annotations
 
@@ -13,12 +16,24 @@ import ray
 from solrl.config import RunConfig
 
 
+def _token_auth() -> None:
+    """RAY_AUTH_MODE=token for this process and every Ray process it starts. Ray caches its
+    config when it loads, so after changing the variable the cache is refreshed, the way Ray's own
+    default-enabling code does it (ray._private.authentication)."""
+    if os.environ.get("RAY_AUTH_MODE") == "token":
+        return
+    os.environ["RAY_AUTH_MODE"] = "token"
+    from ray._raylet import Config  # private, hence ray pinned below 3 in pyproject.toml
+
+    Config.initialize("")
+
+
 def start(config: RunConfig, address: str | None = None) -> bool:
     """Connect to `address`, or start an embedded cluster sized for the run. Returns whether this
     call started Ray (and so should shut it down)."""
     if ray.is_initialized():
         return False
-    os.environ["RAY_AUTH_MODE"] = "token"  # read by ray.init and inherited by every Ray process
+    _token_auth()
     if address:
         ray.init(address=address, log_to_driver=True)
         return True
@@ -30,7 +45,6 @@ def start(config: RunConfig, address: str | None = None) -> bool:
         include_dashboard=False,
         log_to_driver=True,
         object_store_memory=512 * 1024**2,
-        _node_ip_address="127.0.0.1",  # every gRPC server of the cluster listens on loopback only
     )
     return True
 

@@ -3,8 +3,9 @@
 Binds to loopback by default. Bound anywhere else it refuses to start without a token, and then
 every call but the health check must carry `authorization: Bearer <token>`. Requests are proto
 messages only (PNG or raw RGB bytes and strings), never pickles. Limits on images per request,
-pixels per side and bytes per request keep one client from exhausting the server; violations get
-INVALID_ARGUMENT / RESOURCE_EXHAUSTED with a message naming the limit.
+pixels per side, decoded pixels and bytes per request keep one client from exhausting the server;
+violations get INVALID_ARGUMENT / RESOURCE_EXHAUSTED with a message naming the limit. Bad prompts
+(a caption the reward cannot read) are INVALID_ARGUMENT too.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import grpc
 import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from solrl.rewards.wire import MalformedImage, decode_images
+from solrl.rewards.wire import MalformedImage, TooManyPixels, decode_images
 from solrl.rewards.v1 import reward_pb2, reward_pb2_grpc
 
 TOKEN_ENV = "SOLRL_REWARD_TOKEN"
 SERVICE = "solrl.v1.RewardService"
+MAX_PIXELS = 256 * 1024 * 1024  # decoded pixels per request: 256 images of 1024x1024
 _HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
 
@@ -36,13 +38,20 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
-    """Scores requests with `reward`, one batch at a time (reward models are not thread-safe)."""
+SCORE_CHUNK = 32  # images scored between checks that the client still waits
 
-    def __init__(self, reward, name: str, max_batch: int, max_side: int, max_request_bytes: int):
+
+class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
+    """Scores requests with `reward`, one batch at a time (reward models are not thread-safe).
+    Work stops once the client's deadline has passed or it cancelled: no request waiting for the
+    lock, or being scored, runs on for a client that has gone."""
+
+    def __init__(self, reward, name: str, max_batch: int, max_side: int, max_request_bytes: int, max_pixels: int | None = None):
         self.reward, self.name = reward, name
-        self.max_batch, self.max_side, self.max_request_bytes = max_batch, max_side, max_request_bytes
+        self.max_batch, self.max_side, self.max_request_bytes, self.max_pixels = max_batch, max_side, max_request_bytes, max_pixels
         self.lock = threading.Lock()
+        self.scored = 0  # images scored, for operators and tests
+        self.abandoned = 0  # requests stopped because their client had gone
 
     def Score(self, request, context):
         n = len(request.images)
@@ -51,14 +60,25 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
         if n > self.max_batch:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{n} images exceed this server's max_batch={self.max_batch}; split the request")
         try:
-            images = decode_images(request.images, self.max_side)
+            images = decode_images(request.images, self.max_side, self.max_pixels)
+        except TooManyPixels as exc:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except MalformedImage as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if n == 0:
             return reward_pb2.ScoreResponse(scores=[], reward=self.name)
+        prompts, scores = list(request.prompts), []
         with self.lock, torch.no_grad():
-            scores = self.reward(images, list(request.prompts)).float().cpu()
-        return reward_pb2.ScoreResponse(scores=scores.tolist(), reward=self.name)
+            for start in range(0, n, SCORE_CHUNK):
+                if not context.is_active():  # deadline passed or cancelled, perhaps while waiting for the lock
+                    self.abandoned += 1
+                    context.abort(grpc.StatusCode.CANCELLED, "the client is gone; the rest of its request was not scored")
+                try:
+                    scores.append(self.reward(images[start : start + SCORE_CHUNK], prompts[start : start + SCORE_CHUNK]).float().cpu())
+                except ValueError as exc:  # e.g. a caption the shapes reward cannot parse
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                self.scored += len(scores[-1])
+        return reward_pb2.ScoreResponse(scores=torch.cat(scores).tolist(), reward=self.name)
 
     def Info(self, request, context):
         return reward_pb2.InfoResponse(reward=self.name, max_batch=self.max_batch, max_request_bytes=self.max_request_bytes, max_side=self.max_side)
@@ -104,6 +124,7 @@ class RewardServer:
         max_side: int = 4096,
         max_request_bytes: int = 256 * 1024 * 1024,
         workers: int = 4,
+        max_pixels: int = MAX_PIXELS,
     ):
         if not is_loopback(host) and not token:
             raise ValueError(
@@ -112,7 +133,8 @@ class RewardServer:
             )
         options = [("grpc.max_receive_message_length", max_request_bytes), ("grpc.max_send_message_length", max_request_bytes)]
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), interceptors=[_TokenCheck(token)] if token else [], options=options)
-        reward_pb2_grpc.add_RewardServiceServicer_to_server(RewardServicer(reward, name, max_batch, max_side, max_request_bytes), self.server)
+        self.servicer = RewardServicer(reward, name, max_batch, max_side, max_request_bytes, max_pixels)
+        reward_pb2_grpc.add_RewardServiceServicer_to_server(self.servicer, self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.port = self.server.add_insecure_port(f"{host}:{port}")

@@ -24,6 +24,10 @@ class MalformedImage(ValueError):
     """An image message that cannot be decoded; the message says which and why."""
 
 
+class TooManyPixels(ValueError):
+    """A request whose images hold more pixels than the server decodes for one request."""
+
+
 def encode_images(images: torch.Tensor, encoding: Encoding = "raw") -> list[reward_pb2.Image]:
     """Image messages for a batch."""
     out = []
@@ -39,13 +43,22 @@ def encode_images(images: torch.Tensor, encoding: Encoding = "raw") -> list[rewa
     return out
 
 
-def decode_images(messages: Sequence[reward_pb2.Image], max_side: int) -> torch.Tensor:
-    """Image messages -> (B, 3, H, W) float in [0, 1]; every image must share one size."""
-    arrays = []
+def decode_images(messages: Sequence[reward_pb2.Image], max_side: int, max_pixels: int | None = None) -> torch.Tensor:
+    """Image messages -> (B, 3, H, W) float in [0, 1]; every image must share one size. Each
+    image's size is checked against `max_pixels` (the request's total) before it is decoded."""
+    arrays, pixels = [], 0
+
+    def admit(i: int, h: int, w: int) -> None:
+        nonlocal pixels
+        pixels += h * w
+        if max_pixels is not None and pixels > max_pixels:
+            raise TooManyPixels(f"image {i} brings the request to {pixels} pixels, over this server's max_pixels={max_pixels}; split the request")
+
     for i, msg in enumerate(messages):
         kind = msg.WhichOneof("data")
         if kind == "raw":
             h, w = msg.raw.height, msg.raw.width
+            admit(i, h, w)
             if not (0 < h <= max_side and 0 < w <= max_side):
                 raise MalformedImage(f"image {i}: raw size {h}x{w} is outside 1..{max_side} pixels a side")
             if len(msg.raw.rgb) != h * w * 3:
@@ -58,8 +71,9 @@ def decode_images(messages: Sequence[reward_pb2.Image], max_side: int) -> torch.
                         raise MalformedImage(f"image {i}: expected PNG, got {img.format}")
                     if max(img.size) > max_side:
                         raise MalformedImage(f"image {i}: PNG size {img.size[1]}x{img.size[0]} exceeds {max_side} pixels a side")
+                    admit(i, img.size[1], img.size[0])  # from the header, before the pixels are decoded
                     arr = np.asarray(img.convert("RGB"))
-            except MalformedImage:
+            except (MalformedImage, TooManyPixels):
                 raise
             except Exception as exc:  # PIL raises many types for corrupt data
                 raise MalformedImage(f"image {i}: not a decodable PNG ({type(exc).__name__}: {exc})") from None
