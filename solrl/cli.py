@@ -177,7 +177,7 @@ def _reward_serve(args: argparse.Namespace) -> int:
     model = {"path": args.path, "device": args.device} if not args.reward.startswith("shapes") else {}
     reward = build_one(reward_spec(name=args.reward, **model))
     try:
-        limits = {"max_batch": args.max_batch, "max_side": args.max_side, "max_pixels": args.max_pixels}
+        limits = {"max_batch": args.max_batch, "max_side": args.max_side, "max_pixels": args.max_pixels, "tls_cert": args.tls_cert, "tls_key": args.tls_key}
         server = RewardServer(reward, args.reward, args.host, args.port, os.environ.get(TOKEN_ENV) or None, **limits)
     except (ValueError, OSError) as exc:
         print(f"solrl reward serve: {exc}", file=sys.stderr)
@@ -241,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--device", default="auto")
     serve.add_argument("--max-batch", type=int, default=256, help="most images per request")
     serve.add_argument("--max-side", type=int, default=4096, help="largest image side accepted, in pixels")
+    serve.add_argument("--tls-cert", help="PEM certificate to serve TLS with (required, with a token, off loopback)")
+    serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
     serve.add_argument("--max-pixels", type=int, default=256 * 1024 * 1024, help="decoded pixels per request (default: 256 images of 1024x1024)")
     serve.set_defaults(func=_reward_serve)
 

@@ -155,8 +155,10 @@ def test_killed_server_is_retried_until_back():
 
 def test_token_required_off_loopback_and_enforced():
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost") and not is_loopback("0.0.0.0")
-    with pytest.raises(ValueError, match="needs a token"):
+    with pytest.raises(ValueError, match="needs a token and TLS"):
         RewardServer(ShapesReward(), "shapes", host="0.0.0.0", port=0)
+    with pytest.raises(ValueError, match="needs a token and TLS"):
+        RewardServer(ShapesReward(), "shapes", host="0.0.0.0", port=0, token="s3cret")  # a token alone travels in clear
     server = RewardServer(ShapesReward(), "shapes", port=0, token="s3cret")
     try:
         images = shapes_images(CAPTIONS[:2])
@@ -253,5 +255,53 @@ def test_a_request_whose_client_is_gone_is_not_scored():
         while server.servicer.abandoned == 0 and time.monotonic() < deadline:  # it gets the lock now
             time.sleep(0.01)
         assert server.servicer.abandoned == 1 and reward.calls == 1 and server.servicer.scored == 2
+    finally:
+        server.stop(0)
+
+
+def _self_signed(tmp_path) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 / localhost and its key, made here (PEM files)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+def test_tls_with_a_token_scores_and_plaintext_clients_are_refused(tmp_path):
+    cert, key = _self_signed(tmp_path)
+    with pytest.raises(ValueError, match="go together"):
+        RewardServer(ShapesReward(), "shapes", port=0, tls_cert=cert)
+    server = RewardServer(ShapesReward(), "shapes", host="127.0.0.1", port=0, token="s3cret", tls_cert=cert, tls_key=key)
+    try:
+        images = shapes_images(CAPTIONS[:2])
+        secure = RemoteReward(server.address, token="s3cret", tls_root_cert=cert)
+        torch.testing.assert_close(secure(images, CAPTIONS[:2]), ShapesReward()(images, CAPTIONS[:2]))
+        with pytest.raises(RemoteRewardError, match="UNAVAILABLE"):  # a plaintext client cannot even connect
+            RemoteReward(server.address, token="s3cret", retries=0, timeout_s=5)(images, CAPTIONS[:2])
+        with pytest.raises(RemoteRewardError, match="UNAUTHENTICATED"):
+            RemoteReward(server.address, token="wrong", tls_root_cert=cert, retries=0)(images, CAPTIONS[:2])
     finally:
         server.stop(0)

@@ -59,6 +59,7 @@ class RemoteRewardSpec(_Served):
     name: Literal["remote"] = Field(description="A reward served over gRPC.")
     address: str = Field(min_length=1, description="host:port of a running `solrl reward serve`.")
     encoding: Literal["raw", "png"] = Field(default="raw", description="How images travel to the service.")
+    tls_root_cert: str | None = Field(default=None, description="PEM file of the certificate (or its CA) a TLS service presents; None: plaintext.")
 
 
 class JudgeRewardSpec(_Served):
@@ -123,7 +124,9 @@ def build_one(spec: RewardSpec):
     if spec.name == "remote":
         from solrl.rewards.remote import RemoteReward
 
-        return RemoteReward(spec.address, timeout_s=spec.timeout_s, retries=spec.retries, on_failure=spec.on_failure, encoding=spec.encoding)
+        return RemoteReward(
+            spec.address, timeout_s=spec.timeout_s, retries=spec.retries, on_failure=spec.on_failure, encoding=spec.encoding, tls_root_cert=spec.tls_root_cert
+        )
     if spec.name == "vlm_judge":
         from solrl.rewards.vlm_judge import DEFAULT_TEMPLATE, VLMJudge
 

@@ -13,6 +13,7 @@ the reward) is not retried. When a request still fails:
 from __future__ import annotations
 
 import os
+import pathlib
 import time
 from collections.abc import Sequence
 from typing import Literal
@@ -45,6 +46,7 @@ class RemoteReward:
         encoding: Encoding = "raw",
         batch_size: int = 64,
         max_request_bytes: int = 256 * 1024 * 1024,
+        tls_root_cert: str | None = None,
     ):
         if on_failure not in ("raise", "nan"):
             raise ValueError(f"on_failure={on_failure!r} is unknown; choose 'raise' or 'nan'")
@@ -52,7 +54,12 @@ class RemoteReward:
         self.on_failure, self.encoding, self.batch_size = on_failure, encoding, batch_size
         token = token if token is not None else os.environ.get(TOKEN_ENV)
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self.channel = grpc.insecure_channel(address, options=[("grpc.max_send_message_length", max_request_bytes)])
+        options = [("grpc.max_send_message_length", max_request_bytes)]
+        if tls_root_cert:  # a PEM file of the certificate (or its CA) the server presents
+            credentials = grpc.ssl_channel_credentials(root_certificates=pathlib.Path(tls_root_cert).read_bytes())
+            self.channel = grpc.secure_channel(address, credentials, options=options)
+        else:
+            self.channel = grpc.insecure_channel(address, options=options)
         self.stub = reward_pb2_grpc.RewardServiceStub(self.channel)
         self.failed = 0  # images scored NaN under on_failure="nan"
         self.name = f"remote({address})"

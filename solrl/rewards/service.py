@@ -1,7 +1,8 @@
 """The reward service: one reward model behind gRPC (protos/solrl/rewards/v1/reward.proto).
 
-Binds to loopback by default. Bound anywhere else it refuses to start without a token, and then
-every call but the health check must carry `authorization: Bearer <token>`. Requests are proto
+Binds to loopback by default. Bound anywhere else it refuses to start without a token and TLS
+(`tls_cert` / `tls_key`, PEM), and then every call but the health check must carry
+`authorization: Bearer <token>` over the encrypted channel. Requests are proto
 messages only (PNG or raw RGB bytes and strings), never pickles. Limits on images per request,
 pixels per side, decoded pixels and bytes per request keep one client from exhausting the server;
 violations get INVALID_ARGUMENT / RESOURCE_EXHAUSTED with a message naming the limit. Bad prompts
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import pathlib
 import threading
 from concurrent import futures
 
@@ -125,19 +127,27 @@ class RewardServer:
         max_request_bytes: int = 256 * 1024 * 1024,
         workers: int = 4,
         max_pixels: int = MAX_PIXELS,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
     ):
-        if not is_loopback(host) and not token:
+        if not is_loopback(host) and not (token and tls_cert):
             raise ValueError(
-                f"reward service bound to {host!r} needs a token: set {TOKEN_ENV} (clients send it as a bearer token), "
-                f"or bind to 127.0.0.1"
+                f"reward service bound to {host!r} needs a token and TLS: set {TOKEN_ENV} (clients send it as a bearer token) "
+                f"and pass --tls-cert/--tls-key, or bind to 127.0.0.1"
             )
+        if bool(tls_cert) != bool(tls_key):
+            raise ValueError("--tls-cert and --tls-key go together: pass the PEM certificate and its private key")
         options = [("grpc.max_receive_message_length", max_request_bytes), ("grpc.max_send_message_length", max_request_bytes)]
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), interceptors=[_TokenCheck(token)] if token else [], options=options)
         self.servicer = RewardServicer(reward, name, max_batch, max_side, max_request_bytes, max_pixels)
         reward_pb2_grpc.add_RewardServiceServicer_to_server(self.servicer, self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        if tls_cert:
+            credentials = grpc.ssl_server_credentials([(pathlib.Path(tls_key).read_bytes(), pathlib.Path(tls_cert).read_bytes())])
+            self.port = self.server.add_secure_port(f"{host}:{port}", credentials)
+        else:
+            self.port = self.server.add_insecure_port(f"{host}:{port}")
         if self.port == 0:
             raise OSError(f"could not bind the reward service to {host}:{port}; is the port free?")
         self.address = f"{host}:{self.port}"
