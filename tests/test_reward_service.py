@@ -98,17 +98,23 @@ def test_malformed_and_oversized_requests(server):
 
 
 class SlowReward:
+    calls = 0
+
     def __call__(self, images, prompts):
+        self.calls += 1
         time.sleep(1.5)
         return torch.zeros(len(images))
 
 
-def test_slow_server_trips_the_deadline():
-    server = RewardServer(SlowReward(), "slow", port=0)
+def test_slow_server_trips_the_deadline_and_is_not_sent_the_request_again():
+    reward = SlowReward()
+    server = RewardServer(reward, "slow", port=0)
     try:
         images = shapes_images(CAPTIONS[:2])
-        with pytest.raises(RemoteRewardError, match="failed 2 attempts .*DEADLINE_EXCEEDED"):
-            RemoteReward(server.address, timeout_s=0.3, retries=1, backoff_s=0.05)(images, CAPTIONS[:2])
+        with pytest.raises(RemoteRewardError, match="within timeout_s=0.3; not resent"):
+            RemoteReward(server.address, timeout_s=0.3, retries=3, backoff_s=0.05)(images, CAPTIONS[:2])
+        time.sleep(1.5)  # long enough for any resend to have reached the server
+        assert server.servicer.requests == 1 and reward.calls == 1
         lenient = RemoteReward(server.address, timeout_s=0.3, retries=0, on_failure="nan")
         scores = lenient(images, CAPTIONS[:2])
         assert torch.isnan(scores).all() and lenient.failed == 2

@@ -49,7 +49,7 @@ class ModelRewardSpec(_Part):
 class _Served(_Part):
     address: str = Field(min_length=1)
     timeout_s: float = Field(default=30.0, gt=0, description="Seconds one request may take.")
-    retries: int = Field(default=3, ge=0, description="Retries of a failed request.")
+    retries: int = Field(default=3, ge=0, description="Retries of a failed request: remote retries UNAVAILABLE only (a request past its deadline may still be scored, so it is not resent); vlm_judge also retries timeouts.")
     on_failure: Literal["raise", "nan"] = Field(default="raise", description="When retries run out: fail the run, or NaN rewards (quarantined and counted).")
 
 

@@ -1,9 +1,11 @@
 """RemoteReward: a reward scored by a reward service over gRPC (solrl.rewards.service).
 
 Failure policy. Each request has a deadline (`timeout_s`). UNAVAILABLE (server down or
-restarting), DEADLINE_EXCEEDED (too slow) and ABORTED are retried `retries` times with
-exponential backoff; anything else (a malformed or oversized request, a wrong token, a crash in
-the reward) is not retried. When a request still fails:
+restarting) and ABORTED are retried `retries` times with exponential backoff: the request did not
+reach a working reward. A request past its deadline is not sent again: the server may still be
+scoring it (a reward is not interrupted mid-chunk), and a resend would queue behind it and pile
+work onto a server that is already too slow. Anything else (a malformed or oversized request, a
+wrong token, a crash in the reward) is not retried either. When a request fails:
 - on_failure="raise" (default): RemoteRewardError. The sampler's task fails and nothing it scored
   is used; the run stops with the error and can be resumed from its last checkpoint.
 - on_failure="nan": the images of that request score NaN. The selector quarantines non-finite
@@ -25,7 +27,7 @@ from solrl.rewards.service import TOKEN_ENV
 from solrl.rewards.wire import Encoding, encode_images
 from solrl.rewards.v1 import reward_pb2, reward_pb2_grpc
 
-RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED}
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED}
 
 
 class RemoteRewardError(RuntimeError):
@@ -95,6 +97,11 @@ class RemoteReward:
                 return method(request, timeout=self.timeout_s, metadata=self.metadata)
             except grpc.RpcError as exc:
                 last = exc
+                if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise RemoteRewardError(
+                        f"reward service at {self.address} did not answer within timeout_s={self.timeout_s}; not resent, "
+                        "since the server may still be working on it: raise timeout_s or add reward servers"
+                    ) from None
                 if exc.code() not in RETRYABLE:
                     raise RemoteRewardError(
                         f"reward service at {self.address} refused the request: {exc.code().name}: {exc.details()}"

@@ -52,10 +52,12 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
         self.reward, self.name = reward, name
         self.max_batch, self.max_side, self.max_request_bytes, self.max_pixels = max_batch, max_side, max_request_bytes, max_pixels
         self.lock = threading.Lock()
-        self.scored = 0  # images scored, for operators and tests
+        self.requests = 0  # Score requests received, for operators and tests
+        self.scored = 0  # images scored
         self.abandoned = 0  # requests stopped because their client had gone
 
     def Score(self, request, context):
+        self.requests += 1
         n = len(request.images)
         if n != len(request.prompts):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"got {n} images but {len(request.prompts)} prompts; send one prompt per image")
