@@ -20,13 +20,14 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from solrl.config import ConfigError, load_config
+from solrl.grpc_auth import is_loopback
 from solrl.rewards.remote import RemoteReward, RemoteRewardError
-from solrl.rewards.service import SERVICE, RewardServer, is_loopback
+from solrl.rewards.service import SERVICE, RewardServer
 from solrl.rewards.shapes import ShapesReward
+from solrl.rewards.v1 import reward_pb2, reward_pb2_grpc
 from solrl.rewards.wire import encode_images
 from solrl.toy.captions import load_prompts, parse_caption
 from solrl.toy.render import render_batch
-from solrl.rewards.v1 import reward_pb2, reward_pb2_grpc
 
 CAPTIONS = load_prompts("eval")[:12]
 

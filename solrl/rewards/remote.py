@@ -15,7 +15,6 @@ wrong token, a crash in the reward) is not retried either. When a request fails:
 from __future__ import annotations
 
 import os
-import pathlib
 import time
 from collections.abc import Sequence
 from typing import Literal
@@ -23,9 +22,10 @@ from typing import Literal
 import grpc
 import torch
 
+from solrl.grpc_auth import bearer, client_channel
 from solrl.rewards.service import TOKEN_ENV
-from solrl.rewards.wire import Encoding, encode_images
 from solrl.rewards.v1 import reward_pb2, reward_pb2_grpc
+from solrl.rewards.wire import Encoding, encode_images
 
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED}
 
@@ -55,13 +55,8 @@ class RemoteReward:
         self.address, self.timeout_s, self.retries, self.backoff_s = address, timeout_s, retries, backoff_s
         self.on_failure, self.encoding, self.batch_size = on_failure, encoding, batch_size
         token = token if token is not None else os.environ.get(TOKEN_ENV)
-        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        options = [("grpc.max_send_message_length", max_request_bytes)]
-        if tls_root_cert:  # a PEM file of the certificate (or its CA) the server presents
-            credentials = grpc.ssl_channel_credentials(root_certificates=pathlib.Path(tls_root_cert).read_bytes())
-            self.channel = grpc.secure_channel(address, credentials, options=options)
-        else:
-            self.channel = grpc.insecure_channel(address, options=options)
+        self.metadata = bearer(token)
+        self.channel = client_channel(address, tls_root_cert, [("grpc.max_send_message_length", max_request_bytes)])
         self.stub = reward_pb2_grpc.RewardServiceStub(self.channel)
         self.failed = 0  # images scored NaN under on_failure="nan"
         self.name = f"remote({address})"

@@ -11,35 +11,18 @@ violations get INVALID_ARGUMENT / RESOURCE_EXHAUSTED with a message naming the l
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
-import pathlib
 import threading
-from concurrent import futures
 
 import grpc
 import torch
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from solrl.rewards.wire import MalformedImage, TooManyPixels, decode_images
+from solrl.grpc_auth import SecureServer
 from solrl.rewards.v1 import reward_pb2, reward_pb2_grpc
+from solrl.rewards.wire import MalformedImage, TooManyPixels, decode_images
 
 TOKEN_ENV = "SOLRL_REWARD_TOKEN"
 SERVICE = "solrl.v1.RewardService"
 MAX_PIXELS = 256 * 1024 * 1024  # decoded pixels per request: 256 images of 1024x1024
-_HEALTH_PREFIX = "/grpc.health.v1.Health/"
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` names this machine only (localhost, 127.0.0.0/8, ::1)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 SCORE_CHUNK = 32  # images scored between checks that the client still waits
 
 
@@ -88,32 +71,6 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
         return reward_pb2.InfoResponse(reward=self.name, max_batch=self.max_batch, max_request_bytes=self.max_request_bytes, max_side=self.max_side)
 
 
-def _bearer(value: str) -> bytes:
-    """'Bearer <token>' -> b'bearer <token>' (the scheme is case-insensitive, the token exact)."""
-    scheme, _, token = value.partition(" ")
-    return b"bearer " + token.encode() if scheme.lower() == "bearer" else b""
-
-
-class _TokenCheck(grpc.ServerInterceptor):
-    """Rejects calls without the bearer token (health checks excepted, so probes need no secret)."""
-
-    def __init__(self, token: str):
-        self.expected = b"bearer " + token.encode()
-
-        def deny(request, context):
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token: send metadata 'authorization: Bearer <token>'")
-
-        self.deny = grpc.unary_unary_rpc_method_handler(deny)
-
-    def intercept_service(self, continuation, handler_call_details):
-        if handler_call_details.method.startswith(_HEALTH_PREFIX):
-            return continuation(handler_call_details)
-        for key, value in handler_call_details.invocation_metadata or ():
-            if key == "authorization" and hmac.compare_digest(_bearer(value), self.expected):
-                return continuation(handler_call_details)
-        return self.deny
-
-
 class RewardServer:
     """A running reward service; `stop()` shuts it down."""
 
@@ -132,34 +89,25 @@ class RewardServer:
         tls_cert: str | None = None,
         tls_key: str | None = None,
     ):
-        if not is_loopback(host) and not (token and tls_cert):
-            raise ValueError(
-                f"reward service bound to {host!r} needs a token and TLS: set {TOKEN_ENV} (clients send it as a bearer token) "
-                f"and pass --tls-cert/--tls-key, or bind to 127.0.0.1"
-            )
-        if bool(tls_cert) != bool(tls_key):
-            raise ValueError("--tls-cert and --tls-key go together: pass the PEM certificate and its private key")
         options = [("grpc.max_receive_message_length", max_request_bytes), ("grpc.max_send_message_length", max_request_bytes)]
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), interceptors=[_TokenCheck(token)] if token else [], options=options)
         self.servicer = RewardServicer(reward, name, max_batch, max_side, max_request_bytes, max_pixels)
-        reward_pb2_grpc.add_RewardServiceServicer_to_server(self.servicer, self.server)
-        self.health = health.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        if tls_cert:
-            credentials = grpc.ssl_server_credentials([(pathlib.Path(tls_key).read_bytes(), pathlib.Path(tls_cert).read_bytes())])
-            self.port = self.server.add_secure_port(f"{host}:{port}", credentials)
-        else:
-            self.port = self.server.add_insecure_port(f"{host}:{port}")
-        if self.port == 0:
-            raise OSError(f"could not bind the reward service to {host}:{port}; is the port free?")
-        self.address = f"{host}:{self.port}"
-        self.server.start()
-        for service in ("", SERVICE):
-            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self.secure = SecureServer(
+            "reward service",
+            lambda server: reward_pb2_grpc.add_RewardServiceServicer_to_server(self.servicer, server),
+            [SERVICE],
+            host,
+            port,
+            token,
+            tls_cert,
+            tls_key,
+            f"set {TOKEN_ENV} (clients send it as a bearer token)",
+            workers,
+            options,
+        )
+        self.server, self.health, self.port, self.address = self.secure.server, self.secure.health, self.secure.port, self.secure.address
 
     def stop(self, grace: float | None = 1.0) -> None:
-        self.health.enter_graceful_shutdown()
-        self.server.stop(grace).wait()
+        self.secure.stop(grace)
 
     def wait(self) -> None:
-        self.server.wait_for_termination()
+        self.secure.wait()
