@@ -128,3 +128,21 @@ def read_log(log_dir: str | pathlib.Path) -> pa.Table:
     if not parts:
         return CANDIDATE_SCHEMA.empty_table()
     return pa.concat_tables([pq.read_table(p, schema=CANDIDATE_SCHEMA) for p in parts])
+
+
+def audit_log(log_dir: str | pathlib.Path, iterations: int, groups_per_iteration: int, candidates: int) -> dict[str, int]:
+    """How a run's first `iterations` iterations ended, from its candidate log: groups trained,
+    dropped (stale, counted by the run), lost (drawn but in neither state) and duplicated (rows
+    beyond one group's candidates, e.g. a group trained twice)."""
+    log = read_log(log_dir)
+    rows: dict[tuple[int, int], list[str]] = {}
+    for it, prompt, status in zip(log["iteration"].to_pylist(), log["prompt_id"].to_pylist(), log["status"].to_pylist()):
+        if it < iterations:
+            rows.setdefault((it, prompt), []).append(status)
+    first = {key: statuses[0] for key, statuses in rows.items()}
+    return {
+        "trained": sum(s == "trained" for s in first.values()),
+        "dropped": sum(s == "dropped" for s in first.values()),
+        "lost": iterations * groups_per_iteration - len(rows),
+        "duplicated": sum(len(s) - candidates for s in rows.values() if len(s) > candidates),
+    }
