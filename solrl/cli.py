@@ -7,7 +7,6 @@ import datetime
 import json
 import os
 import pathlib
-import shlex
 import sys
 
 
@@ -31,11 +30,17 @@ def _info(_: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from solrl.metrics import TOKEN_ENV
     from solrl.config import ConfigError, load_config
+    from solrl.metrics import TOKEN_ENV
 
+    sets = args.set
+    if args.resume and args.config is None:  # the run's own config (its injected faults disarmed), --set on top
+        from solrl.run import run_config_file
+
+        args.config = run_config_file(pathlib.Path(args.resume).expanduser())
+        sets = ["cluster.faults=[]", *sets] if args.config else sets
     try:
-        config = load_config(args.config, args.set)
+        config = load_config(args.config, sets)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -44,7 +49,9 @@ def _train(args: argparse.Namespace) -> int:
         return 2
     if args.resume and not args.out:
         args.out = args.resume  # a resumed run keeps writing to its own folder
-    out = pathlib.Path(args.out or f"runs/{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    if args.resume:
+        args.resume = str(pathlib.Path(args.resume).expanduser())
+    out = pathlib.Path(args.out or f"runs/{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}").expanduser()
     from solrl.learner.checkpoint import CheckpointError
     from solrl.preflight import PreflightError, preflight
     from solrl.run import RunFolderError, check_run_folder
@@ -62,11 +69,15 @@ def _train(args: argparse.Namespace) -> int:
     else:
         from solrl.cluster import runtime
         from solrl.cluster.driver import Driver
+        from solrl.cluster.startup import StartupTimeout
 
         started = runtime.start(config, args.address)
         try:
             metrics = {"metrics_port": args.metrics_port, "metrics_host": args.metrics_host, "metrics_token": os.environ.get(TOKEN_ENV) or None}
             report = Driver(config, out, resume=args.resume, live=sys.stderr.isatty(), **metrics).run()
+        except StartupTimeout as exc:
+            print(f"solrl train: {exc}", file=sys.stderr)
+            return 1
         finally:
             runtime.stop(started)
     from solrl.evaluation import headline
@@ -99,74 +110,6 @@ def _config_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_sampler(args: argparse.Namespace):
-    """The model `toy eval` / `toy grid` sample from: base weights, optionally with a trained LoRA."""
-    from solrl.runs import load_lora
-    from solrl.models.shapes import ShapesModel
-
-    if args.lora:
-        state, spec = load_lora(args.lora, args.adapter)
-        policy = ShapesModel.from_pretrained(args.model, lora=spec)
-        model = policy.inference_copy(args.precision, adapter=None)
-        model.update_adapter(state)
-        return model
-    return ShapesModel.from_pretrained(args.model).inference_copy(args.precision, adapter=None)
-
-
-def _toy_eval(args: argparse.Namespace) -> int:
-    from solrl.sampling import SamplingConfig
-    from solrl.toy.captions import load_prompts
-    from solrl.toy.evaluate import evaluate
-
-    model = _load_sampler(args)
-    result = evaluate(model, load_prompts(args.prompts), args.n, SamplingConfig(steps=args.steps, solver=args.solver), args.seed, best_of=args.best_of)
-    print(json.dumps(result))
-    return 0
-
-
-def _toy_grid(args: argparse.Namespace) -> int:
-    from solrl.sampling import SamplingConfig
-    from solrl.toy.captions import load_prompts
-    from solrl.toy.grid import grid_for
-
-    sampling = SamplingConfig(steps=args.steps, solver=args.solver)
-    image = grid_for(_load_sampler(args), load_prompts(args.prompts), sampling, args.seed, args.rows, args.per_caption)
-    pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    image.save(args.out)
-    print(args.out)
-    return 0
-
-
-def _toy_pretrain(args: argparse.Namespace) -> int:
-    from solrl.sampling import SamplingConfig
-    from solrl.toy.captions import load_prompts
-    from solrl.toy.evaluate import evaluate
-    from solrl.toy.pretrain import PretrainConfig, main_pretrain
-
-    config = PretrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, init=args.init)
-    if args.lr is not None:
-        config.lr = args.lr
-    if args.warmup is not None:
-        config.warmup = args.warmup
-    config.arch.prediction = args.prediction
-    prompts = load_prompts("eval")
-
-    def eval_fn(model):
-        copy = model.inference_copy("fp32", adapter=None)
-        return evaluate(copy, prompts, 8, SamplingConfig(steps=10, solver="euler"), 1234)
-
-    command = (
-        f"solrl toy pretrain --out {shlex.quote(args.out)} --steps {args.steps} "
-        f"--batch-size {args.batch_size} --seed {args.seed} --prediction {args.prediction}"
-        + (f" --init {shlex.quote(args.init)}" if args.init else "")
-        + (f" --lr {args.lr}" if args.lr is not None else "")
-        + (f" --warmup {args.warmup}" if args.warmup is not None else "")
-    )
-    metadata = main_pretrain(args.out, config, command, eval_fn)
-    print(json.dumps(metadata["eval"]))
-    return 0
-
-
 def _reward_serve(args: argparse.Namespace) -> int:
     import os
     import signal
@@ -191,17 +134,6 @@ def _reward_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_sampler_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="ShapesModel folder (default: the weights shipped with solrl)")
-    p.add_argument("--lora", help="a run's lora/ folder")
-    p.add_argument("--adapter", default="ema", choices=["ema", "policy", "old"], help="which saved adapter to apply")
-    p.add_argument("--prompts", default="eval", help="train, eval, or a file with one caption a line")
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--solver", default="euler", choices=["euler", "dpm2"])
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "nvfp4", "fp8_e4m3"])
-    p.add_argument("--seed", type=int, default=1234)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="solrl", description="FP4 explore, BF16 train: RL post-training of flow models.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
@@ -216,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="run directory (default: runs/<timestamp>)")
     train.add_argument("--local", action="store_true", help="run in this process, without Ray")
     train.add_argument("--address", help="join an existing Ray cluster (default: start an embedded local one)")
-    train.add_argument("--resume", metavar="DIR", help="continue a run from its newest checkpoint (a run folder or checkpoint folder)")
+    train.add_argument("--resume", metavar="DIR", help="continue a run from its newest checkpoint (a run folder or checkpoint folder), with its config.yaml unless CONFIG is given")
     train.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on PORT (0: any free port)")
     train.add_argument(
         "--metrics-host", default="127.0.0.1", help="address the metrics endpoint binds (default loopback; any other needs SOLRL_METRICS_TOKEN)"
@@ -246,28 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-pixels", type=int, default=256 * 1024 * 1024, help="decoded pixels per request (default: 256 images of 1024x1024)")
     serve.set_defaults(func=_reward_serve)
 
-    toy = sub.add_parser("toy", help="the shapes world: pretrain, eval, grid").add_subparsers(dest="toy_command", required=True)
-    pre = toy.add_parser("pretrain", help="flow-matching pretraining of ShapesModel from scratch")
-    pre.add_argument("--out", required=True, help="folder to write the model to")
-    pre.add_argument("--steps", type=int, default=6000)
-    pre.add_argument("--batch-size", type=int, default=64)
-    pre.add_argument("--seed", type=int, default=0)
-    pre.add_argument("--prediction", choices=["velocity", "sample"], default="sample", help="what the network outputs (the loss is on the velocity either way)")
-    pre.add_argument("--init", help="start from this ShapesModel folder's weights (e.g. a previous release) instead of random ones")
-    pre.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
-    pre.add_argument("--warmup", type=int, help="warm-up steps (default 300)")
-    pre.set_defaults(func=_toy_pretrain)
-    ev = toy.add_parser("eval", help="GenEval-style accuracy on the shapes world, as one JSON object")
-    _add_sampler_args(ev)
-    ev.add_argument("--n", type=int, default=8, help="images per prompt")
-    ev.add_argument("--best-of", type=int, default=0, help="also report the best-of-N size preference per caption (N > --n)")
-    ev.set_defaults(func=_toy_eval)
-    grid = toy.add_parser("grid", help="save a captioned sample grid")
-    _add_sampler_args(grid)
-    grid.add_argument("--out", required=True, help="PNG file to write")
-    grid.add_argument("--rows", type=int, default=12, help="captions (one per task first)")
-    grid.add_argument("--per-caption", type=int, default=6)
-    grid.set_defaults(func=_toy_grid)
+    from solrl.cluster.cli import add_commands as add_cluster_commands
+
+    add_cluster_commands(sub)
+
+    from solrl.toy.cli import add_commands as add_toy_commands
+
+    add_toy_commands(sub)
     return parser
 
 

@@ -42,6 +42,9 @@ class RunMetrics:
         self.loss = Gauge("solrl_loss", "DiffusionNFT loss of the last iteration", registry=r)
         self.dropped = Counter("solrl_dropped_records", "Records dropped and why", ["reason"], registry=r)
         self.restarts = Counter("solrl_worker_restarts", "Workers replaced after dying", ["pool"], registry=r)
+        self.starting = Gauge("solrl_workers_starting", "Workers spawned but not started (waiting for resources, or starting up)", ["pool"], registry=r)
+        self.pool_workers = Gauge("solrl_pool_workers", "Workers serving in each pool at the end of the last iteration", ["pool"], registry=r)
+        self.autoscale = Counter("solrl_autoscale_decisions", "Pool resizes made by cluster.autoscale", ["pool", "direction"], registry=r)
 
     def observe_iteration(self, row: dict) -> None:
         """Update every per-iteration metric from one metrics.jsonl row."""
@@ -80,6 +83,10 @@ class RunMetrics:
             self.dropped.labels("non_finite_reward").inc(row["excluded_rewards"])
         for pool, n in row.get("restarts", {}).items():
             self.restarts.labels(pool).inc(n)
+        for pool, n in row.get("workers", {}).items():
+            self.pool_workers.labels(pool).set(n)
+        for pool, change in row.get("autoscale", {}).items():
+            self.autoscale.labels(pool, "up" if change > 0 else "down").inc()
 
     def render(self) -> bytes:
         """The exposition text Prometheus scrapes."""

@@ -110,6 +110,14 @@ def check_run_folder(out: pathlib.Path, resume: pathlib.Path | None, config: Run
         )
 
 
+def run_config_file(resume: pathlib.Path) -> pathlib.Path | None:
+    """The config.yaml of the run a --resume path (a run folder or one of its checkpoints) names."""
+    for folder in (resume, resume.parent.parent):
+        if (folder / "config.yaml").is_file() and (folder / "checkpoints").is_dir():
+            return folder / "config.yaml"
+    return None
+
+
 def _rows_before(path: pathlib.Path, iteration: int) -> list[str]:
     """The metrics lines a resumed run keeps: those of the iterations its checkpoint holds. Later
     rows (and a line torn by a kill) belong to iterations the run redoes."""
@@ -160,7 +168,8 @@ def execute(
             subscriber(row)
         log(iteration_line(row, config.train.iterations))
     if iterations < config.train.iterations:
-        log(f"stopping after {iterations} iterations: train.max_seconds={max_s} reached")
+        reason = f"train.max_seconds={max_s} reached" if time_up() else "a stop was requested"
+        log(f"stopping after {iterations} iterations: {reason}")
     states = engine.adapter_states()
     save_lora(out / "lora", states, config.model, engine.version)
     final = {adapter: engine.evaluate(adapter) for adapter in ("ema", "policy")}

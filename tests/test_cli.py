@@ -73,7 +73,7 @@ def test_train_errors_are_clear(capsys):
 
 def test_pretrain_writes_a_loadable_folder(tmp_path):
     out = tmp_path / "model"
-    code = "from solrl.cli import main; raise SystemExit(main(['toy', 'pretrain', '--out', %r, '--steps', '2']))" % str(out)
+    code = "from solrl.cli import main; raise SystemExit(main(['toy', 'pretrain', '--out', %r, '--steps', '2', '--eval-n', '1']))" % str(out)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     meta = json.loads((out / "model_index.json").read_text())["solrl"]

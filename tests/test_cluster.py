@@ -34,6 +34,7 @@ TINY = [
     "eval.sampling.steps=2",
     "deterministic=true",
     "cluster.cpus_per_worker=0.25",
+    "rollout.quant.fused=false",  # eager fake-quant: the same numbers, without compiling it in every worker
     "rollout.max_policy_lag=0",  # the shipped lag is 1; exact equality holds only in lockstep
 ]
 
@@ -41,7 +42,7 @@ TINY = [
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     eval_prompts = tmp_path_factory.mktemp("prompts") / "eval.txt"
-    eval_prompts.write_text("a red circle\n")
+    eval_prompts.write_text("a red circle\ntwo squares\na circle\n")  # 3 eval slices: one for each sampler
     config = load_config(overrides=[*TINY, f"eval.prompts={eval_prompts}"])
     started = runtime.start(config)
     yield config
@@ -136,20 +137,17 @@ def _same_lora(a_dir, b_dir):
 # must finish with the uninterrupted reference's LoRA bit for bit, the same final eval, and
 # every (iteration, prompt group) trained exactly once in the candidate log.
 FAULT_RUNS = {
-    "samplers": (
+    "samplers_and_learner": (
         [
             "rollout-0:measure:1",  # base eval; replaced by rollout-2
             "rollout-1:explore:2",  # an explore task
-            "regen-0:regenerate:2",  # a regeneration task
+            "regen-0:regenerate:2",  # a regeneration task; replaced by regen-1
             "rollout-2:apply_update:1",  # applying the first published weights
+            "learner-1:backward:1",  # mid-backward of the first step
+            "regen-1:measure:1",  # born mid-run, its first eval slice (the third) is the final EMA eval's
         ],
         [],
-        {"rollout": 3, "regen": 1, "learner": 0},
-    ),
-    "learner_and_final_eval": (
-        ["learner-1:backward:1", "rollout-0:measure:2"],  # mid-backward of the first step; final EMA eval
-        [],
-        {"rollout": 1, "regen": 0, "learner": 1},
+        {"rollout": 3, "regen": 2, "learner": 1},
     ),
     "reward_pool_publish_and_scaling": (  # the rollout pool also grows to 3 and shrinks to 1 meanwhile
         ["reward-0:score:2", "reward-1:label:1", "learner-0:publish:2"],  # scoring previews, labelling a batch, publishing step 2

@@ -12,6 +12,7 @@ stage that first made them.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -109,14 +110,20 @@ class Dispatcher:
                 outputs = method.options(num_returns=stage.returns).remote(*job.inputs, payload)
                 outputs = tuple(outputs) if stage.returns > 1 else (outputs,)
                 w.task = outputs[-1]
+                w.first_task_at = w.first_task_at or time.perf_counter()
                 self.pending[outputs[-1]] = Task(name, job, w, outputs)
 
     def collect(self) -> list[Done]:
         """Wait for one task to end; pass its outputs on or return them finished. A dead
         worker is replaced and its task queued again."""
-        if not self.pending:
-            raise RuntimeError("no work in flight and the iteration is incomplete; every pool is empty or retiring")
-        ready, _ = ray.wait(list(self.pending), num_returns=1)
+        if not self.pending:  # every worker that could take the work is still starting (e.g. a replacement)
+            starting = [w.ready for pool in self.pools.values() for w in pool.starting()]
+            if not starting:
+                raise RuntimeError("no work in flight and the iteration is incomplete; every pool is empty or retiring")
+            ray.wait(starting, num_returns=1, timeout=0.5)
+            return []
+        # a timeout, so the driver also answers control requests while every task runs long
+        ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=0.5)
         done = []
         for ref in ready:
             task = self.pending.pop(ref)

@@ -24,23 +24,27 @@ from collections.abc import Callable, Iterator
 import ray
 from ray.exceptions import RayActorError
 
-from solrl.workers.reward import candidates_from_rewards
-from solrl.workers.selector import Selector
-from solrl.workers.store import CandidateStore
+from solrl.autoscale import Autoscaler
+from solrl.cluster import pool_eval
+from solrl.cluster.control import Control, serve_control
 from solrl.cluster.dispatch import OWN_REWARD, REWARD_POOL, Dispatcher, Done
-from solrl.cluster.learners import LearnerGroup
 from solrl.cluster.ledger import IterationState, Ledger
-from solrl.cluster.pools import WorkerPool, call_spread
+from solrl.cluster.pools import WorkerPool
+from solrl.cluster.startup import start_workers, starting
 from solrl.cluster.telemetry import Telemetry
+from solrl.cluster.v1.control_pb2 import RunStatus
 from solrl.cluster.view import LiveView
 from solrl.config import RunConfig
+from solrl.evaluation import load_run_prompts
 from solrl.faults import FaultPlan
-from solrl.evaluation import eval_plan, load_run_prompts, merge_measures, summarize_run
 from solrl.learner.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from solrl.learner.weight_sync import check_served
 from solrl.metrics import MetricsServer, RunMetrics
 from solrl.run import execute
 from solrl.runs import make_groups, prompt_order
+from solrl.workers.reward import candidates_from_rewards
+from solrl.workers.selector import Selector
+from solrl.workers.store import CandidateStore
 
 
 class Driver:
@@ -75,6 +79,10 @@ class Driver:
         self.view: LiveView | None = None
         self._states: tuple[int, dict] | None = None  # (version, adapter states) last fetched
         self.faults = FaultPlan(config.cluster.faults, "driver-0")
+        self.control, self.control_server = Control(), None
+        self.pools: dict[str, WorkerPool] = {}  # rollout, regen and, when configured, reward
+        self.checkpointed = (None, -1)  # (path, iteration) of the newest checkpoint
+        self.autoscaler = Autoscaler(config.cluster.autoscale) if config.cluster.autoscale else None
 
     @property
     def version(self) -> int:
@@ -83,20 +91,27 @@ class Driver:
     # -- set-up ----------------------------------------------------------------------------------
     def __enter__(self) -> Driver:
         c = self.config.cluster
-        self.rollout = WorkerPool(self.config, "explore", "rollout")
-        self.regen = WorkerPool(self.config, "regenerate", "regen")
-        self.rewards = WorkerPool(self.config, "reward", "reward") if c.reward_workers else None
-        self.rollout.resize(c.rollout_workers)
-        self.regen.resize(c.regen_workers)
-        if self.rewards is not None:
-            self.rewards.resize(c.reward_workers)
-        self.dispatcher = Dispatcher(self.pools, REWARD_POOL if self.rewards else OWN_REWARD, c.groups_per_task, self._log)
-        self.learners = LearnerGroup(self.config, self._log)
+        if c.control_port is not None:
+            self.control_server = serve_control(self.control, c)
+            self.log(self.control_server.announcement)
+        try:
+            starting_up = {"state": "starting", "out": str(self.out), "iterations": self.config.train.iterations}
+            self.pools, self.learners = start_workers(self.config, self.log, lambda w: self.control.publish(RunStatus(**starting_up, waiting_for=w)))
+        except BaseException:
+            self._stop_control()
+            raise
+        self.dispatcher = Dispatcher(self.pools, REWARD_POOL if "reward" in self.pools else OWN_REWARD, c.groups_per_task, self._log)
         if self.resume:
             self._restore()
         return self
 
+    def _stop_control(self) -> None:
+        self.control.close("the run has ended")
+        if self.control_server is not None:
+            self.control_server.stop()
+
     def __exit__(self, *exc) -> None:
+        self._stop_control()
         if self.view is not None:
             self.view.close()
         self.store.flush()
@@ -118,15 +133,21 @@ class Driver:
         self.learners.saved = ray.put(tensors)
         self._publish(self.learners.call("weight_update")[0], self.version)
 
+    def _publish_status(self) -> None:
+        """The control service's answer to GetStatus, as of now."""
+        done = self.telemetry.last.get("iteration", self.start_iteration - 1) + 1
+        fields = {"state": "stopping" if self.control.stop_requested.is_set() else "running", "iteration": done, "version": self.version}
+        waiting = starting(self.pools)
+        for pool, lines in waiting.items():
+            self.metrics.starting.labels(pool).set(len(lines))
+        fields |= {"iterations": self.config.train.iterations, "out": str(self.out), "last_checkpoint": self.checkpointed[0] or ""}
+        fields["waiting_for"] = [line for lines in waiting.values() for line in lines]
+        self.control.publish(self.telemetry.status(self.pools, self.dispatcher.depths(), self._restarts(), **fields))
+
     def _log(self, message: str) -> None:
         (self.view.write if self.view is not None else self.log)(message)
 
     # -- scaling -----------------------------------------------------------------------------------
-    @property
-    def pools(self) -> dict[str, WorkerPool]:
-        """The worker pools by name: rollout, regen and, when configured, reward."""
-        return {"rollout": self.rollout, "regen": self.regen} | ({"reward": self.rewards} if self.rewards else {})
-
     def scale(self, pool: str, size: int) -> None:
         """Resize the 'rollout', 'regen' or 'reward' pool while the run goes on."""
         pools = self.pools
@@ -134,6 +155,7 @@ class Driver:
             raise ValueError(f"pool {pool!r} is unknown; use one of {sorted(pools)}")
         pools[pool].resize(size)
         self._log(f"{pool} pool resized to {size}")
+        self._publish_status()
 
     # -- exploring and regenerating ----------------------------------------------------------------
     def _queue_iteration(self, it: int) -> None:
@@ -162,6 +184,8 @@ class Driver:
             self.dispatcher.dispatch()
             for done in self.dispatcher.collect():
                 self._deliver(done)
+            self.control.answer(self.scale)
+            self._publish_status()
             state = self.ledger.current()
             if self.view is not None and state is not None:
                 workers = {name: pool.size for name, pool in self.pools.items()}
@@ -178,7 +202,7 @@ class Driver:
     def _publish(self, update_ref, version: int) -> float:
         """Make `update_ref` the weights every sampler serves and check they do; seconds taken."""
         start = time.perf_counter()
-        samplers = (self.rollout, self.regen)
+        samplers = pool_eval.samplers(self.pools)
         for pool in samplers:
             pool.update = update_ref  # workers spawned from now on apply it first
         calls = [(pool, w, w.handle.apply_update.remote(update_ref)) for pool in samplers for w in list(pool.workers.values())]
@@ -202,11 +226,17 @@ class Driver:
             timing["sync"] = self._publish(update_ref, int(stats["version"]))
         pools, queues = self.pools, self.dispatcher.depths()
         row = self.telemetry.row(it, self.version, state, pools, queues, timing, stats, launched["version"], self.ledger.dropped, self._restarts())
+        decision = self.autoscaler.observe(row["busy"], pools["rollout"].size) if self.autoscaler else None
+        if decision is not None:
+            row["autoscale"] = {"rollout": decision.size - pools["rollout"].size}
+            self._log(f"autoscale: {decision.reason}")
+            self.scale("rollout", decision.size)
         self.faults.reached("row")
         yield row
         self.store.flush()
         every = self.config.cluster.checkpoint_every
-        if self.learners.saved is not None and every and (it + 1) % every == 0:
+        asked = self.control.checkpoints or self.control.stop_requested.is_set()
+        if self.learners.saved is not None and (every and (it + 1) % every == 0 or asked):
             self.faults.reached("checkpoint")
             self._checkpoint(it)
         self.ledger.iterations.pop(it, None)
@@ -226,7 +256,7 @@ class Driver:
             regen_done = time.perf_counter()
             if inflight is not None:  # the previous step trained while this iteration explored
                 yield from self._complete(inflight)
-                halt = stop()
+                halt = stop() or self.control.stop_requested.is_set()
             launched = self._launch(it, state, regen_done)
             it += 1
             if lag > 0 and it < total and not halt:
@@ -235,11 +265,13 @@ class Driver:
             else:
                 inflight = None
                 yield from self._complete(launched)
-                halt = stop() or halt
+                halt = stop() or self.control.stop_requested.is_set() or halt
                 if it < total and not halt:
                     self._queue_iteration(it)
         if inflight is not None:
             yield from self._complete(inflight)
+        if it < total and self.learners.saved is not None and self.checkpointed[1] < it:
+            self._checkpoint(it - 1)  # stopped early: a resume continues from here
         self.ledger.drop_unfinished()
 
     # -- evaluation, checkpoints, the run ----------------------------------------------------------
@@ -250,23 +282,13 @@ class Driver:
         return self._states[1]
 
     def evaluate(self, adapter: str | None) -> dict:
-        """The run's eval, its images shared out over every sampler (otherwise idle while it
-        runs); a slice whose sampler dies is redone by the others and the sampler replaced."""
-        state = None if adapter is None else self.adapter_states()[adapter]
-        pairs = eval_plan(self.config, adapter is None)
-        scorer = next(iter(self.rewards.workers.values())).handle if self.rewards is not None else None
-        n = sum(pool.size for pool in self._samplers())
-        parts = [pairs[len(pairs) * i // n : len(pairs) * (i + 1) // n] for i in range(n)]
-        measures = call_spread(self._samplers(), "measure", [(state, part, scorer) for part in parts if part], self._log)
-        return summarize_run(self.config, pairs, merge_measures(measures), adapter is None)
+        return pool_eval.evaluate(self.config, self.pools, self._adapter(adapter), self._log)
 
     def grid(self, adapter: str | None):
-        if not self.config.eval.grid_rows:
-            return None
-        return call_spread(self._samplers(), "grid", [(None if adapter is None else self.adapter_states()[adapter],)], self._log)[0]
+        return pool_eval.grid(self.config, self.pools, self._adapter(adapter), self._log)
 
-    def _samplers(self) -> tuple[WorkerPool, WorkerPool]:
-        return (self.rollout, self.regen)
+    def _adapter(self, adapter: str | None) -> dict | None:
+        return None if adapter is None else self.adapter_states()[adapter]
 
     def _restarts(self) -> dict[str, int]:
         return {name: pool.restarts for name, pool in self.pools.items()} | {"learner": self.learners.generation}
@@ -283,7 +305,9 @@ class Driver:
             "log_parts": self.store.parts,
             "config": json.loads(json.dumps(self.config.model_dump(mode="json"))),
         }
-        save_checkpoint(self.out, self.version, tensors, state)
+        path = save_checkpoint(self.out, self.version, tensors, state)
+        self.checkpointed = (str(path), it + 1)
+        self.control.checkpointed(*self.checkpointed)
 
     def run(self) -> dict:
         """The whole run (solrl.run.execute with this engine); returns eval.json's report."""

@@ -22,14 +22,21 @@ class LearnerGroup:
         self.config, self.log = config, log
         self.generation = 0  # restarts so far; injected faults arm only the first group
         self.saved = None  # ref to rank 0's full state after the last completed step
-        self.start()
+        self.reserve()
 
-    def start(self) -> None:
+    def reserve(self) -> ray.ObjectRef:
+        """Ask for the ranks' placement group; the ref resolves once the cluster grants it."""
+        c = self.config.cluster
+        self.bundle = {k: v for k, v in c.worker_resources("learner").items() if v}
+        self.pg = placement_group([self.bundle] * c.learner_ranks, strategy="PACK")
+        self.ready = self.pg.ready()
+        return self.ready
+
+    def launch(self) -> None:
+        """Start the ranks in the granted placement group (after `ready`)."""
         c = self.config.cluster
         n = c.learner_ranks
-        bundle = {"CPU": c.cpus_per_worker} | ({"GPU": c.gpus_per_worker} if c.gpus_per_worker else {})
-        self.pg = placement_group([bundle] * n, strategy="PACK")
-        ray.get(self.pg.ready())
+        custom = {k: v for k, v in self.bundle.items() if k not in ("CPU", "GPU")}
         master = ray.get(_rendezvous.options(scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, 0)).remote())
         self.ranks = [
             ray.remote(LearnerActor)
@@ -37,6 +44,7 @@ class LearnerGroup:
                 num_cpus=c.cpus_per_worker,
                 num_gpus=c.gpus_per_worker,
                 max_restarts=0,
+                resources=custom or None,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, i),
             )
             .remote(self.config, i, n, master[0], master[1], c.cpus_per_worker, self.generation == 0)
@@ -59,7 +67,8 @@ class LearnerGroup:
         """Kill every rank and start a fresh group (the caller restores a checkpoint)."""
         self.shutdown()
         self.generation += 1
-        self.start()
+        ray.get(self.reserve())
+        self.launch()
 
     def step(self, batches: list) -> list:
         """Start one step on every rank over the batch refs; returns the (stats, update) ref pairs."""

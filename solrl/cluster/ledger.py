@@ -11,9 +11,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from solrl.types import Candidates, PromptGroup, Selection
 from solrl.workers.selector import Selector
 from solrl.workers.store import CandidateStore, GroupKey, group_key
-from solrl.types import Candidates, PromptGroup, Selection
 
 
 @dataclass

@@ -8,6 +8,7 @@ retires workers, which finish the task they hold and are then killed. A dead wor
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -26,6 +27,9 @@ class Worker:
     task: object = None  # the ObjectRef of the task it holds, if any
     retiring: bool = False
     busy_seconds: float = 0.0
+    ready: object = None  # ref that resolves once the actor has started; None once it has
+    spawned_at: float = field(default_factory=time.perf_counter)
+    first_task_at: float | None = None  # when it was handed its first task
 
 
 @dataclass
@@ -39,20 +43,35 @@ class WorkerPool:
     workers: dict[str, Worker] = field(default_factory=dict)
     update: object = None
     restarts: int = 0
+    history: list[Worker] = field(default_factory=list)  # every worker spawned, retired or not
     _ids: itertools.count = field(default_factory=itertools.count)
 
     def spawn(self) -> Worker:
         c = self.config.cluster
         name = f"{self.prefix}-{next(self._ids)}"
         options = {"num_cpus": c.cpus_per_worker, "num_gpus": c.gpus_per_worker, "max_restarts": 0}
+        if c.pool_resources.get(self.prefix):
+            options["resources"] = c.pool_resources[self.prefix]
         if self.role == "reward":
             handle = ray.remote(RewardActor).options(**options).remote(self.config, name, c.cpus_per_worker)
         else:
             handle = ray.remote(SamplerActor).options(**options).remote(self.config, self.role, name, c.cpus_per_worker)
+        ready = handle.info.remote()
         if self.update is not None:
             handle.apply_update.remote(self.update)
-        self.workers[name] = Worker(name, handle)
+        self.workers[name] = Worker(name, handle, ready=ready)
+        self.history.append(self.workers[name])
         return self.workers[name]
+
+    def starting(self) -> list[Worker]:
+        """Workers whose actor has not started yet (waiting for resources, or importing)."""
+        waiting = [w for w in self.workers.values() if w.ready is not None]
+        if waiting:
+            done, _ = ray.wait([w.ready for w in waiting], num_returns=len(waiting), timeout=0)
+            for w in waiting:
+                if w.ready in done:
+                    w.ready = None
+        return [w for w in waiting if w.ready is not None]
 
     def resize(self, size: int) -> None:
         """Grow by spawning; shrink by retiring idle workers first, then busy ones."""
@@ -86,7 +105,10 @@ class WorkerPool:
         self.replace(w)
 
     def idle(self) -> list[Worker]:
-        return [w for w in self.workers.values() if w.task is None and not w.retiring]
+        """Workers to hand a task to: started, free and staying (a task given to a worker still
+        waiting for resources would wait with it)."""
+        waiting = {w.name for w in self.starting()}
+        return [w for w in self.workers.values() if w.task is None and not w.retiring and w.name not in waiting]
 
     @property
     def size(self) -> int:

@@ -16,7 +16,7 @@ import ray
 from solrl.config import RunConfig
 
 
-def _token_auth() -> None:
+def token_auth() -> None:
     """RAY_AUTH_MODE=token for this process and every Ray process it starts. Ray caches its
     config when it loads, so after changing the variable the cache is refreshed, the way Ray's own
     default-enabling code does it (ray._private.authentication)."""
@@ -33,7 +33,7 @@ def start(config: RunConfig, address: str | None = None) -> bool:
     call started Ray (and so should shut it down)."""
     if ray.is_initialized():
         return False
-    _token_auth()
+    token_auth()
     if address:
         ray.init(address=address, log_to_driver=True)
         return True
@@ -41,6 +41,7 @@ def start(config: RunConfig, address: str | None = None) -> bool:
     # default layout (2 rollout, 1 regeneration, 2 learner ranks) runs on a 2-core laptop.
     cpus = max(config.cluster.resources()["CPU"], os.cpu_count() or 1)
     ray.init(
+        address="local",  # always a new cluster: never join one that happens to run on this machine
         num_cpus=int(cpus + 0.999),
         include_dashboard=False,
         log_to_driver=True,

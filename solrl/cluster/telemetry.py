@@ -5,10 +5,12 @@ Prometheus, the live view and any other subscriber (solrl.run)."""
 
 from __future__ import annotations
 
+import math
 import time
 
 from solrl.cluster.ledger import IterationState
 from solrl.cluster.pools import WorkerPool
+from solrl.cluster.v1 import control_pb2
 from solrl.runs import iteration_row
 
 STAT_KEYS = ("loss", "policy_loss", "kl", "grad_norm", "old_decay")
@@ -18,6 +20,7 @@ class Telemetry:
     def __init__(self):
         self.last_row_at: float | None = None
         self.seen: dict[str, dict[str, int]] = {}
+        self.last: dict = {}  # the newest row, with its candidates per second
 
     def row(
         self,
@@ -66,7 +69,31 @@ class Telemetry:
             restarts=self.delta("restarts", restarts),
             workers={name: pool.size for name, pool in pools.items()},
         )
+        self.last = row | {"candidates_per_second": row["candidates"] / interval if interval > 0 else 0.0}
         return row
+
+    def status(self, pools: dict[str, WorkerPool], queues: dict[str, int], restarts: dict[str, int], **fields) -> control_pb2.RunStatus:
+        """The control service's RunStatus; `fields`: state, iteration, iterations, version, out,
+        last_checkpoint, waiting_for. The rest comes from the newest row."""
+        last, queue_of = self.last, {"rollout": "explore", "regen": "regenerate", "reward": "score"}
+        pool_status = []
+        for name, pool in pools.items():
+            busy = [last.get("busy", {}).get(w) for w in pool.workers]
+            busy = [b for b in busy if b is not None]
+            pool_status.append(
+                control_pb2.PoolStatus(
+                    name=name, size=pool.size, busy=sum(busy) / len(busy) if busy else 0.0, restarts=restarts.get(name, 0), queued=queues.get(queue_of[name], 0)
+                )
+            )
+        spearman = last.get("spearman", math.nan)
+        return control_pb2.RunStatus(
+            pools=pool_status,
+            candidates_per_second=last.get("candidates_per_second", 0.0),
+            policy_lag=last.get("policy_lag", 0),
+            spearman=spearman if spearman is not None else math.nan,
+            learner_restarts=restarts.get("learner", 0),
+            **fields,
+        )
 
     def delta(self, name: str, totals: dict[str, int]) -> dict[str, int]:
         """Counts since the last row (rows carry per-iteration increments)."""

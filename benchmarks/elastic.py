@@ -1,0 +1,89 @@
+"""Elastic rollout pool: resized during one distributed shapes run through its control service,
+as `solrl scale` does (1 -> 2 -> 1 workers by default).
+
+For each phase it reports iterations, the mean iteration time and candidates per second (both
+from the run's metrics.jsonl, the first iteration of the run, actor start-up, left out), and
+for each grow the time from the Scale call to the new worker's first task.
+
+    python benchmarks/elastic.py [--sizes 1,2,1] [--iterations-per-phase 4] [--set key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import statistics
+import tempfile
+import threading
+import time
+
+from common import append_results, table
+
+from solrl.cluster import runtime
+from solrl.cluster.control import ControlClient
+from solrl.cluster.driver import Driver
+from solrl.config import load_config
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1,2,1", help="rollout pool size in each phase")
+    parser.add_argument("--iterations-per-phase", type=int, default=4)
+    parser.add_argument("--set", action="append", default=[], help="config overrides")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    per = args.iterations_per_phase
+    config = load_config(
+        overrides=[
+            "eval.n=1",
+            "eval.grid_rows=0",
+            *args.set,
+            f"cluster.rollout_workers={sizes[0]}",
+            f"train.iterations={per * len(sizes)}",
+        ]
+    )
+    calls: list[tuple[int, float, set[str]]] = []  # (new size, when Scale was called, workers before)
+    seen: dict = {}
+
+    def scale_between_phases(driver: Driver, row: dict) -> None:
+        seen["rollout"] = driver.pools["rollout"]
+        phase = (row["iteration"] + 1) // per
+        if (row["iteration"] + 1) % per or phase >= len(sizes) or sizes[phase] == sizes[phase - 1]:
+            return
+        before = set(driver.pools["rollout"].workers)
+        address = driver.control_server.address
+
+        def call() -> None:  # the driver's own thread answers the control service, so call from another
+            calls.append((sizes[phase], time.perf_counter(), before))
+            ControlClient(address).scale("rollout", sizes[phase])
+
+        threading.Thread(target=call).start()
+
+    started = runtime.start(config)
+    try:
+        with tempfile.TemporaryDirectory() as out:
+            Driver(config, pathlib.Path(out), log=print, on_iteration=scale_between_phases).run()
+            rows = [json.loads(line) for line in (pathlib.Path(out) / "metrics.jsonl").read_text().splitlines()]
+    finally:
+        runtime.stop(started)
+    body_rows = []
+    for phase, size in enumerate(sizes):
+        mine = [r for r in rows[phase * per : (phase + 1) * per] if r["iteration"] > 0]
+        # the phase's first iteration may straddle the resize; its rows report the sizes served
+        served = sorted({r["workers"]["rollout"] for r in mine})
+        wall = [r["iteration_seconds"] for r in mine]
+        rate = sum(r["candidates"] for r in mine) / sum(r["seconds"]["explore"] for r in mine)
+        body_rows.append([phase + 1, size, served, len(mine), f"{statistics.fmean(wall):.1f}", f"{rate:.1f}"])
+    latencies = []
+    for size, called, before in calls:
+        new = [w for w in seen["rollout"].history if w.name not in before and w.first_task_at]
+        if new:
+            latencies.append(f"to {size}: {min(w.first_task_at for w in new) - called:.1f} s")
+    body = table(["phase", "rollout workers", "sizes seen in rows", "iterations", "mean iteration s", "candidates/s (explore)"], body_rows)
+    body += "\n\nScale call to the new worker's first task: " + (", ".join(latencies) or "no grow")
+    append_results(f"Elastic rollout pool {args.sizes} ({per} iterations a phase)", body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""Evaluation and sample grids on a run's sampler pools, which are otherwise idle while they run:
+the eval images are shared out over every sampler, and a slice whose sampler dies is redone by
+the others (the sampler replaced)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from solrl.cluster.pools import WorkerPool, call_spread
+from solrl.config import RunConfig
+from solrl.evaluation import eval_plan, merge_measures, summarize_run
+
+
+def samplers(pools: dict[str, WorkerPool]) -> tuple[WorkerPool, WorkerPool]:
+    return (pools["rollout"], pools["regen"])
+
+
+def evaluate(config: RunConfig, pools: dict[str, WorkerPool], adapter_state: dict | None, log: Callable[[str], None]) -> dict:
+    """The run's eval of `adapter_state` (None: the base model)."""
+    base = adapter_state is None
+    pairs = eval_plan(config, base)
+    scorer = next(iter(pools["reward"].workers.values())).handle if "reward" in pools else None
+    n = sum(pool.size for pool in samplers(pools))
+    parts = [pairs[len(pairs) * i // n : len(pairs) * (i + 1) // n] for i in range(n)]
+    measures = call_spread(samplers(pools), "measure", [(adapter_state, part, scorer) for part in parts if part], log)
+    return summarize_run(config, pairs, merge_measures(measures), base)
+
+
+def grid(config: RunConfig, pools: dict[str, WorkerPool], adapter_state: dict | None, log: Callable[[str], None]):
+    """The run's sample grid of `adapter_state` (None: the base model), or None without one."""
+    if not config.eval.grid_rows:
+        return None
+    return call_spread(samplers(pools), "grid", [(adapter_state,)], log)[0]
