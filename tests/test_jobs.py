@@ -22,22 +22,9 @@ pytest.importorskip("ray.job_submission", reason="the cluster verbs need ray[def
 
 from solrl.cluster.control import ControlClient, parse_announcement
 from solrl.workers.store import audit_log
+from tiny_runs import TINY_RUN
 
-TINY = [
-    "model.lora={rank: 2, alpha: 4}",
-    "rollout.prompts_per_iteration=3",
-    "rollout.candidates=4",
-    "rollout.explore.steps=2",
-    "rollout.regenerate.steps=3",
-    "selection.k=2",
-    "train.iterations=40",
-    "eval.n=1",
-    "eval.sampling.steps=2",
-    "eval.grid_rows=0",
-    "eval.best_of=0",
-    "cluster.cpus_per_worker=0.25",
-    "rollout.quant.fused=false",  # eager fake-quant: the same numbers, without compiling it in every worker
-]
+TINY = [*TINY_RUN, "train.iterations=40", "eval.grid_rows=0", "eval.best_of=0", "cluster.learner_ranks=1"]
 
 
 def _free_port() -> int:
@@ -154,19 +141,22 @@ def test_submit_scale_stop_resume_with_every_group_trained_once(head, tmp_path):
     assert _status(address, env, again)["status"] == "SUCCEEDED", solrl(env, "logs", again, "--address", address).stdout[-3000:]
     rows = _rows(out)
     assert [r["iteration"] for r in rows] == list(range(done + 1))
+    # the shipped max_policy_lag=1: the next iteration explores while the learners train, one version behind
+    assert rows[0]["policy_lag"] == 0 and {r["policy_lag"] for r in rows[1:]} <= {0, 1} and any(r["policy_lag"] == 1 for r in rows)
+    assert all(not r["dropped"] for r in rows)
     audit = audit_log(out / "candidates", done + 1, 3, 4)
     assert audit["lost"] == 0 and audit["duplicated"] == 0 and audit["trained"] + audit["dropped"] == 3 * (done + 1), audit
 
 
 def test_a_run_the_cluster_has_no_room_for_fails_naming_what_it_waited_for(head, tmp_path):
     address, env = head
-    sets = [a for s in [*TINY, _one_eval_caption(tmp_path), "cluster.cpus_per_worker=1", "cluster.startup_timeout_s=15"] for a in ("--set", s)]
+    sets = [a for s in [*TINY, _one_eval_caption(tmp_path), "cluster.cpus_per_worker=1", "cluster.startup_timeout_s=10"] for a in ("--set", s)]
     job = solrl(env, "submit", "--address", address, *sets).stdout.strip()
     _wait_for(lambda: _status(address, env, job)["status"] in ("SUCCEEDED", "FAILED", "STOPPED"), 240, "the job to give up")
     assert _status(address, env, job)["status"] == "FAILED"
     logs = solrl(env, "logs", job, "--address", address).stdout
-    assert "this run reserves {CPU: 5}" in logs and "missing {CPU: 3}" in logs
-    assert "did not start within cluster.startup_timeout_s=15" in logs and "waiting for {CPU: 1} for" in logs
+    assert "this run reserves {CPU: 4}" in logs and "missing {CPU: 2}" in logs
+    assert "did not start within cluster.startup_timeout_s=10" in logs and "waiting for {CPU: 1} for" in logs
 
 
 def test_verbs_without_a_cluster_say_how_to_name_one(tmp_path):
