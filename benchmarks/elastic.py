@@ -3,9 +3,11 @@ as `solrl scale` does (1 -> 2 -> 1 workers by default).
 
 For each phase it reports iterations, the mean iteration time and candidates per second (both
 from the run's metrics.jsonl, the first iteration of the run, actor start-up, left out), and
-for each grow the time from the Scale call to the new worker's first task.
+for each grow the time from the Scale call to the new worker's first task. With --autoscale
+MIN,MAX it runs once more under cluster.autoscale instead and reports the pool size and busy
+ratios per iteration and each decision the policy made.
 
-    python benchmarks/elastic.py [--sizes 1,2,1] [--iterations-per-phase 4] [--set key=value ...]
+    python benchmarks/elastic.py [--sizes 1,2,1] [--iterations-per-phase 4] [--autoscale 1,3] [--set key=value ...]
 """
 
 from __future__ import annotations
@@ -31,7 +33,10 @@ def main() -> None:
     parser.add_argument("--sizes", default="1,2,1", help="rollout pool size in each phase")
     parser.add_argument("--iterations-per-phase", type=int, default=4)
     parser.add_argument("--set", action="append", default=[], help="config overrides")
+    parser.add_argument("--autoscale", help="MIN,MAX: also a run whose rollout pool the policy sizes")
     args = parser.parse_args()
+    if args.autoscale:
+        autoscaled(args)
     sizes = [int(s) for s in args.sizes.split(",")]
     per = args.iterations_per_phase
     config = load_config(
@@ -83,6 +88,28 @@ def main() -> None:
     body = table(["phase", "rollout workers", "sizes seen in rows", "iterations", "mean iteration s", "candidates/s (explore)"], body_rows)
     body += "\n\nScale call to the new worker's first task: " + (", ".join(latencies) or "no grow")
     append_results(f"Elastic rollout pool {args.sizes} ({per} iterations a phase)", body)
+
+
+def autoscaled(args: argparse.Namespace) -> None:
+    lo, hi = (int(x) for x in args.autoscale.split(","))
+    iterations = args.iterations_per_phase * 3
+    config = load_config(
+        overrides=["eval.n=1", "eval.grid_rows=0", *args.set, f"cluster.rollout_workers={lo}", f"cluster.autoscale={{rollout: {{min: {lo}, max: {hi}}}}}", f"train.iterations={iterations}"]
+    )
+    started = runtime.start(config)
+    try:
+        with tempfile.TemporaryDirectory() as out:
+            Driver(config, pathlib.Path(out), log=print).run()
+            rows = [json.loads(line) for line in (pathlib.Path(out) / "metrics.jsonl").read_text().splitlines()]
+    finally:
+        runtime.stop(started)
+    mean = lambda r, prefix: statistics.fmean([v for k, v in r["busy"].items() if k.startswith(prefix)] or [float("nan")])
+    body_rows = [
+        [r["iteration"], r["workers"]["rollout"], f"{mean(r, 'rollout-'):.2f}", f"{mean(r, 'regen-'):.2f}", f"{r['iteration_seconds']:.1f}", r.get("autoscale", {}).get("rollout", "")]
+        for r in rows
+    ]
+    body = table(["iteration", "rollout workers", "rollout busy", "regen busy", "iteration s", "decision"], body_rows)
+    append_results(f"Autoscaled rollout pool [{lo}, {hi}] ({iterations} iterations)", body)
 
 
 if __name__ == "__main__":

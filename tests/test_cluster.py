@@ -142,9 +142,14 @@ FAULT_RUNS = {
         {"rollout": 3, "regen": 2, "learner": 1},
     ),
     "reward_pool_publish_and_scaling": (  # the rollout pool also grows to 3 and shrinks to 1 meanwhile
-        ["reward-0:score:2", "reward-1:label:1", "learner-0:publish:2"],  # scoring previews, labelling a batch, publishing step 2
+        [
+            "reward-0:score:1",  # scoring the base eval for the samplers: replaced, and the eval redone
+            "reward-1:label:1",  # labelling a regenerated batch
+            "reward-2:score:1",  # scoring explore previews
+            "learner-0:publish:2",  # publishing step 2
+        ],
         ["cluster.reward_workers=1"],
-        {"rollout": 0, "regen": 0, "reward": 2, "learner": 1},
+        {"rollout": 0, "regen": 0, "reward": 3, "learner": 1},
     ),
 }
 

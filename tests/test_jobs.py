@@ -154,7 +154,7 @@ def test_a_run_the_cluster_has_no_room_for_fails_naming_what_it_waited_for(head,
     job = solrl(env, "submit", "--address", address, *sets).stdout.strip()
     _wait_for(lambda: _status(address, env, job)["status"] in ("SUCCEEDED", "FAILED", "STOPPED"), 240, "the job to give up")
     assert _status(address, env, job)["status"] == "FAILED"
-    logs = solrl(env, "logs", job, "--address", address).stdout
+    logs = solrl(env, "logs", job, "--address", address, "--follow", timeout=60).stdout  # returns once the job has ended
     assert "this run reserves {CPU: 4}" in logs and "missing {CPU: 2}" in logs
     assert "did not start within cluster.startup_timeout_s=10" in logs and "waiting for {CPU: 1} for" in logs
 

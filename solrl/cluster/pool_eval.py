@@ -1,12 +1,13 @@
 """Evaluation and sample grids on a run's sampler pools, which are otherwise idle while they run:
 the eval images are shared out over every sampler, and a slice whose sampler dies is redone by
-the others (the sampler replaced)."""
+the others (the sampler replaced). With a reward pool one reward worker scores the eval; if it
+dies, it is replaced and the eval redone."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from solrl.cluster.pools import WorkerPool, call_spread
+from solrl.cluster.pools import HelperDied, WorkerPool, call_spread
 from solrl.config import RunConfig
 from solrl.evaluation import eval_plan, merge_measures, summarize_run
 
@@ -19,10 +20,16 @@ def evaluate(config: RunConfig, pools: dict[str, WorkerPool], adapter_state: dic
     """The run's eval of `adapter_state` (None: the base model)."""
     base = adapter_state is None
     pairs = eval_plan(config, base)
-    scorer = next(iter(pools["reward"].workers.values())).handle if "reward" in pools else None
-    n = sum(pool.size for pool in samplers(pools))
-    parts = [pairs[len(pairs) * i // n : len(pairs) * (i + 1) // n] for i in range(n)]
-    measures = call_spread(samplers(pools), "measure", [(adapter_state, part, scorer) for part in parts if part], log)
+    while True:
+        scorer = next(iter(pools["reward"].workers.values())) if "reward" in pools else None
+        n = sum(pool.size for pool in samplers(pools))
+        parts = [pairs[len(pairs) * i // n : len(pairs) * (i + 1) // n] for i in range(n)]
+        calls = [(adapter_state, part, scorer and scorer.handle) for part in parts if part]
+        try:
+            measures = call_spread(samplers(pools), "measure", calls, log)
+            break
+        except HelperDied:  # the reward worker scoring the eval died: replace it and redo the eval (same seeds)
+            pools["reward"].replace_dead(scorer, log)
     return summarize_run(config, pairs, merge_measures(measures), base)
 
 

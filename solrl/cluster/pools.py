@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RayTaskError
 
 from solrl.cluster.actors import RewardActor, SamplerActor
 from solrl.config import RunConfig
@@ -119,9 +119,14 @@ class WorkerPool:
             self.remove(w)
 
 
+class HelperDied(RuntimeError):
+    """A call failed because an actor it called (not the worker running it) died."""
+
+
 def call_spread(pools: Sequence[WorkerPool], method: str, calls: list[tuple], log: Callable[[str], None]) -> list:
     """Each call's result, the calls spread over the pools' workers; a call whose worker died
-    goes to the next one, and the dead worker is replaced."""
+    goes to the next one, and the dead worker is replaced. A call that failed because an actor it
+    used died (e.g. an eval's reward worker) raises HelperDied: its worker is fine."""
     results, todo = [None] * len(calls), list(range(len(calls)))
     while todo:
         workers = [(pool, w) for pool in pools for w in pool.workers.values() if not w.retiring]
@@ -131,6 +136,10 @@ def call_spread(pools: Sequence[WorkerPool], method: str, calls: list[tuple], lo
         for (i, pool, w), ref in zip(running, refs):
             try:
                 results[i] = ray.get(ref)
+            except RayTaskError as exc:  # the worker is alive; what it called is not
+                if isinstance(exc, RayActorError):
+                    raise HelperDied(f"{w.name}'s {method} lost an actor it called: {exc}") from None
+                raise
             except RayActorError:
                 pool.replace_dead(w, log)
                 todo.append(i)
