@@ -137,7 +137,7 @@ def call_spread(pools: Sequence[WorkerPool], method: str, calls: list[tuple], lo
             try:
                 results[i] = ray.get(ref)
             except RayTaskError as exc:  # the worker is alive; what it called is not
-                if isinstance(exc, RayActorError):
+                if isinstance(exc, RayActorError) or isinstance(exc.cause, RayActorError):
                     raise HelperDied(f"{w.name}'s {method} lost an actor it called: {exc}") from None
                 raise
             except RayActorError:
