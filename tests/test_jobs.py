@@ -24,7 +24,7 @@ from solrl.cluster.control import ControlClient, parse_announcement
 from solrl.workers.store import audit_log
 from tiny_runs import TINY_RUN
 
-TINY = [*TINY_RUN, "train.iterations=40", "eval.grid_rows=0", "eval.best_of=0", "cluster.learner_ranks=1"]
+TINY = [*TINY_RUN, "train.iterations=400", "eval.grid_rows=0", "eval.best_of=0", "cluster.learner_ranks=1"]
 
 
 def _free_port() -> int:
@@ -114,10 +114,15 @@ def test_submit_scale_stop_resume_with_every_group_trained_once(head, tmp_path):
     assert {p["name"]: p["size"] for p in run["pools"]} == {"rollout": 2, "regen": 1}
     assert run["out"] == str(out) and run["last_checkpoint"]
 
-    for size in (3, 1):
+    # 8 rollout workers do not fit the head's 2 CPUs: two wait for room while the run goes on
+    for size in (3, 8, 1):
+        seen = len(_rows(out))  # rows from here on may show the new size
         assert solrl(env, "scale", job, "--address", address, "--rollout", str(size)).stdout.strip() == f"rollout: {size} workers"
-        assert {p["name"]: p["size"] for p in _status(address, env, job)["run"]["pools"]}["rollout"] == size
-        seen = len(_rows(out))
+        run = _status(address, env, job)["run"]
+        assert {p["name"]: p["size"] for p in run["pools"]}["rollout"] == size
+        if size == 8:
+            _wait_for(lambda: len(_status(address, env, job)["run"]["waiting_for"]) == 2, 120, "two rollout workers waiting for room")
+            assert all(w.startswith("waiting for {CPU: 0.25} for rollout-") for w in _status(address, env, job)["run"]["waiting_for"])
         row = _wait_for(lambda s=seen, n=size: [r for r in _rows(out)[s:] if r["workers"]["rollout"] == n], 300, f"a metrics row at {size} rollout workers")
         assert row[0]["workers"]["rollout"] == size
 
@@ -133,7 +138,7 @@ def test_submit_scale_stop_resume_with_every_group_trained_once(head, tmp_path):
     stopped = solrl(env, "stop", job, "--address", address, "--timeout", "300")
     assert f"{job}: SUCCEEDED" in stopped.stdout
     done = len(_rows(out))
-    assert 3 <= done < 40, done
+    assert 3 <= done < 400, done
     assert "a stop was requested" in solrl(env, "logs", job, "--address", address).stdout
 
     again = solrl(env, "submit", "--address", address, "--resume", str(out), "--set", f"train.iterations={done + 1}").stdout.strip()

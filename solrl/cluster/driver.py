@@ -206,7 +206,8 @@ class Driver:
         for pool in samplers:
             pool.update = update_ref  # workers spawned from now on apply it first
         calls = [(pool, w, w.handle.apply_update.remote(update_ref)) for pool in samplers for w in list(pool.workers.values())]
-        for pool, w, ref in calls:
+        starting = {w.name for pool in samplers for w in pool.starting()}  # they apply it, in order, once they start
+        for pool, w, ref in [c for c in calls if c[1].name not in starting]:
             try:
                 check_served(w.name, ray.get(ref), version)
             except RayActorError:

@@ -22,7 +22,7 @@ def evaluate(config: RunConfig, pools: dict[str, WorkerPool], adapter_state: dic
     pairs = eval_plan(config, base)
     while True:
         scorer = next(iter(pools["reward"].workers.values())) if "reward" in pools else None
-        n = sum(pool.size for pool in samplers(pools))
+        n = sum(len(pool.idle_or_busy()) for pool in samplers(pools))
         parts = [pairs[len(pairs) * i // n : len(pairs) * (i + 1) // n] for i in range(n)]
         calls = [(adapter_state, part, scorer and scorer.handle) for part in parts if part]
         try:

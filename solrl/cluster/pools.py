@@ -107,8 +107,12 @@ class WorkerPool:
     def idle(self) -> list[Worker]:
         """Workers to hand a task to: started, free and staying (a task given to a worker still
         waiting for resources would wait with it)."""
+        return [w for w in self.idle_or_busy() if w.task is None]
+
+    def idle_or_busy(self) -> list[Worker]:
+        """Started workers that stay: those a call can go to."""
         waiting = {w.name for w in self.starting()}
-        return [w for w in self.workers.values() if w.task is None and not w.retiring and w.name not in waiting]
+        return [w for w in self.workers.values() if not w.retiring and w.name not in waiting]
 
     @property
     def size(self) -> int:
@@ -129,7 +133,7 @@ def call_spread(pools: Sequence[WorkerPool], method: str, calls: list[tuple], lo
     used died (e.g. an eval's reward worker) raises HelperDied: its worker is fine."""
     results, todo = [None] * len(calls), list(range(len(calls)))
     while todo:
-        workers = [(pool, w) for pool in pools for w in pool.workers.values() if not w.retiring]
+        workers = [(pool, w) for pool in pools for w in pool.idle_or_busy()]
         running = [(i, *workers[j % len(workers)]) for j, i in enumerate(todo)]
         refs = [getattr(w.handle, method).remote(*calls[i]) for i, _, w in running]
         todo = []
