@@ -50,6 +50,8 @@ def main() -> None:
     )
     calls: list[tuple[int, float, set[str]]] = []  # (new size, when Scale was called, workers before)
     seen: dict = {}
+    # the embedded cluster is sized for the config it starts with: give it room for the largest pool
+    room = load_config(overrides=[*args.set, f"cluster.rollout_workers={max(sizes)}"])
 
     def scale_between_phases(driver: Driver, row: dict) -> None:
         seen["rollout"] = driver.pools["rollout"]
@@ -65,7 +67,7 @@ def main() -> None:
 
         threading.Thread(target=call).start()
 
-    started = runtime.start(config)
+    started = runtime.start(room)
     try:
         with tempfile.TemporaryDirectory() as out:
             Driver(config, pathlib.Path(out), log=print, on_iteration=scale_between_phases).run()
