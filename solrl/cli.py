@@ -94,6 +94,19 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    import pathlib
+
+    from solrl.report import write_report
+
+    run = pathlib.Path(args.run)
+    if not (run / "metrics.jsonl").is_file() and not (run / "eval.json").is_file():
+        print(f"solrl report: {run} holds no metrics.jsonl or eval.json; pass a run folder (`solrl train --out DIR`)", file=sys.stderr)
+        return 2
+    print(write_report(run))
+    return 0
+
+
 def _config_show(args: argparse.Namespace) -> int:
     from solrl.config import ConfigError, load_config
     from solrl.config_docs import schema, show
@@ -154,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-host", default="127.0.0.1", help="address the metrics endpoint binds (default loopback; any other needs SOLRL_METRICS_TOKEN)"
     )
     train.set_defaults(func=_train)
+
+    report = sub.add_parser("report", help="draw a run folder as RUN/report.html (every run writes one when it ends)")
+    report.add_argument("run", help="the run folder")
+    report.set_defaults(func=_report)
 
     config = sub.add_parser("config", help="the run configuration").add_subparsers(dest="config_command", required=True)
     show = config.add_parser("show", help="print the resolved config, each field's description beside it")

@@ -4,8 +4,8 @@ metrics rows and the report, written once.
 An engine (LocalRun in one process, the Ray Driver on worker pools) supplies only how iterations
 happen: it yields one metrics row per finished iteration, evaluates the base model or one of its
 adapters on request, draws sample grids, and hands over its adapter states at the end. Everything
-a user reads — config.yaml, metrics.jsonl, lora/, grid.png, eval.json, the `iter ...` lines, the
-Prometheus endpoint — is written here, so the two engines cannot drift apart.
+a user reads — config.yaml, metrics.jsonl, lora/, grid.png, eval.json, report.html, the `iter ...`
+lines, the Prometheus endpoint — is written here, so the two engines cannot drift apart.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch
 
 from solrl.config import RunConfig, dump_config
 from solrl.evaluation import describe, run_report, write_grid
+from solrl.report import write_report
 from solrl.runs import save_lora
 
 Subscriber = Callable[[dict], None]  # called with each iteration's metrics row, after it is written
@@ -186,5 +187,9 @@ def execute(
         **engine.totals(),
     )
     (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    try:
+        write_report(out)
+    except Exception as exc:  # noqa: BLE001 (a drawing failure must not fail a finished run; `solrl report` redraws it)
+        log(f"report.html not written ({type(exc).__name__}: {exc}); `solrl report {out}` draws it again")
     log(f"done in {report['seconds']:.0f}s: eval {describe(base)} -> {describe(final['ema'])} (EMA; policy {describe(final['policy'])})")
     return report

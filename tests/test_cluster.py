@@ -4,15 +4,20 @@ workers killed in every phase through cluster.faults, with pools scaled meanwhil
 bit for bit where the uninterrupted run ends. (Bounded policy lag is checked on the submitted
 run of tests/test_jobs.py.) Each run is tiny; the cluster is started once for the module."""
 
+import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+
+import numpy as np
 import pyarrow.compute as pc
 import pytest
 import ray
 import torch
+from PIL import Image
 
 from solrl.workers.store import read_log
 from solrl.cluster import runtime
@@ -89,6 +94,42 @@ def test_distributed_run_equals_the_single_process_run(cluster, reference, tmp_p
     assert regenerated.num_rows == 18 and set(regenerated["regen_worker"].to_pylist()) == {"regen-0"}
     assert report["restarts"] == {"rollout": 0, "regen": 0, "learner": 0}
     assert (out / "checkpoints").is_dir() and (out / "eval.json").is_file()
+
+
+def _drew_data(png: bytes) -> float:
+    """Share of strongly coloured pixels: data (lines, bars, samples) rather than axes and text,
+    which matplotlib draws in black and grey."""
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    return float(((pixels.max(axis=2) - pixels.min(axis=2)) > 60).mean())
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs the chromium binary (Debian package chromium; .ci/run installs it)")
+def test_the_run_report_draws_every_figure_in_a_browser(reference, tmp_path):
+    """report.html, written at the end of the run, opened offline in headless Chromium: every
+    figure loads and has data drawn in it; `solrl report` redraws the same figures."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (the test extra) to drive Chromium")
+    out, _ = reference
+    written = (out / "report.html").read_text()
+    assert "http://" not in written and "https://" not in written  # self-contained
+    redraw = subprocess.run([sys.executable, "-m", "solrl.cli", "report", str(out)], capture_output=True, text=True, timeout=120)
+    assert redraw.returncode == 0 and redraw.stdout.strip() == str(out / "report.html"), redraw.stderr
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        requests = []
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto((out / "report.html").as_uri())
+        figures = page.query_selector_all("figure")
+        captions = [f.query_selector("figcaption").inner_text() for f in figures]
+        assert captions == ["Reward", "Where the time goes", "Worker utilization", "Proxy fidelity", "Policy lag",
+                            "Samples of fixed seeds: base model (left) and trained EMA (right)"]  # fmt: skip
+        for caption, figure in zip(captions, figures):
+            assert figure.query_selector("img").evaluate("i => i.complete && i.naturalWidth > 100"), caption
+            assert _drew_data(figure.screenshot()) > 0.002, f"{caption}: nothing drawn"
+        assert "held-out eval" in page.inner_text("table")
+        page.screenshot(path=tmp_path / "report.png", full_page=True)
+        browser.close()
+    assert all(url.startswith(("file:", "data:")) for url in requests), requests
 
 
 def test_a_driver_killed_mid_run_resumes_exactly(cluster, reference, tmp_path):
