@@ -16,6 +16,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 TOKEN_ENV = "SOLRL_METRICS_TOKEN"
+# why a record leaves a run untrained: a group older than rollout.max_policy_lag, a group still in
+# flight when the run ended, an image whose reward was NaN or infinite
+DROP_REASONS = ("stale", "run_ended", "non_finite_reward")
 
 
 class RunMetrics:
@@ -27,13 +30,12 @@ class RunMetrics:
         self.policy_version = Gauge("solrl_policy_version", "Policy version the learner has published", registry=r)
         self.candidates = Counter("solrl_candidates", "Candidates explored (proxy-scored seeds)", registry=r)
         self.regenerated = Counter("solrl_regenerated", "Samples regenerated at full precision", registry=r)
-        self.candidates_per_s = Gauge("solrl_candidates_per_second", "Explore throughput over the last iteration", registry=r)
-        self.regenerated_per_s = Gauge("solrl_regenerated_per_second", "Regeneration throughput over the last iteration", registry=r)
         self.stage_seconds = Gauge("solrl_stage_seconds", "Seconds spent in each stage in the last iteration", ["stage"], registry=r)
         self.iteration_seconds = Gauge("solrl_iteration_seconds", "End-to-end seconds of the last iteration", registry=r)
         self.busy_ratio = Gauge("solrl_worker_busy_ratio", "Fraction of the last iteration a worker spent working", ["worker"], registry=r)
         self.queue_depth = Gauge("solrl_queue_depth", "Items waiting in a driver queue", ["queue"], registry=r)
         self.policy_lag = Gauge("solrl_policy_lag", "Largest version lag among samples trained in the last iteration", registry=r)
+        self.policy_lag_bound = Gauge("solrl_policy_lag_bound", "rollout.max_policy_lag: the lag the run allows", registry=r)
         self.sync_seconds = Gauge("solrl_weight_sync_seconds", "Seconds to publish and apply the last weight update", registry=r)
         self.sync_bytes = Counter("solrl_weight_sync_bytes", "Bytes of weight updates published", registry=r)
         self.spearman = Gauge("solrl_proxy_spearman", "Proxy vs BF16 reward Spearman rho, last iteration", registry=r)
@@ -46,6 +48,19 @@ class RunMetrics:
         self.pool_workers = Gauge("solrl_pool_workers", "Workers serving in each pool at the end of the last iteration", ["pool"], registry=r)
         self.autoscale = Counter("solrl_autoscale_decisions", "Pool resizes made by cluster.autoscale", ["pool", "direction"], registry=r)
 
+    def prime(self, pools: dict[str, int], max_policy_lag: int) -> None:
+        """Export every known label set before the first iteration (pool sizes as configured, counts
+        at zero), so a dashboard or an alert sees "no restarts yet" as 0, not as a missing series."""
+        self.policy_lag_bound.set(max_policy_lag)
+        for pool, size in pools.items():
+            self.restarts.labels(pool)
+            self.starting.labels(pool)
+            self.pool_workers.labels(pool).set(size)
+        for reason in DROP_REASONS:
+            self.dropped.labels(reason)
+        for direction in ("up", "down"):
+            self.autoscale.labels("rollout", direction)
+
     def observe_iteration(self, row: dict) -> None:
         """Update every per-iteration metric from one metrics.jsonl row."""
         seconds = row.get("seconds", {})
@@ -57,10 +72,6 @@ class RunMetrics:
         for stage, s in seconds.items():
             self.stage_seconds.labels(stage).set(s)
         self.iteration_seconds.set(total)
-        if seconds.get("explore"):
-            self.candidates_per_s.set(row["candidates"] / seconds["explore"])
-        if seconds.get("regenerate"):
-            self.regenerated_per_s.set(row["regenerated"] / seconds["regenerate"])
         for worker, ratio in row.get("busy", {}).items():
             self.busy_ratio.labels(worker).set(ratio)
         for queue, depth in row.get("queues", {}).items():

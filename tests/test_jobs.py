@@ -3,20 +3,27 @@ here as a subprocess on loopback and torn down after. A short shapes run is subm
 the job server, its rollout pool scaled 2 -> 3 -> 1 while it runs, stopped with a checkpoint and
 resumed; the candidate log then shows every (iteration, group) trained exactly once. Control
 calls without the token are refused, and a run the cluster has no room for fails with the
-resources it waited for."""
+resources it waited for. A real Prometheus, run with deploy/prometheus's config, scrapes a
+submitted run and Ray's own metrics, and every query of the Grafana dashboard returns data."""
 
+import contextlib
 import json
 import os
 import pathlib
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import warnings
+import urllib.parse
+import urllib.request
 
 import grpc
 import pytest
+import yaml
 
 pytest.importorskip("ray.job_submission", reason="the cluster verbs need ray[default] (pip install 'solrl[cluster]')")
 
@@ -24,6 +31,7 @@ from solrl.cluster.control import ControlClient, parse_announcement
 from solrl.workers.store import audit_log
 from tiny_runs import TINY_RUN
 
+DEPLOY = pathlib.Path(__file__).resolve().parent.parent / "deploy"
 TINY = [*TINY_RUN, "train.iterations=400", "eval.grid_rows=0", "eval.best_of=0", "cluster.learner_ranks=1"]
 
 
@@ -100,10 +108,25 @@ def _one_eval_caption(tmp_path) -> str:
 
 
 def test_submit_scale_stop_resume_with_every_group_trained_once(head, tmp_path):
+    """Submit, scale, stop and resume as in the module's docstring; watched meanwhile by a real
+    Prometheus (deploy/prometheus), which finds data for every dashboard query and sees the pool
+    resizes as they happened. Without the prometheus binary that part is skipped, with a warning."""
+    with _prometheus(tmp_path, metrics_port := _free_port(), token := secrets.token_hex(8)) as prometheus:
+        start = time.time()
+        out = _submit_scale_stop(head, tmp_path, metrics_port, token)
+        if prometheus is not None:
+            _check_dashboard_queries(prometheus, start, time.time(), _rows(out))
+        else:
+            warnings.warn("prometheus is not installed (Debian package prometheus): the dashboard queries were not checked", stacklevel=1)
+    _resume_and_audit(head, out)
+
+
+def _submit_scale_stop(head, tmp_path, metrics_port: int, token: str) -> pathlib.Path:
     address, env = head
     out = tmp_path / "run"
     sets = [a for s in [*TINY, _one_eval_caption(tmp_path)] for a in ("--set", s)]
-    job = solrl(env, "submit", "--address", address, "--out", str(out), *sets).stdout.strip()
+    metrics = ["--metrics-port", str(metrics_port)]  # with the token passed to the job: the endpoint demands it
+    job = solrl(env | {"SOLRL_METRICS_TOKEN": token}, "submit", "--address", address, "--out", str(out), *metrics, *sets).stdout.strip()
     assert job.startswith("solrl-")
 
     def running_at(iteration):
@@ -128,9 +151,9 @@ def test_submit_scale_stop_resume_with_every_group_trained_once(head, tmp_path):
 
     # the control service wants the token: none, or a wrong one, is refused
     endpoint = parse_announcement(solrl(env, "logs", job, "--address", address).stdout)["address"]
-    for token in ("", "wrong"):
+    for bad_token in ("", "wrong"):
         with pytest.raises(grpc.RpcError) as err:
-            ControlClient(endpoint, token=token, timeout_s=10).scale("rollout", 5)
+            ControlClient(endpoint, token=bad_token, timeout_s=10).scale("rollout", 5)
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
     bad = solrl(env, "scale", job, "--address", address, "--learner", "2", check=False)
     assert bad.returncode == 2 and "unrecognized arguments: --learner" in bad.stderr
@@ -139,8 +162,14 @@ def test_submit_scale_stop_resume_with_every_group_trained_once(head, tmp_path):
     assert f"{job}: SUCCEEDED" in stopped.stdout
     done = len(_rows(out))
     assert 3 <= done < 400, done
-    assert "a stop was requested" in solrl(env, "logs", job, "--address", address).stdout
+    logs = solrl(env, "logs", job, "--address", address).stdout
+    assert "a stop was requested" in logs and f"Prometheus metrics at http://127.0.0.1:{metrics_port}/metrics" in logs
+    return out
 
+
+def _resume_and_audit(head, out: pathlib.Path) -> None:
+    address, env = head
+    done = len(_rows(out))
     again = solrl(env, "submit", "--address", address, "--resume", str(out), "--set", f"train.iterations={done + 1}").stdout.strip()
     _wait_for(lambda: _status(address, env, again)["status"] in ("SUCCEEDED", "FAILED", "STOPPED"), 300, "the resumed run to end")
     assert _status(address, env, again)["status"] == "SUCCEEDED", solrl(env, "logs", again, "--address", address).stdout[-3000:]
@@ -170,3 +199,65 @@ def test_verbs_without_a_cluster_say_how_to_name_one(tmp_path):
     assert out.returncode == 1 and "pass --address http://HEAD:8265 or set RAY_ADDRESS" in out.stderr
     bad = solrl(env, "submit", "--address", "http://127.0.0.1:1", "--set", "train.iterations=zero", check=False)
     assert bad.returncode == 2 and "train.iterations" in bad.stderr
+
+
+def _dashboard_queries() -> list[tuple[str, str]]:
+    """(panel title, PromQL) of every query of the checked-in dashboard, with Grafana's variables
+    given the values Grafana would: all runs, and a rate window of a few scrapes."""
+    board = json.loads((DEPLOY / "grafana" / "solrl.json").read_text())
+    return [
+        (panel["title"], target["expr"].replace("$instance", ".*").replace("$__rate_interval", "10s"))
+        for panel in board["panels"]
+        for target in panel.get("targets", [])
+    ]
+
+
+def _prometheus_api(port: int, path: str, **params) -> dict:
+    url = f"http://127.0.0.1:{port}/api/v1/{path}?{urllib.parse.urlencode(params)}"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        body = json.loads(response.read())
+    assert body["status"] == "success", body
+    return body["data"]
+
+
+@contextlib.contextmanager
+def _prometheus(tmp_path: pathlib.Path, metrics_port: int, token: str):
+    """A real Prometheus on loopback with deploy/prometheus's config, its solrl target pointed at
+    `metrics_port` with `token`; yields its port, or None when the binary is absent."""
+    if shutil.which("prometheus") is None:
+        yield None
+        return
+    config_dir = tmp_path / "prometheus"
+    shutil.copytree(DEPLOY / "prometheus", config_dir)
+    (config_dir / "targets" / "solrl.json").write_text(json.dumps([{"targets": [f"127.0.0.1:{metrics_port}"], "labels": {"run": "test"}}]))
+    (config_dir / "metrics-token").write_text(token)
+    config = yaml.safe_load((config_dir / "prometheus.yml").read_text())
+    config["global"] |= {"scrape_interval": "1s", "evaluation_interval": "1s"}  # the only change: seconds, not minutes, of run
+    (config_dir / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = _free_port()
+    proc = subprocess.Popen(
+        ["prometheus", f"--config.file={config_dir / 'prometheus.yml'}", f"--web.listen-address=127.0.0.1:{port}", f"--storage.tsdb.path={tmp_path / 'tsdb'}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        _wait_for(lambda: _dashboard_up(port), 60, "Prometheus to listen")
+        yield port
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+
+
+def _check_dashboard_queries(port: int, start: float, end: float, rows: list[dict]) -> None:
+    """Both jobs were scraped, every query of the checked-in Grafana dashboard returns data over
+    the run, and the pool-size series shows the resizes the run made."""
+    up = _prometheus_api(port, "query_range", query="max by (job) (max_over_time(up[1m]))", start=start, end=end, step="5s")["result"]
+    assert {series["metric"]["job"] for series in up if any(v == "1" for _, v in series["values"])} == {"solrl", "ray"}, up
+    queries = _dashboard_queries()
+    assert len(queries) >= 20
+    empty = [(title, expr) for title, expr in queries if not _prometheus_api(port, "query_range", query=expr, start=start, end=end, step="1s")["result"]]
+    assert not empty, f"dashboard queries without data: {empty}"
+    sizes = _prometheus_api(port, "query_range", query='solrl_pool_workers{pool="rollout"}', start=start, end=end, step="1s")["result"][0]["values"]
+    seen = [int(float(v)) for _, v in sizes]
+    assert [n for i, n in enumerate(seen) if i == 0 or n != seen[i - 1]] == [2, 3, 8, 1]
+    iterations = _prometheus_api(port, "query", query="max_over_time(solrl_iteration[1h])", time=end)["result"]
+    assert int(float(iterations[0]["value"][1])) == len(rows)

@@ -42,8 +42,6 @@ def test_row_maps_onto_metrics():
     text = m.render().decode()
     assert _value(text, "solrl_iteration ") == 4
     assert _value(text, "solrl_candidates_total") == 512
-    assert _value(text, "solrl_candidates_per_second") == 32
-    assert _value(text, "solrl_regenerated_per_second") == 32
     assert _value(text, 'solrl_stage_seconds{stage="learn"}') == 5
     assert _value(text, 'solrl_worker_busy_ratio{worker="rollout-0"}') == 0.9
     assert _value(text, 'solrl_queue_depth{queue="explore"}') == 4
@@ -52,6 +50,17 @@ def test_row_maps_onto_metrics():
     assert _value(text, 'solrl_dropped_records_total{reason="stale"}') == 4
     assert _value(text, 'solrl_dropped_records_total{reason="non_finite_reward"}') == 2
     assert _value(text, 'solrl_worker_restarts_total{pool="rollout"}') == 2
+
+
+def test_primed_label_sets_read_zero_before_any_event():
+    m = RunMetrics()
+    m.prime({"rollout": 2, "regen": 1, "learner": 2}, max_policy_lag=1)
+    text = m.render().decode()
+    assert _value(text, "solrl_policy_lag_bound") == 1
+    assert _value(text, 'solrl_worker_restarts_total{pool="learner"}') == 0
+    assert _value(text, 'solrl_pool_workers{pool="rollout"}') == 2
+    assert _value(text, 'solrl_dropped_records_total{reason="run_ended"}') == 0
+    assert _value(text, 'solrl_autoscale_decisions_total{direction="up",pool="rollout"}') == 0
 
 
 def test_endpoint_serves_on_loopback_and_checks_the_token():

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 
 import grpc
+
+from solrl.metrics import LOOPBACK, TOKEN_ENV
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -30,12 +33,15 @@ def _submit(args: argparse.Namespace) -> int:
             config = load_config(base, args.set)
         except ConfigError as exc:
             return _fail(str(exc), 2)
+    token = os.environ.get(TOKEN_ENV)
+    if args.metrics_port is not None and args.metrics_host not in LOOPBACK and not token:
+        return _fail(f"--metrics-host {args.metrics_host} is not loopback and {TOKEN_ENV} is not set; set a token or bind 127.0.0.1", 2)
     try:
         client = jobs.job_client(args.address)
         job_id = args.job_id or jobs.new_job_id()
         out = args.out or (None if args.resume else f"~/solrl-runs/{job_id}")
-        command, upload = jobs.entrypoint(config, args.config, args.set, out, args.resume, args.metrics_port, args.working_dir)
-        jobs.submit(client, command, job_id, out or args.resume, upload, args.runtime_env)
+        command, upload = jobs.entrypoint(config, args.config, args.set, out, args.resume, args.metrics_port, args.working_dir, args.metrics_host)
+        jobs.submit(client, command, job_id, out or args.resume, upload, args.runtime_env, {TOKEN_ENV: token} if token else None)
     except jobs.JobError as exc:
         return _fail(str(exc))
     print(job_id)
@@ -170,6 +176,9 @@ def add_commands(sub) -> None:
     submit.add_argument("--out", help="run folder on the head node (default: ~/solrl-runs/JOB)")
     submit.add_argument("--resume", metavar="DIR", help="continue the run in this folder on the head node")
     submit.add_argument("--metrics-port", type=int, help="serve the run's Prometheus metrics on PORT")
+    submit.add_argument(
+        "--metrics-host", default="127.0.0.1", help="address the metrics endpoint binds on the driver's node (any but loopback needs SOLRL_METRICS_TOKEN, which is passed to the job)"
+    )
     submit.add_argument("--job-id", help="the job id to use (default: solrl-<time>-<random>)")
 
     status = verb("status", "a job's state and its run's iteration, pools, throughput, lag and fidelity", _status)

@@ -71,6 +71,7 @@ class Driver:
         self.ledger = Ledger(self.store, Selector(config.selection), config.rollout.max_policy_lag)
         self.telemetry = Telemetry()
         self.metrics = RunMetrics()
+        self.metrics.prime({pool: n for pool, (n, _) in config.cluster.demands().items()}, config.rollout.max_policy_lag)
         self.server = MetricsServer(self.metrics, metrics_port, metrics_host, metrics_token) if metrics_port is not None else None
         self.start_iteration = 0
         self.resume = resume
@@ -317,5 +318,8 @@ class Driver:
             subscribers.append(lambda row: self.view.iteration_done(row))
         if self.on_iteration is not None:
             subscribers.append(lambda row: self.on_iteration(self, row))
+        if self.server is not None:
+            host = self.server.server.server_address[0]
+            self._log(f"Prometheus metrics at http://{f'[{host}]' if ':' in host else host}:{self.server.port}/metrics")
         with self:
             return execute(self, self.config, self.out, self._log, subscribers, resume=bool(self.resume))

@@ -58,6 +58,7 @@ def entrypoint(
     resume: str | None,
     metrics_port: int | None,
     working_dir: str | None,
+    metrics_host: str = "127.0.0.1",
 ) -> tuple[str, str | None]:
     """(the job's command line, the working dir to upload). Without a working dir of the user's,
     the resolved config travels alone in a temporary one, as run.yaml."""
@@ -75,14 +76,20 @@ def entrypoint(
     if out:
         cmd += ["--out", out]
     if metrics_port is not None:
-        cmd += ["--metrics-port", str(metrics_port)]
+        cmd += ["--metrics-port", str(metrics_port), "--metrics-host", metrics_host]
     return " ".join(shlex.quote(a) for a in cmd), upload
 
 
-def submit(client, command: str, job_id: str, out: str | None, working_dir: str | None, runtime_env_file: str | None) -> str:
+def submit(
+    client, command: str, job_id: str, out: str | None, working_dir: str | None, runtime_env_file: str | None, env_vars: dict[str, str] | None = None
+) -> str:
+    """Submit the job; `env_vars` (e.g. the metrics token) join the runtime env's, where anyone
+    holding the cluster's token can read them, as they can everything else of the job."""
     env = yaml.safe_load(pathlib.Path(runtime_env_file).read_text()) if runtime_env_file else {}
     if not isinstance(env, dict):
         raise JobError(f"--runtime-env {runtime_env_file} must hold a mapping (e.g. env_vars, pip), got {type(env).__name__}")
+    if env_vars:
+        env["env_vars"] = {**env.get("env_vars", {}), **env_vars}
     if working_dir:
         env["working_dir"] = working_dir
     metadata = {"solrl_out": out or ""}

@@ -1,0 +1,205 @@
+"""The solrl run dashboard, built with grafana-foundation-sdk; solrl.json beside it is its output.
+
+    python deploy/grafana/dashboard.py > deploy/grafana/solrl.json
+
+Throughput comes from rate() of the run's counters, so any window can be read, not only the last
+iteration's. Every panel reads solrl's endpoint (deploy/prometheus, job "solrl") except the Ray
+row, which reads the metrics Ray exports from each node (job "ray").
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from grafana_foundation_sdk.builders import common, dashboard, prometheus, timeseries
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models.common import LegendDisplayMode, LegendPlacement
+from grafana_foundation_sdk.models.dashboard import DataSourceRef, GridPos
+
+RUN = '{instance=~"$instance"}'
+RATE = "$__rate_interval"
+DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
+
+
+@dataclass(frozen=True)
+class Query:
+    expr: str
+    legend: str
+
+
+@dataclass(frozen=True)
+class PanelSpec:
+    title: str
+    description: str
+    unit: str
+    queries: tuple[Query, ...]
+
+
+def q(expr: str, legend: str) -> Query:
+    return Query(expr, legend)
+
+
+ROWS: dict[str, list[PanelSpec]] = {
+    "Throughput": [
+        PanelSpec(
+            "Candidates explored / s",
+            "Seeds explored and proxy-scored (NVFP4), per second",
+            "ops",
+            (q(f"sum by (instance) (rate(solrl_candidates_total{RUN}[{RATE}]))", "{{instance}}"),),
+        ),
+        PanelSpec(
+            "Samples regenerated / s",
+            "Selected seeds rebuilt at full precision, per second",
+            "ops",
+            (q(f"sum by (instance) (rate(solrl_regenerated_total{RUN}[{RATE}]))", "{{instance}}"),),
+        ),
+        PanelSpec(
+            "Iteration seconds by stage",
+            "End-to-end time of the last iteration and each stage's share",
+            "s",
+            (q(f"solrl_iteration_seconds{RUN}", "iteration"), q(f"solrl_stage_seconds{RUN}", "{{stage}}")),
+        ),
+        PanelSpec(
+            "Iterations and policy version",
+            "Iterations done and the policy version the learner published",
+            "short",
+            (q(f"solrl_iteration{RUN}", "iterations"), q(f"solrl_policy_version{RUN}", "policy version")),
+        ),
+    ],
+    "Workers": [
+        PanelSpec(
+            "Worker busy ratio",
+            "Fraction of the last iteration each worker spent working; the busiest pool is the bottleneck",
+            "percentunit",
+            (q(f"solrl_worker_busy_ratio{RUN}", "{{worker}}"),),
+        ),
+        PanelSpec(
+            "Pool sizes",
+            "Workers serving in each pool, and those spawned but still waiting to start",
+            "short",
+            (q(f"solrl_pool_workers{RUN}", "{{pool}}"), q(f"solrl_workers_starting{RUN}", "{{pool}} starting")),
+        ),
+        PanelSpec("Queue depths", "Work waiting in the driver's queues", "short", (q(f"solrl_queue_depth{RUN}", "{{queue}}"),)),
+        PanelSpec(
+            "Worker restarts and resizes",
+            "Workers replaced after dying, and pool resizes by cluster.autoscale",
+            "short",
+            (
+                q(f"sum by (pool) (solrl_worker_restarts_total{RUN})", "{{pool}} restarts"),
+                q(f"sum by (pool, direction) (solrl_autoscale_decisions_total{RUN})", "{{pool}} scaled {{direction}}"),
+            ),
+        ),
+    ],
+    "Policy": [
+        PanelSpec(
+            "Policy lag",
+            "Largest version lag among samples trained in the last iteration, and the bound the run allows",
+            "short",
+            (q(f"solrl_policy_lag{RUN}", "lag"), q(f"solrl_policy_lag_bound{RUN}", "bound")),
+        ),
+        PanelSpec(
+            "Weight sync seconds",
+            "Time to publish and apply the last weight update",
+            "s",
+            (q(f"solrl_weight_sync_seconds{RUN}", "{{instance}}"),),
+        ),
+        PanelSpec(
+            "Weight sync bytes / s",
+            "Bytes of weight updates published, per second",
+            "Bps",
+            (q(f"sum by (instance) (rate(solrl_weight_sync_bytes_total{RUN}[{RATE}]))", "{{instance}}"),),
+        ),
+        PanelSpec("DiffusionNFT loss", "Loss of the last iteration", "none", (q(f"solrl_loss{RUN}", "{{instance}}"),)),
+    ],
+    "Reward and fidelity": [
+        PanelSpec(
+            "Reward mean by source",
+            "Mean reward of the last iteration: proxy (NVFP4 explore) and BF16 (regenerated)",
+            "none",
+            (q('solrl_reward{stat="mean",instance=~"$instance"}', "{{source}}"),),
+        ),
+        PanelSpec(
+            "Reward std by source",
+            "Spread of the last iteration's rewards: what selection has to work with",
+            "none",
+            (q('solrl_reward{stat="std",instance=~"$instance"}', "{{source}}"),),
+        ),
+        PanelSpec(
+            "Proxy fidelity",
+            "How the explore ranks seeds compared with BF16 regeneration",
+            "none",
+            (q(f"solrl_proxy_spearman{RUN}", "Spearman"), q(f"solrl_proxy_kendall{RUN}", "Kendall")),
+        ),
+        PanelSpec(
+            "Dropped records",
+            "Records that left the run untrained, by reason",
+            "short",
+            (q(f"sum by (reason) (solrl_dropped_records_total{RUN})", "{{reason}}"),),
+        ),
+    ],
+    "Ray": [
+        PanelSpec(
+            "Ray node CPU",
+            "CPU use of each node of the Ray cluster",
+            "percent",
+            (q('ray_node_cpu_utilization{job="ray"}', "{{instance}}"),),
+        ),
+        PanelSpec(
+            "Ray node memory", "Memory used on each node of the Ray cluster", "bytes", (q('ray_node_mem_used{job="ray"}', "{{instance}}"),)
+        ),
+    ],
+}
+
+
+def _panel(spec: PanelSpec, x: int, y: int) -> timeseries.Panel:
+    panel = (
+        timeseries.Panel()
+        .title(spec.title)
+        .description(spec.description)
+        .unit(spec.unit)
+        .datasource(DATASOURCE)
+        .grid_pos(GridPos(h=8, w=6, x=x, y=y))
+        .legend(common.VizLegendOptions().show_legend(True).display_mode(LegendDisplayMode.LIST).placement(LegendPlacement.BOTTOM))
+    )
+    for i, query in enumerate(spec.queries):
+        panel = panel.with_target(
+            prometheus.Dataquery().expr(query.expr).legend_format(query.legend).ref_id("ABCDEFGH"[i]).datasource(DATASOURCE)
+        )
+    return panel
+
+
+def build() -> dashboard.Dashboard:
+    board = (
+        dashboard.Dashboard("solrl run")
+        .uid("solrl-run")
+        .tags(["solrl", "ray"])
+        .refresh("10s")
+        .time("now-1h", "now")
+        .with_variable(dashboard.DatasourceVariable("datasource").label("Prometheus").type("prometheus"))
+        .with_variable(
+            dashboard.QueryVariable("instance")
+            .label("Run")
+            .datasource(DATASOURCE)
+            .query("label_values(solrl_iteration, instance)")
+            .include_all(True)
+            .all_value(".*")
+            .multi(True)
+        )
+    )
+    y = 0
+    for title, specs in ROWS.items():
+        board = board.with_row(dashboard.Row(title).grid_pos(GridPos(h=1, w=24, x=0, y=y)))
+        y += 1
+        for i, spec in enumerate(specs):
+            board = board.with_panel(_panel(spec, 6 * (i % 4), y + 8 * (i // 4)))
+        y += 8 * ((len(specs) + 3) // 4)
+    return board
+
+
+def render() -> str:
+    return json.dumps(build().build(), cls=JSONEncoder, indent=2, sort_keys=True) + "\n"
+
+
+if __name__ == "__main__":
+    print(render(), end="")
