@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from solrl.autoscale import AutoscaleConfig
+from solrl.cost import CostConfig
 from solrl.faults import parse_fault
 from solrl.models.base import LoraSpec, Precision
 from solrl.objectives.nft import NFTConfig
@@ -214,6 +215,7 @@ class RunConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig, description=TrainConfig.__doc__)
     eval: EvalConfig = Field(default_factory=EvalConfig, description=EvalConfig.__doc__)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig, description=ClusterConfig.__doc__)
+    cost: CostConfig = Field(default_factory=CostConfig, description=CostConfig.__doc__)
 
     @field_validator("reward", mode="before")
     @classmethod

@@ -14,6 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
+from solrl.cost import PURPOSES
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 TOKEN_ENV = "SOLRL_METRICS_TOKEN"
 # why a record leaves a run untrained: a group older than rollout.max_policy_lag, a group still in
@@ -46,6 +48,9 @@ class RunMetrics:
         self.restarts = Counter("solrl_worker_restarts", "Workers replaced after dying", ["pool"], registry=r)
         self.starting = Gauge("solrl_workers_starting", "Workers spawned but not started (waiting for resources, or starting up)", ["pool"], registry=r)
         self.pool_workers = Gauge("solrl_pool_workers", "Workers serving in each pool at the end of the last iteration", ["pool"], registry=r)
+        self.modeled_cost = Counter(
+            "solrl_modeled_cost_bf16_calls", "Modeled GPU cost of the model calls made, in BF16 calls (solrl/cost.py)", ["purpose"], registry=r
+        )
         self.autoscale = Counter("solrl_autoscale_decisions", "Pool resizes made by cluster.autoscale", ["pool", "direction"], registry=r)
 
     def prime(self, pools: dict[str, int], max_policy_lag: int) -> None:
@@ -60,6 +65,8 @@ class RunMetrics:
             self.dropped.labels(reason)
         for direction in ("up", "down"):
             self.autoscale.labels("rollout", direction)
+        for purpose in PURPOSES:
+            self.modeled_cost.labels(purpose)
 
     def observe_iteration(self, row: dict) -> None:
         """Update every per-iteration metric from one metrics.jsonl row."""
@@ -96,6 +103,8 @@ class RunMetrics:
             self.restarts.labels(pool).inc(n)
         for pool, n in row.get("workers", {}).items():
             self.pool_workers.labels(pool).set(n)
+        for purpose, cost in row.get("modeled_cost", {}).items():
+            self.modeled_cost.labels(purpose).inc(cost)
         for pool, change in row.get("autoscale", {}).items():
             self.autoscale.labels(pool, "up" if change > 0 else "down").inc()
 

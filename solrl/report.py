@@ -146,6 +146,7 @@ def _summary(report: dict, rows: list[dict]) -> str:
         "preference gap closed (EMA)": report.get("preference_gap_closed"),
         "accuracy change": report.get("accuracy_change"),
         "accuracy change s.e. (paired)": report.get("accuracy_change_se"),
+        "modeled GPU cost, BF16 calls (solrl/cost.py)": report.get("modeled_cost"),
         "restarts": report.get("restarts"),
         "dropped records": report.get("dropped"),
         "duplicated groups": report.get("duplicates"),

@@ -19,6 +19,7 @@ from typing import Protocol
 import torch
 
 from solrl.config import RunConfig, dump_config
+from solrl.cost import CostMeter
 from solrl.evaluation import describe, run_report, write_grid
 from solrl.report import write_report
 from solrl.runs import save_lora
@@ -87,7 +88,11 @@ def _flat(data: dict, prefix: str = "") -> dict:
 
 def config_changes(saved: dict, config: RunConfig) -> dict[str, tuple]:
     """Fields whose value differs between a checkpoint's config and `config`, except RESUMABLE ones."""
-    old, new = _flat(saved), _flat(json.loads(json.dumps(config.model_dump(mode="json"))))
+    try:  # fields added since the checkpoint was written take their defaults, as the run did
+        saved = RunConfig.model_validate(saved).model_dump(mode="json")
+    except ValueError:
+        pass  # a field since removed or renamed: compare as saved, and the difference is reported
+    old, new = _flat(json.loads(json.dumps(saved))), _flat(json.loads(json.dumps(config.model_dump(mode="json"))))
     changed = {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)}
     return {k: v for k, v in changed.items() if not k.startswith(RESUMABLE)}
 
@@ -147,8 +152,10 @@ def execute(
     metrics_path = out / "metrics.jsonl"
     kept = _rows_before(metrics_path, engine.start_iteration) if resume else []
     metrics_path.write_text("".join(line + "\n" for line in kept))
+    cost = CostMeter(config, json.loads(kept[-1]).get("modeled_cost_total") if kept else None)
     run_start = time.perf_counter()
     base = engine.evaluate(None)
+    cost.eval(base)
     log(f"base model: eval {describe(base)}")
     before = engine.grid(None)
     train_start = time.perf_counter()
@@ -162,6 +169,9 @@ def execute(
         iterations = row["iteration"] + 1
         if eval_due(config, row["iteration"]):
             row["eval"] = engine.evaluate("ema")
+            cost.eval(row["eval"])
+        row["modeled_cost"] = cost.iteration(row)
+        row["modeled_cost_total"] = cost.totals()
         row["elapsed"] = round(time.perf_counter() - run_start, 1)
         with metrics_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
@@ -174,6 +184,8 @@ def execute(
     states = engine.adapter_states()
     save_lora(out / "lora", states, config.model, engine.version)
     final = {adapter: engine.evaluate(adapter) for adapter in ("ema", "policy")}
+    for result in final.values():
+        cost.eval(result)
     if before is not None:
         write_grid(out / "grid.png", before, engine.grid("ema"))
     report = run_report(
@@ -184,6 +196,7 @@ def execute(
         iterations=iterations,
         train_seconds=round(time.perf_counter() - train_start, 1),
         seconds=round(time.perf_counter() - run_start, 1),
+        modeled_cost=cost.flush(),
         **engine.totals(),
     )
     (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -87,7 +87,7 @@ def test_the_dashboard_is_its_generator_output_and_reads_only_exported_metrics()
 def _metric_names(expr: str) -> set[str]:
     import re
 
-    return set(re.findall(r"\b((?:solrl|ray)_[a-z_]+)\b", expr))
+    return set(re.findall(r"\b((?:solrl|ray)_[a-z0-9_]+)\b", expr))
 
 
 # --- KubeRay -------------------------------------------------------------------------------

@@ -143,7 +143,14 @@ def test_local_run_end_to_end(model_dir, tmp_path):
     assert {"preference_gap_closed", "preference_gap_closed_policy", "accuracy_change", "accuracy_change_se"} <= set(saved)
     # the change is the stratified mean of the per-caption differences: the same as the accuracies'
     assert abs(saved["accuracy_change"] - (saved["final_eval"]["accuracy"] - base["accuracy"])) <= 1e-3
-    assert (out / "grid.png").is_file()
+    assert (out / "grid.png").is_file() and (out / "report.html").is_file()
+    # modeled GPU cost in BF16 calls: 12 candidates x 2 NVFP4 explore steps, 8 samples x 3 regeneration
+    # steps, 8 x round(0.6 x 3) = 2 training times x 3; the base eval (64 images x 2 steps) joins row 0
+    nvfp4 = 1 / 2.16
+    assert rows[1]["modeled_cost"] == pytest.approx({"explore": 24 * nvfp4, "regenerate": 24, "train": 48, "eval": 0}, abs=1e-3)
+    assert rows[0]["modeled_cost"]["eval"] == 128 and rows[1]["modeled_cost_total"]["all"] == pytest.approx(2 * (24 * nvfp4 + 72) + 128, abs=1e-2)
+    # the final EMA and policy evals (4 images x 2 steps each) join the run's total
+    assert saved["modeled_cost"]["eval"] == 128 + 16 and saved["modeled_cost"]["all"] == pytest.approx(rows[1]["modeled_cost_total"]["all"] + 16, abs=1e-2)
     state, spec = load_lora(out / "lora", "policy")
     assert spec.rank == 2 and state.keys() == ShapesModel.from_pretrained(model_dir, lora=spec).adapter_state(POLICY).keys()
     b_moved = any(v.abs().sum() > 0 for k, v in state.items() if "lora_B" in k)

@@ -61,6 +61,12 @@ ROWS: dict[str, list[PanelSpec]] = {
             (q(f"solrl_iteration_seconds{RUN}", "iteration"), q(f"solrl_stage_seconds{RUN}", "{{stage}}")),
         ),
         PanelSpec(
+            "Modeled GPU cost",
+            "Model calls made so far by purpose, priced in BF16 calls by precision (cost.per_call; NVFP4 = 1/2.16)",
+            "short",
+            (q(f"sum by (purpose) (solrl_modeled_cost_bf16_calls_total{RUN})", "{{purpose}}"),),
+        ),
+        PanelSpec(
             "Iterations and policy version",
             "Iterations done and the policy version the learner published",
             "short",

@@ -20,7 +20,7 @@ class SamplingConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     steps: int = Field(default=10, ge=1, description="Solver steps from noise to image.")
-    solver: Literal["euler", "dpm2"] = Field(default="dpm2", description="ODE solver (dpm2: second order, two model calls per step).")
+    solver: Literal["euler", "dpm2"] = Field(default="dpm2", description="ODE solver (dpm2: DPM-Solver++(2M), second order, one model call per step like euler).")
     shift: float = Field(default=1.0, gt=0, description="Time-schedule shift (SD3's; 1: uniform in t).")
     # Batched GEMMs may reduce in a different order than unbatched ones (rows then differ by ~1e-7).
     micro_batch: int | None = Field(
