@@ -1,0 +1,165 @@
+"""The paper's ablation on the shapes preference task, against modeled GPU cost, over seeds.
+
+Four arms, each trained with --local on the same prompts and budget:
+  a  DiffusionNFT: BF16 samples at full steps, K seeds per prompt, all trained (K-in-K)
+  b  BF16 K-in-N: N BF16 seeds at full steps, the K most contrastive trained
+  c  NVFP4 K-in-N: N NVFP4 seeds at explore steps, the K selected trained on directly
+  d  Sol-RL: N NVFP4 seeds explored, the K selected regenerated in BF16 and trained
+The x axis is the modeled GPU cost of training (explore + regenerate + train, in BF16 calls;
+solrl/cost.py), not CPU seconds: emulated NVFP4 is slower than fp32 on a CPU. Held-out
+preference is evaluated every `eval.every` iterations, chosen per arm so the eval points fall near
+the same costs. Per arm: the curve (mean and s.e. over seeds), the cost to reach a target (80 %
+of the best arm's final gain, by default) with a bootstrap interval over seeds, and the ratio a/d.
+
+    python benchmarks/convergence.py --seeds 0 1 2 --budget 60000 [--arms a b c d] [--set k=v ...]
+    python benchmarks/convergence.py --summarize DIR      # redo the analysis of finished runs
+
+Runs go to --out (default runs/convergence/ARM/seed-S) and are reused when finished, so an
+interrupted sweep continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import pathlib
+import shutil
+
+import numpy as np
+from common import append_results, table
+
+from solrl.config import load_config
+from solrl.cost import CostMeter
+from solrl.local_run import LocalRun
+
+ARMS = {
+    "a": ("DiffusionNFT (BF16, K-in-K)", ["rollout.mode=direct", "rollout.explore_precision=bf16", "rollout.candidates={k}", "rollout.explore.steps={full}"]),
+    "b": ("BF16 K-in-N", ["rollout.mode=direct", "rollout.explore_precision=bf16", "rollout.explore.steps={full}"]),
+    "c": ("NVFP4 K-in-N, trained on NVFP4 samples", ["rollout.mode=direct"]),
+    "d": ("Sol-RL (NVFP4 explore, BF16 regenerate)", []),
+}
+TRAIN_COST = ("explore", "regenerate", "train")
+
+
+def arm_config(arm: str, seed: int, budget: float, eval_points: int, sets: list[str]):
+    """The arm's config, its iterations sized to the budget and its eval spacing to the budget's
+    eval_points equal parts."""
+    base = load_config(overrides=sets)
+    fill = {"k": base.selection.k, "full": base.rollout.regenerate.steps}
+    overrides = [*sets, f"seed={seed}", *(s.format(**fill) for s in ARMS[arm][1]), "rollout.max_policy_lag=0"]
+    config = load_config(overrides=overrides)
+    per_iteration = sum(v for k, v in _iteration_cost(config).items() if k in TRAIN_COST)
+    iterations = max(1, math.ceil(budget / per_iteration))
+    every = max(1, round(iterations / eval_points))
+    return load_config(overrides=[*overrides, f"train.iterations={iterations}", f"eval.every={every}"])
+
+
+def _iteration_cost(config) -> dict[str, float]:
+    k, n = config.selection.k, config.rollout.candidates
+    groups = config.rollout.prompts_per_iteration
+    return CostMeter(config).iteration({"candidates": groups * n, "regenerated": groups * k})
+
+
+def curve(run: pathlib.Path) -> list[tuple[float, float, float]]:
+    """(training cost so far, held-out preference, its s.e.) at the base and each eval point."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    report = json.loads((run / "eval.json").read_text())
+    points = [(0.0, report["base_eval"]["preference"], report["base_eval"]["preference_se"])]
+    for row in rows:
+        if "eval" in row:
+            spent = sum(row["modeled_cost_total"][k] for k in TRAIN_COST)
+            points.append((spent, row["eval"]["preference"], row["eval"]["preference_se"]))
+    spent = sum(rows[-1]["modeled_cost_total"][k] for k in TRAIN_COST)
+    if points[-1][0] < spent:
+        points.append((spent, report["final_eval"]["preference"], report["final_eval"]["preference_se"]))
+    return points
+
+
+def cost_to_reach(points: list[tuple[float, float, float]], target: float) -> float:
+    """The cost at which the curve first reaches `target`, interpolated linearly; inf if never."""
+    for (c0, y0, _), (c1, y1, _) in zip(points, points[1:]):
+        if y1 >= target:
+            return c0 if y0 >= target else c0 + (target - y0) * (c1 - c0) / (y1 - y0)
+    return math.inf
+
+
+def bootstrap(values: list[float], rng: np.random.Generator, draws: int = 2000) -> tuple[float, float]:
+    """95 % percentile interval of the mean over resampled seeds."""
+    means = [np.mean(rng.choice(values, len(values))) for _ in range(draws)]
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def summarize(root: pathlib.Path, arms: list[str], target_share: float, command_note: str, plot_path: pathlib.Path) -> None:
+    runs = {arm: sorted((root / arm).glob("seed-*")) for arm in arms}
+    curves = {arm: [curve(r) for r in runs[arm] if (r / "eval.json").exists()] for arm in arms}
+    base = float(np.mean([c[0][1] for cs in curves.values() for c in cs]))
+    finals = {arm: float(np.mean([c[-1][1] for c in cs])) for arm, cs in curves.items() if cs}
+    target = base + target_share * (max(finals.values()) - base)
+    rng = np.random.default_rng(0)
+    reach = {arm: [cost_to_reach(c, target) for c in cs] for arm, cs in curves.items()}
+    rows = []
+    for arm, cs in curves.items():
+        finite = [r for r in reach[arm] if math.isfinite(r)]
+        low, high = bootstrap(finite, rng) if len(finite) == len(cs) and len(cs) > 1 else (math.nan, math.nan)
+        se = float(np.std([c[-1][1] for c in cs], ddof=1) / math.sqrt(len(cs))) if len(cs) > 1 else math.nan
+        mean_reach = float(np.mean(reach[arm])) if finite else math.inf
+        rows.append([arm, ARMS[arm][0], len(cs), f"{finals[arm]:.4f} ± {se:.4f}", f"{mean_reach:.0f}", f"[{low:.0f}, {high:.0f}]", f"{len(finite)}/{len(cs)}"])
+    ratio = ""
+    if "a" in reach and "d" in reach and all(math.isfinite(r) for r in reach["a"] + reach["d"]):
+        draws = [np.mean(rng.choice(reach["a"], len(reach["a"]))) / np.mean(rng.choice(reach["d"], len(reach["d"]))) for _ in range(2000)]
+        ratio = f"Cost to target, a/d: {np.mean(reach['a']) / np.mean(reach['d']):.2f} (95 % bootstrap over seeds [{np.percentile(draws, 2.5):.2f}, {np.percentile(draws, 97.5):.2f}])."
+    plot = _plot(curves, target, plot_path)
+    headers = ["arm", "what", "seeds", "final held-out preference", "cost to target (BF16 calls)", "95 % interval", "seeds reaching it"]
+    body = table(headers, rows) + f"\n\nBase preference {base:.4f}; target {target:.4f} ({target_share:.0%} of the best arm's final gain). {ratio}\nPlot: [{plot.name}]({plot.name})"
+    append_results("Convergence against modeled GPU cost", body, notes=command_note)
+
+
+def _plot(curves: dict, target: float, path: pathlib.Path) -> pathlib.Path:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.2))
+    ax = fig.add_subplot()
+    for arm, cs in curves.items():
+        grid = np.linspace(0, min(c[-1][0] for c in cs), 40)
+        ys = np.array([np.interp(grid, [p[0] for p in c], [p[1] for p in c]) for c in cs])
+        mean = ys.mean(axis=0)
+        se = ys.std(axis=0, ddof=1) / math.sqrt(len(cs)) if len(cs) > 1 else np.zeros_like(mean)
+        ax.plot(grid, mean, label=f"{arm}: {ARMS[arm][0]}")
+        ax.fill_between(grid, mean - se, mean + se, alpha=0.2)
+    ax.axhline(target, color="grey", linestyle="--", label="target")
+    ax.set_xlabel("modeled GPU cost of training (BF16 calls)")
+    ax.set_ylabel("held-out preference (mean ± s.e. over seeds)")
+    ax.legend(fontsize=7)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--budget", type=float, default=60000, help="modeled training cost per run, in BF16 calls")
+    parser.add_argument("--eval-points", type=int, default=4)
+    parser.add_argument("--target-share", type=float, default=0.8)
+    parser.add_argument("--out", default="runs/convergence")
+    parser.add_argument("--summarize", metavar="DIR", help="only analyse the finished runs under DIR")
+    parser.add_argument("--plot", default=str(pathlib.Path(__file__).with_name("convergence.png")), help="where the curves' PNG goes (default: beside RESULTS.md)")
+    parser.add_argument("--set", action="append", default=[], help="config overrides for every arm")
+    args = parser.parse_args()
+    root = pathlib.Path(args.summarize or args.out)
+    if not args.summarize:
+        for arm in args.arms:
+            for seed in args.seeds:
+                run = root / arm / f"seed-{seed}"
+                if (run / "eval.json").exists():
+                    continue
+                shutil.rmtree(run, ignore_errors=True)  # an unfinished run starts over
+                config = arm_config(arm, seed, args.budget, args.eval_points, args.set)
+                print(f"arm {arm} seed {seed}: {config.train.iterations} iterations, eval every {config.eval.every}", flush=True)
+                LocalRun(config, run, log=lambda line: print(f"  {line}", flush=True)).run()
+    summarize(root, args.arms, args.target_share, f"budget {args.budget:g} BF16 calls, seeds {args.seeds}, overrides {args.set}", pathlib.Path(args.plot))
+
+
+if __name__ == "__main__":
+    main()
