@@ -132,7 +132,7 @@ class ClusterConfig(_Strict):
     max_restarts: int = _describe("Worker replacements per pool before the run gives up.", default=10, ge=0)
     pool_resources: dict[Literal["rollout", "regen", "reward", "learner"], dict[str, float]] = _describe(
         "Custom Ray resources each worker of a pool also reserves, e.g. {rollout: {nvfp4: 1}} to put explore workers on "
-        "nodes started with --resources='{\"nvfp4\": 8}'.",
+        "nodes started with --resources='{\"nvfp4\": 8}'; CPU or GPU here replace cpus_per_worker / gpus_per_worker for that pool.",
         default_factory=dict,
     )
     startup_timeout_s: float = _describe(
@@ -181,6 +181,13 @@ class ClusterConfig(_Strict):
     def worker_resources(self, pool: str) -> dict[str, float]:
         """What one worker of `pool` (rollout, regen, reward or learner) reserves."""
         return {"CPU": self.cpus_per_worker, "GPU": self.gpus_per_worker} | self.pool_resources.get(pool, {})
+
+    def actor_options(self, pool: str) -> dict:
+        """Ray actor options of one worker of `pool`: CPU and GPU as num_cpus / num_gpus (a pool may
+        override them in pool_resources), anything else as custom resources."""
+        each = self.worker_resources(pool)
+        custom = {k: v for k, v in each.items() if k not in ("CPU", "GPU")}
+        return {"num_cpus": each["CPU"], "num_gpus": each["GPU"]} | ({"resources": custom} if custom else {})
 
     def demands(self) -> dict[str, tuple[int, dict[str, float]]]:
         """pool -> (workers, what each reserves)."""

@@ -73,6 +73,15 @@ def test_reward_workers_reserve_resources_too():
     assert c.resources() == {"CPU": 0.5 * c.workers, "GPU": 0.25 * c.workers}
 
 
+def test_a_pool_may_override_cpus_and_gpus_and_add_custom_resources():
+    """Ray takes CPU and GPU only as num_cpus / num_gpus; a pool's override of them goes there."""
+    c = load_config(overrides=["cluster.pool_resources={rollout: {CPU: 0.5, nvfp4: 1}, learner: {GPU: 1}}"]).cluster
+    assert c.actor_options("rollout") == {"num_cpus": 0.5, "num_gpus": 0, "resources": {"nvfp4": 1}}
+    assert c.actor_options("regen") == {"num_cpus": 1, "num_gpus": 0}
+    assert c.actor_options("learner") == {"num_cpus": 1, "num_gpus": 1}
+    assert c.resources() == {"CPU": 2 * 0.5 + 1 + 2, "GPU": 2, "nvfp4": 2}
+
+
 def test_config_show_prints_a_loadable_config_with_every_description(tmp_path, capsys):
     from solrl.cli import main
     from solrl.config import RunConfig

@@ -1,6 +1,6 @@
 """The users' verbs on a real Ray cluster: `ray start --head` with token authentication, started
 here as a subprocess on loopback and torn down after. A short shapes run is submitted through
-the job server, its rollout pool scaled 2 -> 3 -> 1 while it runs, stopped with a checkpoint and
+the job server, its rollout pool scaled 2 -> 3 -> 5 -> 1 while it runs (two of the five wait for room), stopped with a checkpoint and
 resumed; the candidate log then shows every (iteration, group) trained exactly once. Control
 calls without the token are refused, and a run the cluster has no room for fails with the
 resources it waited for. A real Prometheus, run with deploy/prometheus's config, scrapes a
@@ -32,7 +32,9 @@ from solrl.workers.store import audit_log
 from tiny_runs import TINY_RUN
 
 DEPLOY = pathlib.Path(__file__).resolve().parent.parent / "deploy"
-TINY = [*TINY_RUN, "train.iterations=400", "eval.grid_rows=0", "eval.best_of=0", "cluster.learner_ranks=1"]
+# Rollout workers reserve half a CPU: the 2-CPU head then holds 3 of them beside the regeneration
+# worker and the learner, so growing the pool past 3 leaves workers waiting without starting more.
+TINY = [*TINY_RUN, "train.iterations=400", "eval.grid_rows=0", "eval.best_of=0", "cluster.learner_ranks=1", "cluster.pool_resources={rollout: {CPU: 0.5}}"]
 
 
 def _free_port() -> int:
@@ -137,15 +139,15 @@ def _submit_scale_stop(head, tmp_path, metrics_port: int, token: str) -> pathlib
     assert {p["name"]: p["size"] for p in run["pools"]} == {"rollout": 2, "regen": 1}
     assert run["out"] == str(out) and run["last_checkpoint"]
 
-    # 8 rollout workers do not fit the head's 2 CPUs: two wait for room while the run goes on
-    for size in (3, 8, 1):
+    # 5 rollout workers do not fit the head's 2 CPUs: two wait for room while the run goes on
+    for size in (3, 5, 1):
         seen = len(_rows(out))  # rows from here on may show the new size
         assert solrl(env, "scale", job, "--address", address, "--rollout", str(size)).stdout.strip() == f"rollout: {size} workers"
         run = _status(address, env, job)["run"]
         assert {p["name"]: p["size"] for p in run["pools"]}["rollout"] == size
-        if size == 8:
+        if size == 5:
             _wait_for(lambda: len(_status(address, env, job)["run"]["waiting_for"]) == 2, 120, "two rollout workers waiting for room")
-            assert all(w.startswith("waiting for {CPU: 0.25} for rollout-") for w in _status(address, env, job)["run"]["waiting_for"])
+            assert all(w.startswith("waiting for {CPU: 0.5} for rollout-") for w in _status(address, env, job)["run"]["waiting_for"])
         row = _wait_for(lambda s=seen, n=size: [r for r in _rows(out)[s:] if r["workers"]["rollout"] == n], 300, f"a metrics row at {size} rollout workers")
         assert row[0]["workers"]["rollout"] == size
 
@@ -184,13 +186,13 @@ def _resume_and_audit(head, out: pathlib.Path) -> None:
 
 def test_a_run_the_cluster_has_no_room_for_fails_naming_what_it_waited_for(head, tmp_path):
     address, env = head
-    sets = [a for s in [*TINY, _one_eval_caption(tmp_path), "cluster.cpus_per_worker=1", "cluster.startup_timeout_s=10"] for a in ("--set", s)]
+    sets = [a for s in [*TINY, _one_eval_caption(tmp_path), "cluster.cpus_per_worker=1", "cluster.pool_resources={}", "cluster.startup_timeout_s=5"] for a in ("--set", s)]
     job = solrl(env, "submit", "--address", address, *sets).stdout.strip()
     _wait_for(lambda: _status(address, env, job)["status"] in ("SUCCEEDED", "FAILED", "STOPPED"), 240, "the job to give up")
     assert _status(address, env, job)["status"] == "FAILED"
     logs = solrl(env, "logs", job, "--address", address, "--follow", timeout=60).stdout  # returns once the job has ended
     assert "this run reserves {CPU: 4}" in logs and "missing {CPU: 2}" in logs
-    assert "did not start within cluster.startup_timeout_s=10" in logs and "waiting for {CPU: 1} for" in logs
+    assert "did not start within cluster.startup_timeout_s=5" in logs and "waiting for {CPU: 1} for" in logs
 
 
 def test_verbs_without_a_cluster_say_how_to_name_one(tmp_path):
@@ -258,6 +260,6 @@ def _check_dashboard_queries(port: int, start: float, end: float, rows: list[dic
     assert not empty, f"dashboard queries without data: {empty}"
     sizes = _prometheus_api(port, "query_range", query='solrl_pool_workers{pool="rollout"}', start=start, end=end, step="1s")["result"][0]["values"]
     seen = [int(float(v)) for _, v in sizes]
-    assert [n for i, n in enumerate(seen) if i == 0 or n != seen[i - 1]] == [2, 3, 8, 1]
+    assert [n for i, n in enumerate(seen) if i == 0 or n != seen[i - 1]] == [2, 3, 5, 1]
     iterations = _prometheus_api(port, "query", query="max_over_time(solrl_iteration[1h])", time=end)["result"]
     assert int(float(iterations[0]["value"][1])) == len(rows)

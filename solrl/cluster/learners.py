@@ -36,18 +36,12 @@ class LearnerGroup:
         """Start the ranks in the granted placement group (after `ready`)."""
         c = self.config.cluster
         n = c.learner_ranks
-        custom = {k: v for k, v in self.bundle.items() if k not in ("CPU", "GPU")}
+        options = c.actor_options("learner")
         master = ray.get(_rendezvous.options(scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, 0)).remote())
         self.ranks = [
             ray.remote(LearnerActor)
-            .options(
-                num_cpus=c.cpus_per_worker,
-                num_gpus=c.gpus_per_worker,
-                max_restarts=0,
-                resources=custom or None,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, i),
-            )
-            .remote(self.config, i, n, master[0], master[1], c.cpus_per_worker, self.generation == 0)
+            .options(**options, max_restarts=0, scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, i))
+            .remote(self.config, i, n, master[0], master[1], options["num_cpus"], self.generation == 0)
             for i in range(n)
         ]
 

@@ -49,13 +49,12 @@ class WorkerPool:
     def spawn(self) -> Worker:
         c = self.config.cluster
         name = f"{self.prefix}-{next(self._ids)}"
-        options = {"num_cpus": c.cpus_per_worker, "num_gpus": c.gpus_per_worker, "max_restarts": 0}
-        if c.pool_resources.get(self.prefix):
-            options["resources"] = c.pool_resources[self.prefix]
+        options = c.actor_options(self.prefix) | {"max_restarts": 0}
+        threads = options["num_cpus"]
         if self.role == "reward":
-            handle = ray.remote(RewardActor).options(**options).remote(self.config, name, c.cpus_per_worker)
+            handle = ray.remote(RewardActor).options(**options).remote(self.config, name, threads)
         else:
-            handle = ray.remote(SamplerActor).options(**options).remote(self.config, self.role, name, c.cpus_per_worker)
+            handle = ray.remote(SamplerActor).options(**options).remote(self.config, self.role, name, threads)
         ready = handle.info.remote()
         if self.update is not None:
             handle.apply_update.remote(self.update)
