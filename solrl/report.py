@@ -73,7 +73,8 @@ def reward_figure(rows: list[dict], report: dict) -> str:
 
 def stage_figure(rows: list[dict]) -> str:
     fig, ax = _figure("Seconds per iteration, by stage")
-    stages = sorted({s for r in rows for s in r.get("seconds", {})}, key=["explore", "select", "regenerate", "learn", "sync"].index)
+    order = ["explore", "select", "regenerate", "learn", "sync"]
+    stages = sorted({s for r in rows for s in r.get("seconds", {})}, key=lambda s: (order.index(s) if s in order else len(order), s))
     x = [r["iteration"] + 1 for r in rows]
     bottom = [0.0] * len(rows)
     for stage in stages:
