@@ -21,8 +21,11 @@ interrupted sweep continues where it stopped.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import itertools
 import json
 import math
+import multiprocessing
 import pathlib
 import shutil
 
@@ -78,7 +81,7 @@ def curve(run: pathlib.Path) -> list[tuple[float, float, float]]:
 
 def cost_to_reach(points: list[tuple[float, float, float]], target: float) -> float:
     """The cost at which the curve first reaches `target`, interpolated linearly; inf if never."""
-    for (c0, y0, _), (c1, y1, _) in zip(points, points[1:]):
+    for (c0, y0, _), (c1, y1, _) in itertools.pairwise(points):
         if y1 >= target:
             return c0 if y0 >= target else c0 + (target - y0) * (c1 - c0) / (y1 - y0)
     return math.inf
@@ -135,6 +138,18 @@ def _plot(curves: dict, target: float, path: pathlib.Path) -> pathlib.Path:
     return path
 
 
+def _train(root: pathlib.Path, arm: str, seed: int, budget: float, eval_points: int, sets: list[str], threads: int) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    run = root / arm / f"seed-{seed}"
+    shutil.rmtree(run, ignore_errors=True)  # an unfinished run starts over
+    config = arm_config(arm, seed, budget, eval_points, sets)
+    print(f"arm {arm} seed {seed}: {config.train.iterations} iterations, eval every {config.eval.every}", flush=True)
+    LocalRun(config, run, log=lambda line: print(f"  {arm}{seed} {line}", flush=True)).run()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
@@ -145,19 +160,22 @@ def main() -> None:
     parser.add_argument("--out", default="runs/convergence")
     parser.add_argument("--summarize", metavar="DIR", help="only analyse the finished runs under DIR")
     parser.add_argument("--plot", default=str(pathlib.Path(__file__).with_name("convergence.png")), help="where the curves' PNG goes (default: beside RESULTS.md)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once, one torch thread each when more than 1")
     parser.add_argument("--set", action="append", default=[], help="config overrides for every arm")
     args = parser.parse_args()
     root = pathlib.Path(args.summarize or args.out)
     if not args.summarize:
-        for arm in args.arms:
-            for seed in args.seeds:
-                run = root / arm / f"seed-{seed}"
-                if (run / "eval.json").exists():
-                    continue
-                shutil.rmtree(run, ignore_errors=True)  # an unfinished run starts over
-                config = arm_config(arm, seed, args.budget, args.eval_points, args.set)
-                print(f"arm {arm} seed {seed}: {config.train.iterations} iterations, eval every {config.eval.every}", flush=True)
-                LocalRun(config, run, log=lambda line: print(f"  {line}", flush=True)).run()
+        # seed-major, so an interrupted sweep has whole seeds of every arm
+        todo = [(arm, seed) for seed in args.seeds for arm in args.arms if not (root / arm / f"seed-{seed}" / "eval.json").exists()]
+        if args.jobs == 1:
+            for arm, seed in todo:
+                _train(root, arm, seed, args.budget, args.eval_points, args.set, threads=0)
+        else:
+            # one torch thread per run: small GEMMs use a second thread poorly, a second run well
+            spawn = multiprocessing.get_context("spawn")
+            with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=spawn) as pool:
+                for done in [pool.submit(_train, root, arm, seed, args.budget, args.eval_points, args.set, 1) for arm, seed in todo]:
+                    done.result()
     summarize(root, args.arms, args.target_share, f"budget {args.budget:g} BF16 calls, seeds {args.seeds}, overrides {args.set}", pathlib.Path(args.plot))
 
 
