@@ -96,26 +96,58 @@ def bootstrap(values: list[float], rng: np.random.Generator, draws: int = 2000) 
 def summarize(root: pathlib.Path, arms: list[str], target_share: float, command_note: str, plot_path: pathlib.Path) -> None:
     runs = {arm: sorted((root / arm).glob("seed-*")) for arm in arms}
     curves = {arm: [curve(r) for r in runs[arm] if (r / "eval.json").exists()] for arm in arms}
+    curves = {arm: cs for arm, cs in curves.items() if cs}
     base = float(np.mean([c[0][1] for cs in curves.values() for c in cs]))
-    finals = {arm: float(np.mean([c[-1][1] for c in cs])) for arm, cs in curves.items() if cs}
-    target = base + target_share * (max(finals.values()) - base)
+    finals = {arm: [c[-1][1] for c in cs] for arm, cs in curves.items()}
+    target = base + target_share * (max(np.mean(f) for f in finals.values()) - base)
     rng = np.random.default_rng(0)
     reach = {arm: [cost_to_reach(c, target) for c in cs] for arm, cs in curves.items()}
     rows = []
     for arm, cs in curves.items():
         finite = [r for r in reach[arm] if math.isfinite(r)]
-        low, high = bootstrap(finite, rng) if len(finite) == len(cs) and len(cs) > 1 else (math.nan, math.nan)
-        se = float(np.std([c[-1][1] for c in cs], ddof=1) / math.sqrt(len(cs))) if len(cs) > 1 else math.nan
-        mean_reach = float(np.mean(reach[arm])) if finite else math.inf
-        rows.append([arm, ARMS[arm][0], len(cs), f"{finals[arm]:.4f} ± {se:.4f}", f"{mean_reach:.0f}", f"[{low:.0f}, {high:.0f}]", f"{len(finite)}/{len(cs)}"])
-    ratio = ""
-    if "a" in reach and "d" in reach and all(math.isfinite(r) for r in reach["a"] + reach["d"]):
-        draws = [np.mean(rng.choice(reach["a"], len(reach["a"]))) / np.mean(rng.choice(reach["d"], len(reach["d"]))) for _ in range(2000)]
-        ratio = f"Cost to target, a/d: {np.mean(reach['a']) / np.mean(reach['d']):.2f} (95 % bootstrap over seeds [{np.percentile(draws, 2.5):.2f}, {np.percentile(draws, 97.5):.2f}])."
+        low, high = bootstrap(finite, rng) if len(finite) == len(cs) > 1 else (math.nan, math.nan)
+        mean_reach = float(np.mean(reach[arm])) if len(finite) == len(cs) else math.inf
+        per_iteration = cs[0][-1][0] / _iterations(runs[arm][0])
+        rows.append([arm, ARMS[arm][0], len(cs), f"{per_iteration:.0f}", _mean_se(finals[arm]), f"{mean_reach:.0f}", f"[{low:.0f}, {high:.0f}]", f"{len(finite)}/{len(cs)}"])
+    lines = [f"Base preference {base:.4f}; target {target:.4f} ({target_share:.0%} of the best arm's final gain)."]
+    lines += [_ratio(f"Cost to target, {arm}/d", reach[arm], reach["d"], rng) for arm in "abc" if arm in reach and "d" in reach]
+    if "a" in curves and "d" in curves:
+        # the paper's own definition: cost to DiffusionNFT's final reward, each seed's run against a's mean final
+        paper = float(np.mean(finals["a"]))
+        to_a = {arm: [cost_to_reach(c, paper) for c in curves[arm]] for arm in ("a", "d")}
+        lines.append(_ratio(f"Paper's definition (cost to a's final {paper:.4f}), a/d", to_a["a"], to_a["d"], rng))
+    if "c" in finals and "d" in finals:
+        low, high = _diff_interval(finals["c"], finals["d"], rng)
+        lines.append(f"Plateau: final preference c - d = {np.mean(finals['c']) - np.mean(finals['d']):+.4f} (95 % bootstrap [{low:+.4f}, {high:+.4f}]).")
     plot = _plot(curves, target, plot_path)
-    headers = ["arm", "what", "seeds", "final held-out preference", "cost to target (BF16 calls)", "95 % interval", "seeds reaching it"]
-    body = table(headers, rows) + f"\n\nBase preference {base:.4f}; target {target:.4f} ({target_share:.0%} of the best arm's final gain). {ratio}\nPlot: [{plot.name}]({plot.name})"
+    headers = ["arm", "what", "seeds", "cost per iteration", "final held-out preference (± s.e.)", "cost to target (BF16 calls)", "95 % interval", "seeds reaching it"]
+    body = table(headers, rows) + "\n\n" + "\n".join(f"- {line}" for line in lines) + f"\n\nPlot: [{plot.name}]({plot.name})"
     append_results("Convergence against modeled GPU cost", body, notes=command_note)
+
+
+def _iterations(run: pathlib.Path) -> int:
+    return sum(1 for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip())
+
+
+def _mean_se(values: list[float]) -> str:
+    se = float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else math.nan
+    return f"{np.mean(values):.4f} ± {se:.4f}"
+
+
+def _ratio(label: str, num: list[float], den: list[float], rng: np.random.Generator) -> str:
+    """mean(num) / mean(den) with a 95 % bootstrap interval, seeds resampled within each arm."""
+    if not all(math.isfinite(r) for r in num + den):
+        missed = sum(not math.isfinite(r) for r in num), sum(not math.isfinite(r) for r in den)
+        return f"{label}: not all seeds reach it within the budget (missed: {missed[0]}/{len(num)} and {missed[1]}/{len(den)})."
+    if min(den) == 0:
+        return f"{label}: the denominator's arm starts at or above the target."
+    draws = [np.mean(rng.choice(num, len(num))) / np.mean(rng.choice(den, len(den))) for _ in range(2000)]
+    return f"{label}: {np.mean(num) / np.mean(den):.2f} (95 % bootstrap over seeds [{np.percentile(draws, 2.5):.2f}, {np.percentile(draws, 97.5):.2f}])."
+
+
+def _diff_interval(x: list[float], y: list[float], rng: np.random.Generator) -> tuple[float, float]:
+    draws = [np.mean(rng.choice(x, len(x))) - np.mean(rng.choice(y, len(y))) for _ in range(2000)]
+    return float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))
 
 
 def _plot(curves: dict, target: float, path: pathlib.Path) -> pathlib.Path:
@@ -176,7 +208,8 @@ def main() -> None:
             with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=spawn) as pool:
                 for done in [pool.submit(_train, root, arm, seed, args.budget, args.eval_points, args.set, 1) for arm, seed in todo]:
                     done.result()
-    summarize(root, args.arms, args.target_share, f"budget {args.budget:g} BF16 calls, seeds {args.seeds}, overrides {args.set}", pathlib.Path(args.plot))
+    note = f"analysis of the finished runs under {root}" if args.summarize else f"budget {args.budget:g} BF16 calls, seeds {args.seeds}, overrides {args.set}"
+    summarize(root, args.arms, args.target_share, note, pathlib.Path(args.plot))
 
 
 if __name__ == "__main__":

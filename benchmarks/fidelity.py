@@ -65,7 +65,8 @@ def rewards_for(model, prompts: list[str], seeds: list[list[int]], sampling: Sam
     return np.stack(out), seconds
 
 
-def agreement(proxy: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+def agreement(proxy: np.ndarray, truth: np.ndarray) -> dict[str, tuple[float, float]]:
+    """Each statistic's mean over prompts and its standard error."""
     k = max(1, proxy.shape[1] // 4)
     rows = []
     for p, t in zip(proxy, truth):
@@ -73,7 +74,10 @@ def agreement(proxy: np.ndarray, truth: np.ndarray) -> dict[str, float]:
             kendall(p, t), spearman(p, t), top_k_overlap(p, t, 4), top_k_overlap(p, t, k),
             len(set(np.argsort(-p, kind="stable")[:k]) & set(np.argsort(t, kind="stable")[:k])) / k,
         ])
-    return dict(zip(["kendall", "spearman", "top4", "topk", "false_incl"], np.nanmean(np.asarray(rows, dtype=float), axis=0)))
+    values = np.asarray(rows, dtype=float)
+    counts = np.sum(~np.isnan(values), axis=0)
+    se = np.nanstd(values, axis=0, ddof=1) / np.sqrt(counts)
+    return dict(zip(["kendall", "spearman", "top4", "topk", "false_incl"], zip(np.nanmean(values, axis=0), se)))
 
 
 def main() -> None:
@@ -106,7 +110,7 @@ def main() -> None:
         quantized = len(model.quant_report.quantized) if rule != "none" else 0
         a = agreement(proxy, truth)
         rows.append([
-            rule, quantized, *(f"{a[k]:.3f}" for k in ("kendall", "spearman", "top4", "topk", "false_incl")),
+            rule, quantized, *(f"{a[k][0]:.3f} ± {a[k][1]:.3f}" for k in ("kendall", "spearman", "top4", "topk", "false_incl")),
             f"{1e3 * seconds / images:.1f}", f"{seconds / fp32_seconds:.2f}",
         ])
     rows.append(["paper (SD3.5/FLUX, Table 8)", "-", "0.798", "0.927", "0.969", "-", "-", "-", "-"])
@@ -117,7 +121,7 @@ def main() -> None:
         f"Proxy fidelity per quantization rule: {args.explore_steps}-step explore vs BF16 {args.regen_steps}-step, {args.solver}, "
         f"N={args.n}, {len(prompts)} {args.prompts} prompts, reward {getattr(reward, 'name', '?')}",
         table(headers, rows),
-        f"per-prompt statistics averaged over prompts; explore cost is sampling time only (fp32 preview: {1e3 * fp32_seconds / images:.1f} ms/image)",
+        f"per-prompt statistics averaged over prompts (± their standard error over prompts); explore cost is sampling time only (fp32 preview: {1e3 * fp32_seconds / images:.1f} ms/image)",
     )
 
 

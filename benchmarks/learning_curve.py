@@ -5,6 +5,12 @@ over the iterations before it.
     solrl train --local --out runs/long --set train.iterations=80 --set eval.every=20
     python benchmarks/learning_curve.py runs/long [more run dirs]
 
+The compositional target (the strict GenEval-style check as the only reward; 160 iterations are
+about an hour alone on two CPU cores):
+
+    solrl train --local --out runs/strict --set 'reward=[{name: shapes_strict, weight: 1}]' \
+        --set train.iterations=160 --set eval.every=20
+
 Each run is labelled by how its config.yaml differs from the shipped configs/shapes.yaml.
 """
 
@@ -18,6 +24,7 @@ import yaml
 from common import append_results, table
 
 from solrl.config import load_config
+from solrl.toy.evaluate import accuracy_change
 
 SHORT = {"single_object": "single", "two_object": "two", "counting": "count", "colors": "colors", "position": "pos", "color_attr": "attr"}
 
@@ -41,18 +48,20 @@ def label(run: pathlib.Path) -> str:
 
 
 def curve(run: pathlib.Path) -> list[list[object]]:
-    """One row per eval point: iteration, seconds, held-out accuracy and score, per-task, proxy mean."""
+    """One row per eval point: iteration, seconds, held-out accuracy ± s.e., its paired change from the base,
+    score, per task, proxy mean."""
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     final = json.loads((run / "eval.json").read_text())
     points = [(0, 0.0, final["base_eval"])]
     points += [(r["iteration"] + 1, r["elapsed"], r["eval"]) for r in rows if "eval" in r]
     points.append((len(rows), final.get("seconds", rows[-1]["elapsed"]), final["final_eval"]))
-    out, start = [], 0
+    out, start, base = [], 0, final["base_eval"]
     for iteration, seconds, ev in points:
         window = rows[start:iteration]
         proxy = sum(r["proxy_reward_mean"] for r in window) / len(window) if window else float("nan")
         tasks = " ".join(f"{SHORT.get(k, k)} {v:.2f}" for k, v in ev["per_task"].items())
-        out.append([iteration, f"{seconds:.0f}", f"{ev['accuracy']:.3f}", f"{ev['score']:.3f}", tasks, f"{proxy:.3f}" if window else "-"])
+        change, se = accuracy_change(base, ev)
+        out.append([iteration, f"{seconds:.0f}", f"{ev['accuracy']:.3f} ± {ev['accuracy_se']:.3f}", f"{change:+.3f} ± {se:.3f}", f"{ev['score']:.3f}", tasks, f"{proxy:.3f}" if window else "-"])
         start = iteration
     return out
 
@@ -61,14 +70,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=pathlib.Path, help="run directories written by `solrl train --out`")
     args = parser.parse_args()
-    headers = ["iterations", "run s", "held-out accuracy (EMA)", "score", "per task", "proxy mean since last row"]
+    headers = ["iterations", "run s", "held-out accuracy (EMA)", "change from base (paired s.e.)", "score", "per task", "proxy mean since last row"]
     body = []
     for run in args.runs:
         body.append(f"{run.name}: {label(run)}\n\n" + table(headers, curve(run)))
     append_results(
         "Learning curves of shapes runs",
         "\n\n".join(body),
-        "held-out = 63 eval captions x 8, fp32 10 Euler steps, seed 1234, on the evaluation EMA; the last row is the "
+        "held-out = 63 eval captions x 8, fp32 10 Euler steps, seed 1234, on the evaluation EMA (± the eval's standard error over "
+        "its seeds; the change pairs the same captions and seeds with the base eval); the last row is the "
         "run's final eval; proxy = mean NVFP4 6-step reward of every explored candidate (train prompts, current policy); "
         "run s is wall time inside the run, so it depends on what else shared the machine",
     )
