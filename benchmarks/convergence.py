@@ -81,9 +81,11 @@ def curve(run: pathlib.Path) -> list[tuple[float, float, float]]:
 
 def cost_to_reach(points: list[tuple[float, float, float]], target: float) -> float:
     """The cost at which the curve first reaches `target`, interpolated linearly; inf if never."""
+    if points[0][1] >= target:
+        return points[0][0]
     for (c0, y0, _), (c1, y1, _) in itertools.pairwise(points):
         if y1 >= target:
-            return c0 if y0 >= target else c0 + (target - y0) * (c1 - c0) / (y1 - y0)
+            return c0 + (target - y0) * (c1 - c0) / (y1 - y0)
     return math.inf
 
 
@@ -93,7 +95,8 @@ def bootstrap(values: list[float], rng: np.random.Generator, draws: int = 2000) 
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def summarize(root: pathlib.Path, arms: list[str], target_share: float, command_note: str, plot_path: pathlib.Path) -> None:
+def summarize(root: pathlib.Path, arms: list[str], target_share: float, plot_path: pathlib.Path) -> str:
+    """The RESULTS.md entry's body for the finished runs under `root`; draws the plot."""
     runs = {arm: sorted((root / arm).glob("seed-*")) for arm in arms}
     curves = {arm: [curve(r) for r in runs[arm] if (r / "eval.json").exists()] for arm in arms}
     curves = {arm: cs for arm, cs in curves.items() if cs}
@@ -121,8 +124,7 @@ def summarize(root: pathlib.Path, arms: list[str], target_share: float, command_
         lines.append(f"Plateau: final preference c - d = {np.mean(finals['c']) - np.mean(finals['d']):+.4f} (95 % bootstrap [{low:+.4f}, {high:+.4f}]).")
     plot = _plot(curves, target, plot_path)
     headers = ["arm", "what", "seeds", "cost per iteration", "final held-out preference (± s.e.)", "cost to target (BF16 calls)", "95 % interval", "seeds reaching it"]
-    body = table(headers, rows) + "\n\n" + "\n".join(f"- {line}" for line in lines) + f"\n\nPlot: [{plot.name}]({plot.name})"
-    append_results("Convergence against modeled GPU cost", body, notes=command_note)
+    return table(headers, rows) + "\n\n" + "\n".join(f"- {line}" for line in lines) + f"\n\nPlot: [{plot.name}]({plot.name})"
 
 
 def _iterations(run: pathlib.Path) -> int:
@@ -209,7 +211,7 @@ def main() -> None:
                 for done in [pool.submit(_train, root, arm, seed, args.budget, args.eval_points, args.set, 1) for arm, seed in todo]:
                     done.result()
     note = f"analysis of the finished runs under {root}" if args.summarize else f"budget {args.budget:g} BF16 calls, seeds {args.seeds}, overrides {args.set}"
-    summarize(root, args.arms, args.target_share, note, pathlib.Path(args.plot))
+    append_results("Convergence against modeled GPU cost", summarize(root, args.arms, args.target_share, pathlib.Path(args.plot)), notes=note)
 
 
 if __name__ == "__main__":
