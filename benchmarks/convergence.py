@@ -111,7 +111,10 @@ def summarize(root: pathlib.Path, arms: list[str], target_share: float, plot_pat
         low, high = bootstrap(finite, rng) if len(finite) == len(cs) > 1 else (math.nan, math.nan)
         mean_reach = float(np.mean(reach[arm])) if len(finite) == len(cs) else math.inf
         per_iteration = cs[0][-1][0] / _iterations(runs[arm][0])
-        rows.append([arm, ARMS[arm][0], len(cs), f"{per_iteration:.0f}", _mean_se(finals[arm]), f"{mean_reach:.0f}", f"[{low:.0f}, {high:.0f}]", f"{len(finite)}/{len(cs)}"])
+        rows.append([
+            arm, ARMS[arm][0], len(cs), f"{per_iteration:.0f}", _mean_se(finals[arm]), f"{mean_reach:.0f}", f"[{low:.0f}, {high:.0f}]",
+            f"{mean_reach / per_iteration:.1f}", f"{len(finite)}/{len(cs)}",
+        ])
     lines = [f"Base preference {base:.4f}; target {target:.4f} ({target_share:.0%} of the best arm's final gain)."]
     lines += [_ratio(f"Cost to target, {arm}/d", reach[arm], reach["d"], rng) for arm in "abc" if arm in reach and "d" in reach]
     if "a" in curves and "d" in curves:
@@ -123,7 +126,7 @@ def summarize(root: pathlib.Path, arms: list[str], target_share: float, plot_pat
         low, high = _diff_interval(finals["c"], finals["d"], rng)
         lines.append(f"Plateau: final preference c - d = {np.mean(finals['c']) - np.mean(finals['d']):+.4f} (95 % bootstrap [{low:+.4f}, {high:+.4f}]).")
     plot = _plot(curves, target, plot_path)
-    headers = ["arm", "what", "seeds", "cost per iteration", "final held-out preference (± s.e.)", "cost to target (BF16 calls)", "95 % interval", "seeds reaching it"]
+    headers = ["arm", "what", "seeds", "cost per iteration", "final held-out preference (± s.e.)", "cost to target (BF16 calls)", "95 % interval", "iterations to target", "seeds reaching it"]
     return table(headers, rows) + "\n\n" + "\n".join(f"- {line}" for line in lines) + f"\n\nPlot: [{plot.name}]({plot.name})"
 
 

@@ -60,5 +60,6 @@ def test_the_analysis_finds_the_ratio_the_curves_were_built_with(runs, tmp_path)
     assert "c - d = -0.1000 (95 % bootstrap [-0.1000, -0.1000])" in lines["Plateau"]
     table = {row.split("|")[1].strip(): [c.strip() for c in row.split("|")[1:-1]] for row in body.splitlines() if row.startswith("| ") and "---" not in row}
     assert table["a"][3] == "250" and table["a"][5] == "880" and table["d"][5] == "440"  # cost per iteration and to target
-    assert table["c"][5] == "inf" and table["c"][7] == "0/3"
+    assert table["d"][7] == "1.8"  # 440 / 250: iterations to target
+    assert table["c"][5] == "inf" and table["c"][8] == "0/3"
     assert (tmp_path / "curves.png").stat().st_size > 10_000
