@@ -56,7 +56,7 @@ def test_the_analysis_finds_the_ratio_the_curves_were_built_with(runs, tmp_path)
     low, high = (float(x) for x in ratio.split("[")[1].rstrip("]).").split(", "))
     assert 800 / 480 <= low < 2.0 < high <= 960 / 400  # the interval lies within what resampled seeds can give
     assert "c/d: not all seeds reach it within the budget (missed: 3/3 and 0/3)" in lines["Cost to target, c/d"]
-    assert "a/d: 2.00" in lines["Paper's definition (cost to a's final 0.6000), a/d"]
+    assert "a/d: 2.00" in lines["Paper's definition (a's whole run over d's cost to a's mean final 0.6000), a/d"]  # 1100 / 550
     assert "c - d = -0.1000 (95 % bootstrap [-0.1000, -0.1000])" in lines["Plateau"]
     table = {row.split("|")[1].strip(): [c.strip() for c in row.split("|")[1:-1]] for row in body.splitlines() if row.startswith("| ") and "---" not in row}
     assert table["a"][3] == "250" and table["a"][5] == "880" and table["d"][5] == "440"  # cost per iteration and to target
