@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import pathlib
 
 import yaml
@@ -47,9 +48,16 @@ def label(run: pathlib.Path) -> str:
     return ", ".join(diff) or "shipped config"
 
 
+def _mean(window: list[dict], key: str) -> str:
+    """The window's mean of `key`, over the rows that have a number for it."""
+    values = [r[key] for r in window if isinstance(r.get(key), int | float) and not math.isnan(r[key])]
+    return f"{sum(values) / len(values):.3g}" if values else "-"
+
+
 def curve(run: pathlib.Path) -> list[list[object]]:
     """One row per eval point: iteration, seconds, held-out accuracy ± s.e., its paired change from the base,
-    score, per task, proxy mean."""
+    score, per task, then means over the iterations since the previous point: proxy reward, the learner's
+    KL to the base model and gradient norm (before clipping), and the preview's Spearman against BF16."""
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     final = json.loads((run / "eval.json").read_text())
     points = [(0, 0.0, final["base_eval"])]
@@ -58,10 +66,10 @@ def curve(run: pathlib.Path) -> list[list[object]]:
     out, start, base = [], 0, final["base_eval"]
     for iteration, seconds, ev in points:
         window = rows[start:iteration]
-        proxy = sum(r["proxy_reward_mean"] for r in window) / len(window) if window else float("nan")
         tasks = " ".join(f"{SHORT.get(k, k)} {v:.2f}" for k, v in ev["per_task"].items())
         change, se = accuracy_change(base, ev)
-        out.append([iteration, f"{seconds:.0f}", f"{ev['accuracy']:.3f} ± {ev['accuracy_se']:.3f}", f"{change:+.3f} ± {se:.3f}", f"{ev['score']:.3f}", tasks, f"{proxy:.3f}" if window else "-"])
+        out.append([iteration, f"{seconds:.0f}", f"{ev['accuracy']:.3f} ± {ev['accuracy_se']:.3f}", f"{change:+.3f} ± {se:.3f}", f"{ev['score']:.3f}", tasks]
+                   + [_mean(window, key) for key in ("proxy_reward_mean", "kl", "grad_norm", "spearman")])
         start = iteration
     return out
 
@@ -70,7 +78,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=pathlib.Path, help="run directories written by `solrl train --out`")
     args = parser.parse_args()
-    headers = ["iterations", "run s", "held-out accuracy (EMA)", "change from base (paired s.e.)", "score", "per task", "proxy mean since last row"]
+    headers = ["iterations", "run s", "held-out accuracy (EMA)", "change from base (paired s.e.)", "score", "per task", "proxy mean", "KL to base", "grad norm", "preview Spearman"]
     body = []
     for run in args.runs:
         body.append(f"{run.name}: {label(run)}\n\n" + table(headers, curve(run)))
@@ -79,7 +87,9 @@ def main() -> None:
         "\n\n".join(body),
         "held-out = 63 eval captions x 8, fp32 10 Euler steps, seed 1234, on the evaluation EMA (± the eval's standard error over "
         "its seeds; the change pairs the same captions and seeds with the base eval); the last row is the "
-        "run's final eval; proxy = mean NVFP4 6-step reward of every explored candidate (train prompts, current policy); "
+        "run's final eval; the last four columns are means over the iterations since the previous row: proxy = mean NVFP4 "
+        "6-step reward of every explored candidate (train prompts, current policy), the learner's KL term "
+        "mean((v_theta - v_ref)^2), its gradient norm before clipping, and the preview's Spearman against the BF16 reward; "
         "run s is wall time inside the run, so it depends on what else shared the machine",
     )
 
