@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable, Iterator
 
 import ray
-from ray.exceptions import RayActorError
 
 from solrl.autoscale import Autoscaler
 from solrl.cluster import pool_eval
@@ -30,6 +29,7 @@ from solrl.cluster.control import Control, serve_control
 from solrl.cluster.dispatch import OWN_REWARD, REWARD_POOL, Dispatcher, Done
 from solrl.cluster.ledger import IterationState, Ledger
 from solrl.cluster.pools import WorkerPool
+from solrl.cluster.publish import publish
 from solrl.cluster.startup import start_workers, starting
 from solrl.cluster.telemetry import Telemetry
 from solrl.cluster.v1.control_pb2 import RunStatus
@@ -38,7 +38,6 @@ from solrl.config import RunConfig
 from solrl.evaluation import load_run_prompts
 from solrl.faults import FaultPlan
 from solrl.learner.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from solrl.learner.weight_sync import check_served
 from solrl.metrics import MetricsServer, RunMetrics
 from solrl.run import execute
 from solrl.runs import make_groups, prompt_order
@@ -201,21 +200,9 @@ class Driver:
         return {"it": it, "state": state, "refs": refs, "calls": calls, "start": time.perf_counter(), "version": self.version, "regen_done": regen_done}
 
     def _publish(self, update_ref, version: int) -> float:
-        """Make `update_ref` the weights every sampler serves and check they do; seconds taken."""
-        start = time.perf_counter()
-        samplers = pool_eval.samplers(self.pools)
-        for pool in samplers:
-            pool.update = update_ref  # workers spawned from now on apply it first
-        calls = [(pool, w, w.handle.apply_update.remote(update_ref)) for pool in samplers for w in list(pool.workers.values())]
-        starting = {w.name for pool in samplers for w in pool.starting()}  # they apply it, in order, once they start
-        for pool, w, ref in [c for c in calls if c[1].name not in starting]:
-            try:
-                check_served(w.name, ray.get(ref), version)
-            except RayActorError:
-                if not w.retiring:
-                    pool.replace_dead(w, self._log)
+        seconds = publish(pool_eval.samplers(self.pools), update_ref, version, self._log)
         self.ledger.version = version
-        return time.perf_counter() - start
+        return seconds
 
     def _complete(self, launched: dict) -> Iterator[dict]:
         """Finish a launched step: publish its weights, yield the iteration's row, checkpoint."""
