@@ -44,8 +44,8 @@ def _train(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    if args.local and (args.resume or args.address or args.metrics_port is not None):
-        print("solrl train --local: --resume, --address and --metrics-port need the distributed run; drop --local", file=sys.stderr)
+    if args.local and (args.resume or args.address or args.metrics_port is not None or config.cluster.stand_in is not None):
+        print("solrl train --local: --resume, --address, --metrics-port and cluster.stand_in need the distributed run; drop --local", file=sys.stderr)
         return 2
     if args.resume and not args.out:
         args.out = args.resume  # a resumed run keeps writing to its own folder

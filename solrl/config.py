@@ -18,6 +18,7 @@ from solrl.quant.linear import QuantRecipe
 from solrl.rewards.registry import RewardSpec, ShapesRewardSpec
 from solrl.sampling.loop import SamplingConfig
 from solrl.selection import Mode
+from solrl.standin.models import MODELS
 from solrl.world import world_named
 
 
@@ -168,7 +169,21 @@ class RunConfig(_Strict):
                     f"add {{name: {r.gate}, weight: 0}} to gate by it without paying for it"
                 )
         world_named(self.world).check(self)
+        self._stand_in_fits()
         return self
+
+    def _stand_in_fits(self) -> None:
+        stand_in = self.cluster.stand_in
+        if stand_in is None:
+            return
+        dims = MODELS[stand_in.model]
+        if self.model.kind != dims.kind:
+            raise ValueError(
+                f"cluster.stand_in.model={stand_in.model!r} carries the payloads of model.kind={dims.kind!r}, but model.kind={self.model.kind!r}; "
+                f"start from configs/{stand_in.model}.yaml"
+            )
+        dims.latent_shape(self.model.resolution)
+        dims.adapted(self.model.lora.target_modules)
 
 
 class ConfigError(ValueError):

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from solrl.autoscale import AutoscaleConfig
 from solrl.faults import parse_fault
+from solrl.standin.timing import StandInConfig
 
 
 def _describe(text: str, **constraints) -> Any:
@@ -51,6 +52,11 @@ class ClusterConfig(BaseModel):
     control_host: str = _describe("Address the control service binds; anything but loopback needs control_tls_cert/key.", default="127.0.0.1")
     control_tls_cert: str | None = _describe("PEM certificate the control service serves TLS with.", default=None)
     control_tls_key: str | None = _describe("PEM private key of control_tls_cert.", default=None)
+    stand_in: StandInConfig | None = Field(
+        default=None,
+        description="Replace the model-bearing workers by stand-ins that carry a real model's payloads and take its modeled GPU time, "
+        "e.g. {model: flux1, speedup: 20} (solrl/standin/; benchmarks/real_sizes.py); null: the real workers.",
+    )
     faults: list[str] = _describe(
         "Fault injection for tests: 'WORKER:POINT:K' SIGKILLs WORKER at POINT of its K-th task (solrl/faults.py).",
         default_factory=list,

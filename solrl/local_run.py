@@ -22,8 +22,8 @@ from solrl.learner.nft_trainer import NFTTrainer
 from solrl.learner.weight_sync import WeightUpdate, check_served
 from solrl.models.base import OLD, POLICY
 from solrl.run import execute
-from solrl.runs import iteration_row, make_groups, per_selection, prompt_order
-from solrl.types import Candidates, PromptGroup, Selection
+from solrl.runs import iteration_row, make_groups, prompt_order
+from solrl.types import Candidates, PromptGroup, Selection, per_selection
 from solrl.workers.sampler import sampler_from_config
 from solrl.workers.selector import Selector
 

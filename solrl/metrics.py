@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
 from solrl.cost import PURPOSES
+from solrl.nbytes import KINDS as BYTE_KINDS
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 TOKEN_ENV = "SOLRL_METRICS_TOKEN"
@@ -51,6 +52,7 @@ class RunMetrics:
         self.modeled_cost = Counter(
             "solrl_modeled_cost_bf16_calls", "Modeled GPU cost of the model calls made, in BF16 calls (solrl/cost.py)", ["purpose"], registry=r
         )
+        self.bytes_moved = Counter("solrl_bytes_moved", "Bytes that crossed between processes, by kind (docs/architecture.md)", ["kind"], registry=r)
         self.autoscale = Counter("solrl_autoscale_decisions", "Pool resizes made by cluster.autoscale", ["pool", "direction"], registry=r)
 
     def prime(self, pools: dict[str, int], max_policy_lag: int) -> None:
@@ -67,6 +69,8 @@ class RunMetrics:
             self.autoscale.labels("rollout", direction)
         for purpose in PURPOSES:
             self.modeled_cost.labels(purpose)
+        for kind in BYTE_KINDS:
+            self.bytes_moved.labels(kind)
 
     def observe_iteration(self, row: dict) -> None:
         """Update every per-iteration metric from one metrics.jsonl row."""
@@ -105,6 +109,8 @@ class RunMetrics:
             self.pool_workers.labels(pool).set(n)
         for purpose, cost in row.get("modeled_cost", {}).items():
             self.modeled_cost.labels(purpose).inc(cost)
+        for kind, n in row.get("bytes", {}).items():
+            self.bytes_moved.labels(kind).inc(n)
         for pool, change in row.get("autoscale", {}).items():
             self.autoscale.labels(pool, "up" if change > 0 else "down").inc()
 

@@ -32,7 +32,7 @@ def preflight(config: RunConfig, metrics_port: int | None = None, metrics_host: 
             f"rollout.prompts_per_iteration={k} is more than the {len(prompts)} prompts of {config.prompts!r}; "
             f"an iteration trains distinct prompts, so set it to at most {len(prompts)}"
         )
-    if config.model.path is not None and not pathlib.Path(config.model.path).is_dir():
+    if config.model.path is not None and config.cluster.stand_in is None and not pathlib.Path(config.model.path).is_dir():
         raise PreflightError(f"model.path={config.model.path!r} is not a folder; pass a local model folder")
     device = config.model.device
     if device.startswith("cuda"):

@@ -101,6 +101,21 @@ def busy_figure(rows: list[dict]) -> str:
     return _png(fig)
 
 
+def bytes_figure(rows: list[dict]) -> str:
+    fig, ax = _figure("Data moved between processes, by kind (MB)")
+    kinds = [k for k in dict.fromkeys(k for r in rows for k in r.get("bytes", {})) if any(r.get("bytes", {}).get(k) for r in rows)]
+    x = [r["iteration"] + 1 for r in rows]
+    bottom = [0.0] * len(rows)
+    for kind in kinds:
+        values = [r.get("bytes", {}).get(kind, 0) / 1e6 for r in rows]
+        ax.bar(x, values, bottom=bottom, label=kind)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    ax.set_xlabel("iteration")
+    if kinds:
+        ax.legend(fontsize=8)
+    return _png(fig)
+
+
 def fidelity_figure(rows: list[dict]) -> str:
     fig, ax = _figure("Proxy fidelity: explore vs BF16 ranking of the selected seeds")
     x = [r["iteration"] + 1 for r in rows]
@@ -148,6 +163,7 @@ def _summary(report: dict, rows: list[dict]) -> str:
         "accuracy change": report.get("accuracy_change"),
         "accuracy change s.e. (paired)": report.get("accuracy_change_se"),
         "modeled GPU cost, BF16 calls (solrl/cost.py)": report.get("modeled_cost"),
+        "bytes moved between processes, by kind": report.get("bytes_moved"),
         "restarts": report.get("restarts"),
         "dropped records": report.get("dropped"),
         "duplicated groups": report.get("duplicates"),
@@ -174,6 +190,8 @@ def render(run: pathlib.Path) -> str:
             ("Proxy fidelity", fidelity_figure(rows)),
             ("Policy lag", lag_figure(rows, max_lag)),
         ]
+        if any("bytes" in r for r in rows):  # runs on worker pools (one process moves nothing)
+            figures.append(("Data moved", bytes_figure(rows)))
     if (run / "grid.png").exists():
         grid = "data:image/png;base64," + base64.b64encode((run / "grid.png").read_bytes()).decode()
         figures.append(("Samples of fixed seeds: base model (left) and trained EMA (right)", grid))

@@ -125,16 +125,6 @@ def make_groups(config: RunConfig, prompts: Sequence[str], order: PromptOrder, i
     ]
 
 
-def per_selection(rewards: Sequence[float] | torch.Tensor, selections: Sequence[Selection]) -> list[list[float]]:
-    """A batch's rewards (selection-then-seed order) as one list per selection."""
-    values = rewards.tolist() if isinstance(rewards, torch.Tensor) else list(rewards)
-    out, offset = [], 0
-    for s in selections:
-        out.append(values[offset : offset + len(s.seeds)])
-        offset += len(s.seeds)
-    return out
-
-
 def iteration_row(
     it: int,
     version: int,

@@ -107,3 +107,13 @@ class TrainBatch:
             chosen = set(order[k * len(order) // parts : (k + 1) * len(order) // parts])
             out.append(self.select(torch.tensor([i for i, g in enumerate(self.groups.tolist()) if g in chosen])))
         return out
+
+
+def per_selection(rewards: Sequence[float] | torch.Tensor, selections: Sequence[Selection]) -> list[list[float]]:
+    """A batch's rewards (selection-then-seed order) as one list per selection."""
+    values = rewards.tolist() if isinstance(rewards, torch.Tensor) else list(rewards)
+    out, offset = [], 0
+    for s in selections:
+        out.append(values[offset : offset + len(s.seeds)])
+        offset += len(s.seeds)
+    return out

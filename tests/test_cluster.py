@@ -121,7 +121,7 @@ def test_the_run_report_draws_every_figure_in_a_browser(reference, tmp_path):
         page.goto((out / "report.html").as_uri())
         figures = page.query_selector_all("figure")
         captions = [f.query_selector("figcaption").inner_text() for f in figures]
-        assert captions == ["Reward", "Where the time goes", "Worker utilization", "Proxy fidelity", "Policy lag",
+        assert captions == ["Reward", "Where the time goes", "Worker utilization", "Proxy fidelity", "Policy lag", "Data moved",
                             "Samples of fixed seeds: base model (left) and trained EMA (right)"]  # fmt: skip
         for caption, figure in zip(captions, figures):
             assert figure.query_selector("img").evaluate("i => i.complete && i.naturalWidth > 100"), caption

@@ -118,6 +118,21 @@ ROWS: dict[str, list[PanelSpec]] = {
         ),
         PanelSpec("DiffusionNFT loss", "Loss of the last iteration", "none", (q(f"solrl_loss{RUN}", "{{instance}}"),)),
     ],
+    "Data movement": [
+        PanelSpec(
+            "Bytes moved / s by kind",
+            "Bytes crossing between the run's processes per second: conditioning, samples, weight updates, learner state, ... "
+            "(a payload counts once per process that receives it; docs/architecture.md states each kind's minimum)",
+            "Bps",
+            (q(f"sum by (kind) (rate(solrl_bytes_moved_total{RUN}[{RATE}]))", "{{kind}}"),),
+        ),
+        PanelSpec(
+            "Bytes moved by kind",
+            "Bytes that crossed between the run's processes so far, by kind",
+            "bytes",
+            (q(f"sum by (kind) (solrl_bytes_moved_total{RUN})", "{{kind}}"),),
+        ),
+    ],
     "Reward and fidelity": [
         PanelSpec(
             "Reward mean by source",

@@ -8,16 +8,17 @@ import os
 import time
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from solrl.config import RunConfig
 from solrl.evaluation import eval_copy, measure_run, run_grid
 from solrl.faults import FaultPlan
+from solrl.nbytes import SCORER_BYTES, batch_sizes, payload_bytes
 from solrl.learner.rank import LearnerRank, RankConfig
 from solrl.learner.weight_sync import WeightUpdate
 from solrl.models.base import OLD, POLICY
-from solrl.runs import per_selection
-from solrl.types import PromptGroup, Selection, TrainBatch
+from solrl.types import PromptGroup, Selection, TrainBatch, per_selection
 from solrl.workers.reward import reward_worker_from_config
 from solrl.workers.sampler import Role, sampler_from_config
 
@@ -54,7 +55,7 @@ class SamplerActor:
         self.faults.reached("regenerate")
         start = time.perf_counter()
         batch = self.worker.regenerate(selections)
-        summary = {"rewards": per_selection(batch.rewards, selections), "seconds": time.perf_counter() - start}
+        summary = {"rewards": per_selection(batch.rewards, selections), "seconds": time.perf_counter() - start, "bytes": batch_sizes(batch)}
         return batch, summary | {"version": batch.version, "worker": self.name}
 
     # Without a reward of their own (cluster.reward_workers > 0) samplers return images, which
@@ -64,14 +65,14 @@ class SamplerActor:
         self.faults.reached("explore_images")
         start = time.perf_counter()
         _, images, per_group = self.worker.explore_images(groups)
-        return images, self._report(start) | {"seconds_per_group": per_group}
+        return images, self._report(start) | {"seconds_per_group": per_group, "bytes": {"images": images.nbytes}}
 
     def regenerate_images(self, selections: Sequence[Selection]) -> tuple[TrainBatch, torch.Tensor, dict]:
         """(unscored TrainBatch, its images, report)."""
         self.faults.reached("regenerate_images")
         start = time.perf_counter()
         batch, images = self.worker.regenerate_images(selections)
-        return batch, images, self._report(start)
+        return batch, images, self._report(start) | {"bytes": batch_sizes(batch) | {"images": images.nbytes}}
 
     def _report(self, start: float) -> dict:
         return {"seconds": time.perf_counter() - start, "version": self.worker.version, "worker": self.name}
@@ -92,7 +93,8 @@ class SamplerActor:
         reward = self.worker.reward
         if reward is None and scorer is not None:
             reward = _PooledReward(scorer)
-        return measure_run(self.config, self._eval_model(adapter_state), pairs, reward)
+        measures = measure_run(self.config, self._eval_model(adapter_state), pairs, reward)
+        return measures | ({SCORER_BYTES: np.array([reward.sent])} if isinstance(reward, _PooledReward) else {})
 
     def grid(self, adapter_state: dict[str, torch.Tensor] | None):
         """The run's sample grid (a PIL image) of the base model plus `adapter_state`."""
@@ -105,12 +107,14 @@ class _PooledReward:
 
     def __init__(self, handle):
         self.handle = handle
+        self.sent = 0  # bytes of images and prompts sent to the reward worker, and of rewards back
 
     def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         import ray
 
-        rewards = ray.get(self.handle.score.remote(images, list(prompts)))["rewards"]
-        return torch.tensor(rewards, dtype=torch.float32)
+        reply = ray.get(self.handle.score.remote(images, list(prompts)))
+        self.sent += payload_bytes(images) + payload_bytes(list(prompts)) + payload_bytes(reply)
+        return torch.tensor(reply["rewards"], dtype=torch.float32)
 
 
 class RewardActor:
@@ -138,7 +142,7 @@ class RewardActor:
         self.faults.reached("label")
         start = time.perf_counter()
         batch = self.worker.label(batch, images, [s.group.prompt for s in selections for _ in s.seeds])
-        return batch, {"rewards": per_selection(batch.rewards, selections), "seconds": time.perf_counter() - start}
+        return batch, {"rewards": per_selection(batch.rewards, selections), "seconds": time.perf_counter() - start, "bytes": batch_sizes(batch)}
 
 
 class LearnerActor:
@@ -174,14 +178,15 @@ class LearnerActor:
         out["update_bytes"] = update.nbytes if update is not None else 0
         return out, update
 
-    def weight_update(self) -> WeightUpdate | None:
-        """The current rollout policy as a WeightUpdate on rank 0 (collective)."""
-        return self.rank.weight_update()
+    def weight_update(self) -> tuple[WeightUpdate | None, int]:
+        """The current rollout policy as a WeightUpdate on rank 0 (collective), and its bytes."""
+        update = self.rank.weight_update()
+        return update, update.nbytes if update is not None else 0
 
-    def state(self) -> dict[str, torch.Tensor] | None:
-        """Full checkpoint tensors on rank 0 (None elsewhere); every rank must be called."""
+    def state(self) -> tuple[dict[str, torch.Tensor] | None, int]:
+        """Full checkpoint tensors on rank 0 (None elsewhere) and their bytes; every rank must be called."""
         tensors = self.rank.state()
-        return tensors if self.rank.rank == 0 else None
+        return (tensors, payload_bytes(tensors)) if self.rank.rank == 0 else (None, 0)
 
     def load_state(self, tensors: dict[str, torch.Tensor], step: int) -> int:
         self.rank.load_state(tensors, step)

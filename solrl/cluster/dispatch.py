@@ -21,6 +21,7 @@ import ray
 from ray.exceptions import ObjectLostError, RayActorError
 
 from solrl.cluster.pools import Worker, WorkerPool
+from solrl.cluster.traffic import Traffic
 
 
 @dataclass(frozen=True)
@@ -30,20 +31,21 @@ class Stage:
     returns: int  # how many outputs the method has; the last is its summary
     then: str | None  # the stage its outputs feed, None when they are done
     origin: str  # the stage that redoes the work when the task's inputs are lost
+    summary: str  # the traffic kind of the summary the driver receives (solrl.cluster.traffic)
     prompts: bool = False  # the call takes the work's prompts rather than the work itself
 
 
 # samplers score their own samples
 OWN_REWARD = {
-    "explore": Stage("rollout", "explore", 1, None, "explore"),
-    "regen": Stage("regen", "regenerate", 2, None, "regen"),
+    "explore": Stage("rollout", "explore", 1, None, "explore", "explore_results"),
+    "regen": Stage("regen", "regenerate", 2, None, "regen", "rewards"),
 }
 # cluster.reward_workers > 0: samplers render, the reward pool scores
 REWARD_POOL = {
-    "explore": Stage("rollout", "explore_images", 2, "score_explore", "explore"),
-    "regen": Stage("regen", "regenerate_images", 3, "score_regen", "regen"),
-    "score_explore": Stage("reward", "score", 1, None, "explore", prompts=True),
-    "score_regen": Stage("reward", "label", 2, None, "regen"),
+    "explore": Stage("rollout", "explore_images", 2, "score_explore", "explore", "control"),
+    "regen": Stage("regen", "regenerate_images", 3, "score_regen", "regen", "control"),
+    "score_explore": Stage("reward", "score", 1, None, "explore", "rewards", prompts=True),
+    "score_regen": Stage("reward", "label", 2, None, "regen", "rewards"),
 }
 
 
@@ -78,8 +80,8 @@ class Done:
 
 
 class Dispatcher:
-    def __init__(self, pools: dict[str, WorkerPool], stages: dict[str, Stage], groups_per_task: int, log: Callable[[str], None]):
-        self.pools, self.stages, self.per_task, self.log = pools, stages, groups_per_task, log
+    def __init__(self, pools: dict[str, WorkerPool], stages: dict[str, Stage], groups_per_task: int, log: Callable[[str], None], traffic: Traffic):
+        self.pools, self.stages, self.per_task, self.log, self.traffic = pools, stages, groups_per_task, log, traffic
         self.queues: dict[str, deque[Job]] = {name: deque() for name in stages}
         self.pending: dict = {}  # summary ref -> Task
 
@@ -106,6 +108,9 @@ class Dispatcher:
                 jobs = [queue.popleft() for _ in range(min(self.per_task if name == "explore" else 1, len(queue)))]
                 job = Job(tuple(x for j in jobs for x in j.work), jobs[0].inputs, jobs[0].report)
                 payload = [g.prompt for g in job.work for _ in g.seeds] if stage.prompts else list(job.work)
+                self.traffic.add_payload("control", payload)
+                if job.inputs:  # the previous stage's outputs, which the worker fetches
+                    self.traffic.add_sizes(job.report["bytes"])
                 method = getattr(w.handle, stage.method)
                 outputs = method.options(num_returns=stage.returns).remote(*job.inputs, payload)
                 outputs = tuple(outputs) if stage.returns > 1 else (outputs,)
@@ -139,6 +144,7 @@ class Dispatcher:
                 self._redo(task)
                 summary = None
             if summary is not None:
+                self.traffic.add_payload(stage.summary, summary)
                 w.busy_seconds += summary["seconds"]
                 origin = task.job.report if task.job.inputs else summary
                 if stage.then is not None:

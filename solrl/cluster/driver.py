@@ -32,6 +32,7 @@ from solrl.cluster.pools import WorkerPool
 from solrl.cluster.publish import publish
 from solrl.cluster.startup import start_workers, starting
 from solrl.cluster.telemetry import Telemetry
+from solrl.cluster.traffic import Traffic
 from solrl.cluster.v1.control_pb2 import RunStatus
 from solrl.cluster.view import LiveView
 from solrl.config import RunConfig
@@ -39,6 +40,7 @@ from solrl.evaluation import load_run_prompts
 from solrl.faults import FaultPlan
 from solrl.learner.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from solrl.metrics import MetricsServer, RunMetrics
+from solrl.nbytes import payload_bytes
 from solrl.run import execute
 from solrl.runs import make_groups, prompt_order
 from solrl.workers.reward import candidates_from_rewards
@@ -68,7 +70,8 @@ class Driver:
         self.order = prompt_order(config, self.prompts)
         self.store = CandidateStore(self.out / "candidates")
         self.ledger = Ledger(self.store, Selector(config.selection), config.rollout.max_policy_lag)
-        self.telemetry = Telemetry()
+        self.traffic = Traffic()
+        self.telemetry = Telemetry(self.traffic)
         self.metrics = RunMetrics()
         self.metrics.prime({pool: n for pool, (n, _) in config.cluster.demands().items()}, config.rollout.max_policy_lag)
         self.server = MetricsServer(self.metrics, metrics_port, metrics_host, metrics_token) if metrics_port is not None else None
@@ -96,11 +99,12 @@ class Driver:
             self.log(self.control_server.announcement)
         try:
             starting_up = {"state": "starting", "out": str(self.out), "iterations": self.config.train.iterations}
-            self.pools, self.learners = start_workers(self.config, self.log, lambda w: self.control.publish(RunStatus(**starting_up, waiting_for=w)))
+            on_waiting = lambda w: self.control.publish(RunStatus(**starting_up, waiting_for=w))  # noqa: E731
+            self.pools, self.learners = start_workers(self.config, self.log, on_waiting, self.traffic)
         except BaseException:
             self._stop_control()
             raise
-        self.dispatcher = Dispatcher(self.pools, REWARD_POOL if "reward" in self.pools else OWN_REWARD, c.groups_per_task, self._log)
+        self.dispatcher = Dispatcher(self.pools, REWARD_POOL if "reward" in self.pools else OWN_REWARD, c.groups_per_task, self._log, self.traffic)
         if self.resume:
             self._restore()
         return self
@@ -124,14 +128,15 @@ class Driver:
     def _restore(self) -> None:
         tensors, state = load_checkpoint(self.resume)
         self.log(f"resuming from step {state['step']} (iteration {state['iteration']})")
-        ray.get(self.learners.call("load_state", tensors, state["step"]))
+        self.learners.saved, self.learners.saved_bytes = ray.put(tensors), payload_bytes(tensors)
+        self.learners.load_state(self.learners.saved, state["step"])
         self.ledger.version = state["step"]
         self.start_iteration = state["iteration"]
         self.order.load_state(state["order"])
         self.store.truncate(state.get("log_parts", 0))
         set_rng_state(state["rng"])
-        self.learners.saved = ray.put(tensors)
-        self._publish(self.learners.call("weight_update")[0], self.version)
+        update = [r.weight_update.options(num_returns=2).remote() for r in self.learners.ranks][0]
+        self._publish(update[0], ray.get(update[1]), self.version)
 
     def _publish_status(self) -> None:
         """The control service's answer to GetStatus, as of now."""
@@ -173,7 +178,7 @@ class Driver:
             results = candidates_from_rewards(done.work, done.summary["rewards"], origin["version"], origin["seconds_per_group"])
             selections = self.ledger.explored(results, origin["worker"])
         else:  # regen / score_regen: the labelled batch goes on to the learners by reference
-            self.ledger.regenerated(done.work[0], done.outputs[0], origin | {"rewards": done.summary["rewards"]})
+            self.ledger.regenerated(done.work[0], done.outputs[0], origin | {"rewards": done.summary["rewards"], "bytes": done.summary["bytes"]})
             return
         for sel in selections:
             self.dispatcher.put("regen", (sel,))
@@ -196,11 +201,11 @@ class Driver:
         """Start the learner step on an iteration's batches, in the order its groups were drawn."""
         self.ledger.drop_stale_batches(state)
         refs = state.ordered_batches()
-        calls = self.learners.step(refs) if refs else []
+        calls = self.learners.step(refs, state.ordered_sizes()) if refs else []
         return {"it": it, "state": state, "refs": refs, "calls": calls, "start": time.perf_counter(), "version": self.version, "regen_done": regen_done}
 
-    def _publish(self, update_ref, version: int) -> float:
-        seconds = publish(pool_eval.samplers(self.pools), update_ref, version, self._log)
+    def _publish(self, update_ref, nbytes: int, version: int) -> float:
+        seconds = publish(pool_eval.samplers(self.pools), update_ref, nbytes, version, self._log)
         self.ledger.version = version
         return seconds
 
@@ -212,7 +217,7 @@ class Driver:
             stats, update_ref = self.learners.finish(launched["calls"], launched["refs"], self.version)
             timing["learn"] = time.perf_counter() - launched["start"]
             self.ledger.trained(state)
-            timing["sync"] = self._publish(update_ref, int(stats["version"]))
+            timing["sync"] = self._publish(update_ref, int(stats["update_bytes"]), int(stats["version"]))
         pools, queues = self.pools, self.dispatcher.depths()
         row = self.telemetry.row(it, self.version, state, pools, queues, timing, stats, launched["version"], self.ledger.dropped, self._restarts())
         decision = self.autoscaler.observe(row["busy"], pools["rollout"].size) if self.autoscaler else None
@@ -268,13 +273,14 @@ class Driver:
         """policy, old and ema adapter states from rank 0, fetched once per policy version."""
         if self._states is None or self._states[0] != self.version:
             self._states = (self.version, ray.get(self.learners.call("adapter_states")[0]))
+            self.traffic.add_payload("eval", self._states[1])
         return self._states[1]
 
     def evaluate(self, adapter: str | None) -> dict:
-        return pool_eval.evaluate(self.config, self.pools, self._adapter(adapter), self._log)
+        return pool_eval.evaluate(self.config, self.pools, self._adapter(adapter), self._log, self.traffic)
 
     def grid(self, adapter: str | None):
-        return pool_eval.grid(self.config, self.pools, self._adapter(adapter), self._log)
+        return pool_eval.grid(self.config, self.pools, self._adapter(adapter), self._log, self.traffic)
 
     def _adapter(self, adapter: str | None) -> dict | None:
         return None if adapter is None else self.adapter_states()[adapter]
@@ -283,10 +289,11 @@ class Driver:
         return {name: pool.restarts for name, pool in self.pools.items()} | {"learner": self.learners.generation}
 
     def totals(self) -> dict:
-        return {"restarts": self._restarts(), "dropped": dict(self.ledger.dropped), "duplicates": self.store.duplicates}
+        return {"restarts": self._restarts(), "dropped": dict(self.ledger.dropped), "duplicates": self.store.duplicates, "bytes_moved": dict(self.traffic.total)}
 
     def _checkpoint(self, it: int) -> None:
         tensors = ray.get(self.learners.saved)
+        self.traffic.add("checkpoint", self.learners.saved_bytes)
         state = {
             "iteration": it + 1,
             "order": self.order_states.get(it + 1, self.order.state()),

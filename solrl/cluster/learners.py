@@ -11,17 +11,19 @@ from ray.exceptions import RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from solrl.cluster.actors import LearnerActor
+from solrl.cluster.traffic import Traffic
+from solrl.cluster.worker_classes import worker_classes
 from solrl.config import RunConfig
 
 
 class LearnerGroup:
     """N LearnerActor ranks in one placement group, joined by torch.distributed."""
 
-    def __init__(self, config: RunConfig, log: Callable[[str], None] = print):
-        self.config, self.log = config, log
+    def __init__(self, config: RunConfig, traffic: Traffic, log: Callable[[str], None] = print):
+        self.config, self.log, self.traffic = config, log, traffic
         self.generation = 0  # restarts so far; injected faults arm only the first group
         self.saved = None  # ref to rank 0's full state after the last completed step
+        self.saved_bytes = 0
         self.reserve()
 
     def reserve(self) -> ray.ObjectRef:
@@ -39,7 +41,7 @@ class LearnerGroup:
         options = c.actor_options("learner")
         master = ray.get(_rendezvous.options(scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, 0)).remote())
         self.ranks = [
-            ray.remote(LearnerActor)
+            ray.remote(worker_classes(self.config).learner)
             .options(**options, max_restarts=0, scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, i))
             .remote(self.config, i, n, master[0], master[1], options["num_cpus"], self.generation == 0)
             for i in range(n)
@@ -64,26 +66,43 @@ class LearnerGroup:
         ray.get(self.reserve())
         self.launch()
 
-    def step(self, batches: list) -> list:
-        """Start one step on every rank over the batch refs; returns the (stats, update) ref pairs."""
+    def step(self, batches: list, sizes: list[dict[str, int]]) -> list:
+        """Start one step on every rank over the batch refs (of `sizes` bytes by kind); returns the
+        (stats, update) ref pairs."""
+        for each in sizes:
+            self.traffic.add_sizes(each, receivers=len(self.ranks))
         return [r.step.options(num_returns=2).remote(*batches) for r in self.ranks]
+
+    def load_state(self, state, step: int) -> None:
+        """Every rank restores `state` (a ref or the tensors) at optimizer step `step`."""
+        self.traffic.add("learner_state", self.saved_bytes, receivers=len(self.ranks))
+        ray.get(self.call("load_state", state, step))
+
+    def snapshot(self) -> None:
+        """Keep the group's full state in the object store (rank 0's), for a restart or a checkpoint."""
+        refs = [r.state.options(num_returns=2).remote() for r in self.ranks]
+        self.saved = refs[0][0]
+        self.saved_bytes = _gather([size for _, size in refs])[0]
+        self.traffic.add("learner_state", self.saved_bytes)
 
     def finish(self, calls: list, batches: list, version: int) -> tuple[dict, object]:
         """Wait for a step; if a rank died, restart the group from the state it had before the
         step (or the fresh start) and redo it. Returns (stats, rank 0's WeightUpdate ref)."""
         for _ in range(self.config.cluster.max_restarts + 1):
             try:
-                stats = _gather([c[0] for c in calls])[0]
+                stats = _gather([c[0] for c in calls])
+                self.traffic.add_payload("control", stats)
+                stats = stats[0]
                 break
             except RayActorError:
                 self.log(f"a learner rank died; restarting the group at version {version} and redoing the step")
                 self.restart()
                 if self.saved is not None:
-                    ray.get(self.call("load_state", self.saved, version))
-                calls = self.step(batches)
+                    self.load_state(self.saved, version)
+                calls = self.step(batches, [])
         else:
             raise RuntimeError(f"the learner group died {self.generation} times (cluster.max_restarts); giving up")
-        self.saved = self.call("state")[0]
+        self.snapshot()
         return stats, calls[0][1]
 
 

@@ -37,6 +37,11 @@ class IterationState:
         order = {(g.iteration, g.prompt_id): i for i, g in enumerate(self.groups)}
         return [self.regenerated[k][0] for k in sorted(self.regenerated, key=order.__getitem__)]
 
+    def ordered_sizes(self) -> list[dict[str, int]]:
+        """The bytes by kind of each batch of ordered_batches, in the same order."""
+        order = {(g.iteration, g.prompt_id): i for i, g in enumerate(self.groups)}
+        return [self.regenerated[k][1]["bytes"] for k in sorted(self.regenerated, key=order.__getitem__)]
+
 
 class Ledger:
     def __init__(self, store: CandidateStore, selector: Selector, max_policy_lag: int):

@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from solrl.cluster.pools import HelperDied, WorkerPool, call_spread
+from solrl.cluster.traffic import Traffic
+from solrl.nbytes import SCORER_BYTES
 from solrl.config import RunConfig
 from solrl.evaluation import eval_plan, merge_measures, summarize_run
 
@@ -16,7 +18,7 @@ def samplers(pools: dict[str, WorkerPool]) -> tuple[WorkerPool, WorkerPool]:
     return (pools["rollout"], pools["regen"])
 
 
-def evaluate(config: RunConfig, pools: dict[str, WorkerPool], adapter_state: dict | None, log: Callable[[str], None]) -> dict:
+def evaluate(config: RunConfig, pools: dict[str, WorkerPool], adapter_state: dict | None, log: Callable[[str], None], traffic: Traffic) -> dict:
     """The run's eval of `adapter_state` (None: the base model)."""
     base = adapter_state is None
     pairs = eval_plan(config, base)
@@ -26,15 +28,17 @@ def evaluate(config: RunConfig, pools: dict[str, WorkerPool], adapter_state: dic
         parts = [pairs[len(pairs) * i // n : len(pairs) * (i + 1) // n] for i in range(n)]
         calls = [(adapter_state, part, scorer and scorer.handle) for part in parts if part]
         try:
-            measures = call_spread(samplers(pools), "measure", calls, log)
+            measures = call_spread(samplers(pools), "measure", calls, log, traffic, "eval")
+            for m in measures:
+                traffic.add("eval", int(m.pop(SCORER_BYTES, [0])[0]))
             break
         except HelperDied:  # the reward worker scoring the eval died: replace it and redo the eval (same seeds)
             pools["reward"].replace_dead(scorer, log)
     return summarize_run(config, pairs, merge_measures(measures), base)
 
 
-def grid(config: RunConfig, pools: dict[str, WorkerPool], adapter_state: dict | None, log: Callable[[str], None]):
+def grid(config: RunConfig, pools: dict[str, WorkerPool], adapter_state: dict | None, log: Callable[[str], None], traffic: Traffic):
     """The run's sample grid of `adapter_state` (None: the base model), or None without one."""
     if not config.eval.grid_rows:
         return None
-    return call_spread(samplers(pools), "grid", [(adapter_state,)], log)[0]
+    return call_spread(samplers(pools), "grid", [(adapter_state,)], log, traffic, "eval")[0]

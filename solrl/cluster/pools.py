@@ -16,7 +16,8 @@ from typing import Literal
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from solrl.cluster.actors import RewardActor, SamplerActor
+from solrl.cluster.traffic import Traffic
+from solrl.cluster.worker_classes import worker_classes
 from solrl.config import RunConfig
 
 
@@ -40,8 +41,10 @@ class WorkerPool:
     config: RunConfig
     role: Literal["explore", "regenerate", "reward"]
     prefix: str
+    traffic: Traffic
     workers: dict[str, Worker] = field(default_factory=dict)
     update: object = None
+    update_bytes: int = 0
     restarts: int = 0
     history: list[Worker] = field(default_factory=list)  # every worker spawned, retired or not
     _ids: itertools.count = field(default_factory=itertools.count)
@@ -51,13 +54,15 @@ class WorkerPool:
         name = f"{self.prefix}-{next(self._ids)}"
         options = c.actor_options(self.prefix) | {"max_restarts": 0}
         threads = options["num_cpus"]
+        classes = worker_classes(self.config)
         if self.role == "reward":
-            handle = ray.remote(RewardActor).options(**options).remote(self.config, name, threads)
+            handle = ray.remote(classes.reward).options(**options).remote(self.config, name, threads)
         else:
-            handle = ray.remote(SamplerActor).options(**options).remote(self.config, self.role, name, threads)
+            handle = ray.remote(classes.sampler).options(**options).remote(self.config, self.role, name, threads)
         ready = handle.info.remote()
         if self.update is not None:
             handle.apply_update.remote(self.update)
+            self.traffic.add("weight_update", self.update_bytes)
         self.workers[name] = Worker(name, handle, ready=ready)
         self.history.append(self.workers[name])
         return self.workers[name]
@@ -126,19 +131,23 @@ class HelperDied(RuntimeError):
     """A call failed because an actor it called (not the worker running it) died."""
 
 
-def call_spread(pools: Sequence[WorkerPool], method: str, calls: list[tuple], log: Callable[[str], None]) -> list:
+def call_spread(pools: Sequence[WorkerPool], method: str, calls: list[tuple], log: Callable[[str], None], traffic: Traffic, kind: str) -> list:
     """Each call's result, the calls spread over the pools' workers; a call whose worker died
     goes to the next one, and the dead worker is replaced. A call that failed because an actor it
-    used died (e.g. an eval's reward worker) raises HelperDied: its worker is fine."""
+    used died (e.g. an eval's reward worker) raises HelperDied: its worker is fine. Arguments and
+    results count as `kind` traffic."""
     results, todo = [None] * len(calls), list(range(len(calls)))
     while todo:
         workers = [(pool, w) for pool in pools for w in pool.idle_or_busy()]
         running = [(i, *workers[j % len(workers)]) for j, i in enumerate(todo)]
         refs = [getattr(w.handle, method).remote(*calls[i]) for i, _, w in running]
+        for i, _, _ in running:
+            traffic.add_payload(kind, [a for a in calls[i] if not isinstance(a, ray.actor.ActorHandle)])
         todo = []
         for (i, pool, w), ref in zip(running, refs):
             try:
                 results[i] = ray.get(ref)
+                traffic.add_payload(kind, results[i])
             except RayTaskError as exc:  # the worker is alive; what it called is not
                 if isinstance(exc, RayActorError) or isinstance(exc.cause, RayActorError):
                     raise HelperDied(f"{w.name}'s {method} lost an actor it called: {exc}") from None

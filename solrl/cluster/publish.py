@@ -18,13 +18,15 @@ from solrl.cluster.pools import WorkerPool
 from solrl.learner.weight_sync import check_served
 
 
-def publish(samplers: Iterable[WorkerPool], update_ref, version: int, log: Callable[[str], None]) -> float:
-    """Make `update_ref` (at `version`) the weights every sampler serves; seconds taken."""
+def publish(samplers: Iterable[WorkerPool], update_ref, nbytes: int, version: int, log: Callable[[str], None]) -> float:
+    """Make `update_ref` (at `version`, `nbytes` of tensors) the weights every sampler serves; seconds taken."""
     start = time.perf_counter()
     samplers = list(samplers)
     for pool in samplers:
-        pool.update = update_ref  # workers spawned from now on apply it first
+        pool.update, pool.update_bytes = update_ref, nbytes  # workers spawned from now on apply it first
     calls = [(pool, w, w.handle.apply_update.remote(update_ref)) for pool in samplers for w in list(pool.workers.values())]
+    for pool, _, _ in calls:
+        pool.traffic.add("weight_update", nbytes)
     starting = {w.name for pool in samplers for w in pool.starting()}
     for pool, w, ref in [c for c in calls if c[1].name not in starting]:
         try:

@@ -28,9 +28,10 @@ def token_auth() -> None:
     Config.initialize("")
 
 
-def start(config: RunConfig, address: str | None = None) -> bool:
-    """Connect to `address`, or start an embedded cluster sized for the run. Returns whether this
-    call started Ray (and so should shut it down)."""
+def start(config: RunConfig, address: str | None = None, object_store_bytes: int = 512 * 1024**2) -> bool:
+    """Connect to `address`, or start an embedded cluster sized for the run (with an object store of
+    `object_store_bytes`; what does not fit spills to disk). Returns whether this call started Ray
+    (and so should shut it down)."""
     if ray.is_initialized():
         return False
     token_auth()
@@ -45,7 +46,7 @@ def start(config: RunConfig, address: str | None = None) -> bool:
         num_cpus=int(cpus + 0.999),
         include_dashboard=False,
         log_to_driver=True,
-        object_store_memory=512 * 1024**2,
+        object_store_memory=object_store_bytes,
     )
     return True
 

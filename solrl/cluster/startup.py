@@ -14,6 +14,7 @@ import ray
 
 from solrl.cluster.learners import LearnerGroup
 from solrl.cluster.pools import WorkerPool
+from solrl.cluster.traffic import Traffic
 from solrl.config import RunConfig
 
 ROLES = {"rollout": "explore", "regen": "regenerate", "reward": "reward"}
@@ -78,7 +79,9 @@ def _free(pending: dict) -> dict[str, float]:
     return {k: free.get(k, 0.0) for _, res in pending.values() for k in res}
 
 
-def start_workers(config: RunConfig, log: Callable[[str], None], on_waiting: Callable[[list[str]], None]) -> tuple[dict[str, WorkerPool], LearnerGroup]:
+def start_workers(
+    config: RunConfig, log: Callable[[str], None], on_waiting: Callable[[list[str]], None], traffic: Traffic
+) -> tuple[dict[str, WorkerPool], LearnerGroup]:
     """Spawn the worker pools (rollout, regen and, when configured, reward) and the learner
     group, and wait until every one has started."""
     c = config.cluster
@@ -86,9 +89,9 @@ def start_workers(config: RunConfig, log: Callable[[str], None], on_waiting: Cal
     pools = {}
     for name, (n, _) in c.demands().items():
         if name in ROLES:
-            pools[name] = WorkerPool(config, ROLES[name], name)
+            pools[name] = WorkerPool(config, ROLES[name], name, traffic)
             pools[name].resize(n)
-    learners = LearnerGroup(config, log)
+    learners = LearnerGroup(config, traffic, log)
     waits = {w.name: (w.ready, c.worker_resources(name)) for name, pool in pools.items() for w in pool.workers.values()}
     waits["learner group"] = (learners.ready, {k: v * c.learner_ranks for k, v in c.worker_resources("learner").items()})
     try:

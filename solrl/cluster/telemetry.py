@@ -1,6 +1,7 @@
 """The distributed run's metrics row: the shared iteration row plus what only pools have —
 stage spans, worker busy ratios, queue depths, policy lag, weight-sync bytes and the drops and
-restarts since the previous row. The row goes out as one per-iteration event to metrics.jsonl,
+restarts since the previous row. `bytes` holds what crossed between processes since the previous row, by kind (solrl.cluster.traffic).
+The row goes out as one per-iteration event to metrics.jsonl,
 Prometheus, the live view and any other subscriber (solrl.run)."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import time
 
 from solrl.cluster.ledger import IterationState
 from solrl.cluster.pools import WorkerPool
+from solrl.cluster.traffic import Traffic
 from solrl.cluster.v1 import control_pb2
 from solrl.runs import iteration_row
 
@@ -17,7 +19,8 @@ STAT_KEYS = ("loss", "policy_loss", "kl", "grad_norm", "old_decay")
 
 
 class Telemetry:
-    def __init__(self):
+    def __init__(self, traffic: Traffic):
+        self.traffic = traffic
         self.last_row_at: float | None = None
         self.seen: dict[str, dict[str, int]] = {}
         self.last: dict = {}  # the newest row, with its candidates per second
@@ -68,6 +71,7 @@ class Telemetry:
             dropped=self.delta("dropped", dropped),
             restarts=self.delta("restarts", restarts),
             workers={name: pool.size for name, pool in pools.items()},
+            bytes=self.traffic.delta(),
         )
         self.last = row | {"candidates_per_second": row["candidates"] / interval if interval > 0 else 0.0}
         return row

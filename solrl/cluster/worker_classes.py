@@ -1,0 +1,25 @@
+"""The seam every model-bearing worker is built from: the actor classes of a run's pools and
+learner group, the real ones (solrl/cluster/actors.py) or, with `cluster.stand_in`, stand-ins
+of a real model's sizes and timings (solrl/standin/actors.py). Imported only here, so a stand-in
+run's processes never load a model stack."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class WorkerClasses:
+    sampler: type
+    reward: type
+    learner: type
+
+
+def worker_classes(config) -> WorkerClasses:
+    if config.cluster.stand_in is not None:
+        from solrl.standin.actors import StandInLearner, StandInReward, StandInSampler
+
+        return WorkerClasses(StandInSampler, StandInReward, StandInLearner)
+    from solrl.cluster.actors import LearnerActor, RewardActor, SamplerActor
+
+    return WorkerClasses(SamplerActor, RewardActor, LearnerActor)

@@ -1,0 +1,227 @@
+"""Stand-ins for the model-bearing Ray actors (solrl/cluster/actors.py): the same methods, the same
+record types back, every tensor at the real model's size, every call as long as the modeled GPU
+time (solrl/standin/timing.py). They import torch's tensors and nothing of a model stack, so
+dozens of them fit one machine. `cluster.stand_in` picks them (solrl/cluster/worker_classes.py).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from solrl.faults import FaultPlan
+from solrl.nbytes import SCORER_BYTES, batch_sizes, payload_bytes
+from solrl.learner.weight_sync import WeightUpdate
+from solrl.standin.payloads import Payloads, reward
+from solrl.standin.timing import Clock
+from solrl.types import Candidates, PromptGroup, Selection, TrainBatch, per_selection
+
+
+def _threads(cpus: float) -> None:
+    torch.set_num_threads(max(1, int(cpus)))
+
+
+class StandInSampler:
+    """An explore (NVFP4) or regeneration (BF16) worker of the stand-in model."""
+
+    def __init__(self, config, role: str, name: str, cpus: float = 1):
+        _threads(cpus)
+        self.config, self.role, self.name = config, role, name
+        self.payloads, self.clock = Payloads(config), Clock(config, name)
+        self.scores = config.cluster.reward_workers == 0
+        self.faults = FaultPlan(config.cluster.faults, name)
+        ro = config.rollout
+        self.sampling, self.precision = (ro.explore, ro.explore_precision) if role == "explore" else (ro.regenerate, ro.regenerate_precision)
+        self.version = 0
+
+    def info(self) -> dict:
+        return {"name": self.name, "role": self.role, "pid": os.getpid(), "version": self.version}
+
+    def _report(self, start: float) -> dict:
+        return {"seconds": time.perf_counter() - start, "version": self.version, "worker": self.name}
+
+    def _draw(self, images: int) -> None:
+        self.clock.sample(images, self.sampling, self.precision)
+        if self.scores:
+            self.clock.reward(images)
+
+    def explore(self, groups: Sequence[PromptGroup]) -> dict:
+        self.faults.reached("explore")
+        start = time.perf_counter()
+        self._draw(sum(len(g.seeds) for g in groups))
+        seconds = (time.perf_counter() - start) / max(1, len(groups))
+        candidates = [Candidates(g, tuple(reward(g.prompt, s, proxy=True) for s in g.seeds), self.version, seconds) for g in groups]
+        return self._report(start) | {"candidates": candidates}
+
+    def explore_images(self, groups: Sequence[PromptGroup]) -> tuple[torch.Tensor, dict]:
+        self.faults.reached("explore_images")
+        start = time.perf_counter()
+        n = sum(len(g.seeds) for g in groups)
+        self._draw(n)
+        images = self.payloads.images(n)
+        return images, self._report(start) | {"seconds_per_group": (time.perf_counter() - start) / max(1, len(groups)), "bytes": {"images": images.nbytes}}
+
+    def _batch(self, selections: Sequence[Selection], scored: bool) -> TrainBatch:
+        n = sum(len(s.seeds) for s in selections)
+        rewards = [reward(s.group.prompt, seed) for s in selections for seed in s.seeds] if scored else [float("nan")] * n
+        return TrainBatch(
+            x0=self.payloads.latents(n),
+            cond=self.payloads.conditioning(n, dtype=torch.float32),
+            rewards=torch.tensor(rewards, dtype=torch.float32),
+            groups=torch.tensor([s.group.prompt_id for s in selections for _ in s.seeds], dtype=torch.long),
+            seeds=torch.tensor([seed for s in selections for seed in s.seeds], dtype=torch.long),
+            version=self.version,
+            proxy_rewards=torch.tensor([r for s in selections for r in s.proxy_rewards], dtype=torch.float32),
+        )
+
+    def regenerate(self, selections: Sequence[Selection]) -> tuple[TrainBatch, dict]:
+        self.faults.reached("regenerate")
+        start = time.perf_counter()
+        self._draw(sum(len(s.seeds) for s in selections))
+        batch = self._batch(selections, scored=True)
+        summary = {"rewards": per_selection(batch.rewards, selections), "seconds": time.perf_counter() - start, "bytes": batch_sizes(batch)}
+        return batch, summary | {"version": batch.version, "worker": self.name}
+
+    def regenerate_images(self, selections: Sequence[Selection]) -> tuple[TrainBatch, torch.Tensor, dict]:
+        self.faults.reached("regenerate_images")
+        start = time.perf_counter()
+        n = sum(len(s.seeds) for s in selections)
+        self._draw(n)
+        batch, images = self._batch(selections, scored=False), self.payloads.images(n)
+        return batch, images, self._report(start) | {"bytes": batch_sizes(batch) | {"images": images.nbytes}}
+
+    def apply_update(self, update: WeightUpdate) -> int:
+        self.faults.reached("apply_update")
+        update.verify()
+        self.clock.apply(update.nbytes)
+        self.version = update.version
+        return self.version
+
+    def measure(self, adapter_state, pairs: Sequence[tuple[str, int]], scorer=None) -> dict:
+        """The prompt-file world's per-image measures (reward, seconds) of an eval slice."""
+        self.faults.reached("measure")
+        start = time.perf_counter()
+        self.clock.sample(len(pairs), self.config.eval.sampling, self.config.eval.precision)
+        extra = {}
+        if self.scores:
+            self.clock.reward(len(pairs))
+        elif scorer is not None:  # the reward pool scores the eval images, as for a real sampler
+            import ray
+
+            images, prompts = self.payloads.images(len(pairs)), [p for p, _ in pairs]
+            reply = ray.get(scorer.score.remote(images, prompts))
+            extra[SCORER_BYTES] = np.array([payload_bytes(images) + payload_bytes(prompts) + payload_bytes(reply)])
+        shift = 0.0 if adapter_state is None else 0.01
+        rewards = np.array([reward(p, s) + shift for p, s in pairs])
+        return {"reward": rewards, "seconds": np.array([time.perf_counter() - start])} | extra
+
+    def grid(self, adapter_state):
+        """A placeholder of the run's sample grid: one grey tile per eval caption."""
+        from PIL import Image
+
+        self.faults.reached("grid")
+        rows = self.config.eval.grid_rows
+        return Image.new("RGB", (4 * 64, rows * 64), (128, 128, 128) if adapter_state is None else (160, 160, 160))
+
+
+class StandInReward:
+    """A reward worker of the stand-in model: scores images as long as PickScore would."""
+
+    def __init__(self, config, name: str, cpus: float = 1):
+        _threads(cpus)
+        self.name, self.clock = name, Clock(config, name)
+        self.faults = FaultPlan(config.cluster.faults, name)
+
+    def info(self) -> dict:
+        return {"name": self.name, "role": "reward", "pid": os.getpid()}
+
+    def score(self, images: torch.Tensor, prompts: Sequence[str]) -> dict:
+        self.faults.reached("score")
+        start = time.perf_counter()
+        self.clock.reward(len(prompts))
+        return {"rewards": [reward(p, i, proxy=True) for i, p in enumerate(prompts)], "seconds": time.perf_counter() - start}
+
+    def label(self, batch: TrainBatch, images: torch.Tensor, selections: Sequence[Selection]) -> tuple[TrainBatch, dict]:
+        self.faults.reached("label")
+        start = time.perf_counter()
+        self.clock.reward(len(batch))
+        rewards = torch.tensor([reward(s.group.prompt, seed) for s in selections for seed in s.seeds], dtype=torch.float32)
+        batch = TrainBatch(batch.x0, batch.cond, rewards, batch.groups, batch.seeds, batch.version, batch.proxy_rewards)
+        return batch, {"rewards": per_selection(batch.rewards, selections), "seconds": time.perf_counter() - start, "bytes": batch_sizes(batch)}
+
+
+class StandInLearner:
+    """One learner rank of the stand-in model, in a real torch.distributed (gloo) group."""
+
+    def __init__(self, config, rank: int, world: int, master_addr: str, master_port: int, cpus: float = 1, armed: bool = True):
+        _threads(cpus)
+        self.config, self.rank, self.world = config, rank, world
+        self.payloads, self.clock = Payloads(config), Clock(config, f"learner-{rank}")
+        self.faults = FaultPlan(config.cluster.faults, f"learner-{rank}", armed)
+        self.version = 0
+        if world > 1:
+            import torch.distributed as dist
+
+            os.environ.setdefault("MASTER_ADDR", master_addr)
+            os.environ["MASTER_PORT"] = str(master_port)
+            dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(minutes=5))
+
+    def info(self) -> dict:
+        return {"rank": self.rank, "pid": os.getpid(), "version": self.version}
+
+    def _fill(self) -> float:
+        return 1e-3 * self.version
+
+    def step(self, *batches: TrainBatch) -> tuple[dict, WeightUpdate | None]:
+        self.faults.reached("step")
+        start = time.perf_counter()
+        rows = sum(len(b) for b in batches)
+        self.clock.train(len(range(self.rank, rows, self.world)))
+        self.faults.reached("backward")
+        loss = torch.tensor([float(np.mean([b.rewards.nanmean().item() for b in batches])) if batches else 0.0])
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(loss)
+        self.version += 1
+        stats = {"loss": loss.item(), "policy_loss": loss.item(), "kl": 0.0, "grad_norm": 1.0, "old_decay": 0.0, "version": self.version}
+        stats["seconds"] = time.perf_counter() - start
+        sync = time.perf_counter()
+        self.faults.reached("publish")
+        update = self._update()
+        stats |= {"publish_seconds": time.perf_counter() - sync, "update_bytes": update.nbytes if update is not None else 0}
+        return stats, update
+
+    def _update(self) -> WeightUpdate | None:
+        return WeightUpdate.build(self.version, self.payloads.adapter(self._fill())) if self.rank == 0 else None
+
+    def weight_update(self) -> tuple[WeightUpdate | None, int]:
+        update = self._update()
+        return update, update.nbytes if update is not None else 0
+
+    def state(self) -> tuple[dict[str, torch.Tensor] | None, int]:
+        if self.rank != 0:
+            return None, 0
+        tensors = self.payloads.learner_state(self._fill())
+        return tensors, payload_bytes(tensors)
+
+    def load_state(self, tensors: dict[str, torch.Tensor], step: int) -> int:
+        self.version = step
+        return self.version
+
+    def ema_state(self) -> dict[str, torch.Tensor] | None:
+        return self.payloads.adapter(self._fill()) if self.rank == 0 else None
+
+    def adapter_states(self) -> dict[str, dict[str, torch.Tensor]] | None:
+        return {k: self.payloads.adapter(self._fill()) for k in ("policy", "old", "ema")} if self.rank == 0 else None
+
+    def close(self) -> None:
+        import torch.distributed as dist
+
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
