@@ -34,6 +34,12 @@ class ClusterConfig(BaseModel):
     gpus_per_worker: float = _describe("GPUs each worker reserves.", default=0, ge=0)
     groups_per_task: int = _describe("Prompt groups a rollout worker takes at a time.", default=1, ge=1)
     checkpoint_every: int = _describe("Iterations between checkpoints (0: only at the end).", default=1, ge=0)
+    snapshot_every: int = _describe(
+        "Learner steps between snapshots of the learner group's state a restarted group begins at (the steps since are redone "
+        "from their inputs, kept in the object store meanwhile). 0: at checkpoints (checkpoint_every), or every 10 steps without them.",
+        default=0,
+        ge=0,
+    )
     max_restarts: int = _describe("Worker replacements per pool before the run gives up.", default=10, ge=0)
     pool_resources: dict[Literal["rollout", "regen", "reward", "learner"], dict[str, float]] = _describe(
         "Custom Ray resources each worker of a pool also reserves, e.g. {rollout: {nvfp4: 1}} to put explore workers on "

@@ -38,9 +38,3 @@ def payload_bytes(obj: Any) -> int:
         return payload_bytes(obj.tensors)
     raise TypeError(f"payload_bytes cannot size a {type(obj).__name__}; give it tensors, arrays, containers or dataclasses")
 
-
-def batch_sizes(batch) -> dict[str, int]:
-    """A TrainBatch's bytes by traffic kind: samples (x0), conditioning, and rewards (the labels:
-    rewards, group ids, seeds, version)."""
-    samples, cond = payload_bytes(batch.x0), payload_bytes(batch.cond)
-    return {"samples": samples, "conditioning": cond, "rewards": payload_bytes(batch) - samples - cond}

@@ -13,7 +13,7 @@ from solrl.learner.rank import LearnerRank, RankConfig, free_port
 from solrl.models.base import POLICY
 from solrl.models.shapes import ShapesArchitecture, ShapesModel
 from solrl.toy.captions import all_captions
-from solrl.types import TrainBatch
+from solrl.types import TrainBatch, rank_rows
 
 WORDS = sorted({w for caps in all_captions().values() for c in caps for w in c.split()})
 
@@ -46,7 +46,7 @@ def _train(rank: int, world: int, port: int, config, steps: range, out: str, res
     for step in steps:
         with torch.no_grad():
             batch = _batch(learner.policy, step)
-        losses.append(learner.step(batch)["loss"])
+        losses.append(learner.step(batch.labels(), batch.select(rank_rows(len(batch), rank, world)))["loss"])
     state = learner.state()
     update = learner.weight_update()
     if rank == 0:

@@ -14,11 +14,12 @@ import torch
 from solrl.config import RunConfig
 from solrl.evaluation import eval_copy, measure_run, run_grid
 from solrl.faults import FaultPlan
-from solrl.nbytes import SCORER_BYTES, batch_sizes, payload_bytes
+from solrl.learner.plan import StepPlan, kept_bytes, shards_of
 from solrl.learner.rank import LearnerRank, RankConfig
 from solrl.learner.weight_sync import WeightUpdate
 from solrl.models.base import OLD, POLICY
-from solrl.types import PromptGroup, Selection, TrainBatch, per_selection
+from solrl.nbytes import SCORER_BYTES, payload_bytes
+from solrl.types import PromptGroup, Selection, per_selection
 from solrl.workers.reward import reward_worker_from_config
 from solrl.workers.sampler import Role, sampler_from_config
 
@@ -35,7 +36,7 @@ class SamplerActor:
         _threads(cpus)
         self.name, self.role = name, role
         self.worker = sampler_from_config(config, role, with_reward=config.cluster.reward_workers == 0)
-        self.config = config
+        self.config, self.world = config, config.cluster.learner_ranks
         self.faults = FaultPlan(config.cluster.faults, name)
 
     def info(self) -> dict:
@@ -43,20 +44,24 @@ class SamplerActor:
         return {"name": self.name, "role": self.role, "pid": os.getpid(), "version": self.worker.version}
 
     def explore(self, groups: Sequence[PromptGroup]) -> dict:
-        """The candidates of whole prompt groups, with busy seconds."""
+        """The proxy rewards of whole prompt groups (group-then-seed order: the driver knows the
+        groups it sent), with busy seconds."""
         self.faults.reached("explore")
         start = time.perf_counter()
         candidates = self.worker.explore(groups)
-        return self._report(start) | {"candidates": candidates}
+        rewards = [r for c in candidates for r in c.proxy_rewards]
+        return self._report(start) | {"rewards": rewards, "seconds_per_group": candidates[0].seconds if candidates else 0.0}
 
-    def regenerate(self, selections: Sequence[Selection]) -> tuple[TrainBatch, dict]:
-        """The TrainBatch (left in the object store for the learners) and a small summary for
-        the driver: BF16 rewards per selection, busy seconds, version."""
+    def regenerate(self, selections: Sequence[Selection]) -> tuple:
+        """One selection rebuilt for the learners: its x0 in one shard per learner rank and its
+        conditioning once (solrl.learner.plan; left in the object store), then a small summary for
+        the driver: BF16 rewards, busy seconds, version, the stored outputs' bytes."""
         self.faults.reached("regenerate")
         start = time.perf_counter()
-        batch = self.worker.regenerate(selections)
-        summary = {"rewards": per_selection(batch.rewards, selections), "seconds": time.perf_counter() - start, "bytes": batch_sizes(batch)}
-        return batch, summary | {"version": batch.version, "worker": self.name}
+        batch = self.worker.regenerate(_one(selections))
+        shards, cond = shards_of(batch, self.world)
+        summary = {"rewards": per_selection(batch.rewards, selections), "seconds": time.perf_counter() - start, "kept_bytes": kept_bytes(shards, cond)}
+        return (*shards, cond, summary | {"version": batch.version, "worker": self.name})
 
     # Without a reward of their own (cluster.reward_workers > 0) samplers return images, which
     # stay in the object store until a RewardActor scores them.
@@ -67,12 +72,14 @@ class SamplerActor:
         _, images, per_group = self.worker.explore_images(groups)
         return images, self._report(start) | {"seconds_per_group": per_group, "bytes": {"images": images.nbytes}}
 
-    def regenerate_images(self, selections: Sequence[Selection]) -> tuple[TrainBatch, torch.Tensor, dict]:
-        """(unscored TrainBatch, its images, report)."""
+    def regenerate_images(self, selections: Sequence[Selection]) -> tuple:
+        """regenerate's shards and conditioning, then the images for a reward worker to score, and
+        a report."""
         self.faults.reached("regenerate_images")
         start = time.perf_counter()
-        batch, images = self.worker.regenerate_images(selections)
-        return batch, images, self._report(start) | {"bytes": batch_sizes(batch) | {"images": images.nbytes}}
+        batch, images = self.worker.regenerate_images(_one(selections))
+        shards, cond = shards_of(batch, self.world)
+        return (*shards, cond, images, self._report(start) | {"bytes": {"images": images.nbytes}, "kept_bytes": kept_bytes(shards, cond)})
 
     def _report(self, start: float) -> dict:
         return {"seconds": time.perf_counter() - start, "version": self.worker.version, "worker": self.name}
@@ -117,6 +124,12 @@ class _PooledReward:
         return torch.tensor(reply["rewards"], dtype=torch.float32)
 
 
+def _one(selections: Sequence[Selection]) -> Sequence[Selection]:
+    if len(selections) != 1:
+        raise ValueError(f"a regeneration task holds one selection (one prompt group), got {len(selections)}")
+    return selections
+
+
 class RewardActor:
     """A RewardWorker in its own process: the reward pool (cluster.reward_workers > 0)."""
 
@@ -132,17 +145,17 @@ class RewardActor:
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> dict:
         """The rewards of explore previews, with busy seconds."""
         self.faults.reached("score")
+        return self._score(images, prompts)
+
+    def label(self, images: torch.Tensor, prompts: Sequence[str]) -> dict:
+        """The BF16 rewards of regenerated images (the training labels), with busy seconds."""
+        self.faults.reached("label")
+        return self._score(images, prompts)
+
+    def _score(self, images: torch.Tensor, prompts: Sequence[str]) -> dict:
         start = time.perf_counter()
         rewards = self.worker.score(images, prompts).tolist()
         return {"rewards": rewards, "seconds": time.perf_counter() - start}
-
-    def label(self, batch: TrainBatch, images: torch.Tensor, selections: Sequence[Selection]) -> tuple[TrainBatch, dict]:
-        """The regenerated batch with its BF16 rewards (left in the object store for the
-        learners), and the rewards per selection with busy seconds for the driver."""
-        self.faults.reached("label")
-        start = time.perf_counter()
-        batch = self.worker.label(batch, images, [s.group.prompt for s in selections for _ in s.seeds])
-        return batch, {"rewards": per_selection(batch.rewards, selections), "seconds": time.perf_counter() - start, "bytes": batch_sizes(batch)}
 
 
 class LearnerActor:
@@ -151,7 +164,6 @@ class LearnerActor:
     def __init__(self, config: RunConfig, rank: int, world: int, master_addr: str, master_port: int, cpus: float = 1, armed: bool = True):
         _threads(cpus)
         self.rank = LearnerRank(RankConfig.of(config), rank, world, master_addr, master_port)
-        self.updates = config.train.updates_per_iteration
         self.faults = FaultPlan(config.cluster.faults, f"learner-{rank}", armed)
         if "backward" in self.faults.armed:  # inside backward: the first block's gradients come last
             blocks = getattr(self.rank.policy.transformer, "transformer_blocks", None)
@@ -161,14 +173,13 @@ class LearnerActor:
     def info(self) -> dict:
         return {"rank": self.rank.rank, "pid": os.getpid(), "version": self.rank.version}
 
-    def step(self, *batches: TrainBatch) -> tuple[dict, WeightUpdate | None]:
-        """Train on the concatenated batches; returns (stats, the new rollout policy's
-        WeightUpdate on rank 0, None elsewhere)."""
+    def step(self, plan: StepPlan, *pieces) -> tuple[dict, WeightUpdate | None]:
+        """Train one step of `plan` on this rank's rows (`pieces`: StepPlan.shards'); returns
+        (stats, the new rollout policy's WeightUpdate on rank 0, None elsewhere)."""
         self.faults.reached("step")
-        batch = TrainBatch.concat(batches)
         start = time.perf_counter()
-        parts = batch.split_by_group(min(self.updates, len(set(batch.groups.tolist()))))
-        stats = [self.rank.step(p) for p in parts]
+        shards = plan.shards(self.rank.rank, pieces)
+        stats = [self.rank.step(plan.labels(p), shard) for p, shard in enumerate(shards)]
         out = {k: float(sum(s[k] for s in stats) / len(stats)) for k in ("loss", "policy_loss", "kl", "grad_norm")}
         out.update(old_decay=stats[-1]["old_decay"], version=self.rank.version, seconds=time.perf_counter() - start)
         sync_start = time.perf_counter()
@@ -192,14 +203,11 @@ class LearnerActor:
         self.rank.load_state(tensors, step)
         return self.rank.version
 
-    def ema_state(self) -> dict[str, torch.Tensor] | None:
-        state = self.rank.ema_state()
-        return state if self.rank.rank == 0 else None
-
-    def adapter_states(self) -> dict[str, dict[str, torch.Tensor]] | None:
-        """policy, old and ema adapter states on rank 0 (collective)."""
-        states = {"policy": self.rank.adapter_state(POLICY), "old": self.rank.adapter_state(OLD), "ema": self.rank.ema_state()}
-        return states if self.rank.rank == 0 else None
+    def adapter_states(self) -> tuple:
+        """The policy, old and EMA adapter states on rank 0 (None elsewhere) and the bytes of one,
+        as four returns, so each adapter is its own object (collective)."""
+        states = (self.rank.adapter_state(POLICY), self.rank.adapter_state(OLD), self.rank.ema_state())
+        return (*states, payload_bytes(states[2])) if self.rank.rank == 0 else (None, None, None, 0)
 
     def close(self) -> None:
         self.rank.close()

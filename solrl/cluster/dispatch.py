@@ -2,8 +2,9 @@
 
 A stage is one actor call on one pool. Its outputs stay in the object store; the last is a small
 summary (with the worker's busy seconds) that the dispatcher waits on. A stage with a `then`
-passes its outputs on as the next stage's inputs (samplers that hold no reward hand their images
-to the reward pool); a stage without one hands them back to the caller.
+passes its last `passes` outputs on as the next stage's inputs (samplers that hold no reward hand
+their images to the reward pool) and keeps the others for the caller (a regenerated group's
+shards and conditioning, which go to the learners without visiting the reward worker).
 
 A task whose worker died is queued again at the front of its stage with the same inputs, which
 are still in the object store; a task whose inputs were lost (their node died) is redone from the
@@ -22,6 +23,7 @@ from ray.exceptions import ObjectLostError, RayActorError
 
 from solrl.cluster.pools import Worker, WorkerPool
 from solrl.cluster.traffic import Traffic
+from solrl.learner.weight_sync import WeightSyncError
 
 
 @dataclass(frozen=True)
@@ -33,30 +35,35 @@ class Stage:
     origin: str  # the stage that redoes the work when the task's inputs are lost
     summary: str  # the traffic kind of the summary the driver receives (solrl.cluster.traffic)
     prompts: bool = False  # the call takes the work's prompts rather than the work itself
+    passes: int = 0  # with a `then`: how many of the last outputs go on (their traffic kind: "images")
 
 
-# samplers score their own samples
-OWN_REWARD = {
-    "explore": Stage("rollout", "explore", 1, None, "explore", "explore_results"),
-    "regen": Stage("regen", "regenerate", 2, None, "regen", "rewards"),
-}
-# cluster.reward_workers > 0: samplers render, the reward pool scores
-REWARD_POOL = {
-    "explore": Stage("rollout", "explore_images", 2, "score_explore", "explore", "control"),
-    "regen": Stage("regen", "regenerate_images", 3, "score_regen", "regen", "control"),
-    "score_explore": Stage("reward", "score", 1, None, "explore", "rewards", prompts=True),
-    "score_regen": Stage("reward", "label", 2, None, "regen", "rewards"),
-}
+def stages(reward_pool: bool, learner_ranks: int) -> dict[str, Stage]:
+    """The stage table: a regenerated group is stored as one x0 shard per learner rank and its
+    conditioning (solrl.learner.plan), then its summary."""
+    kept = learner_ranks + 1
+    if not reward_pool:  # samplers score their own samples
+        return {
+            "explore": Stage("rollout", "explore", 1, None, "explore", "explore_results"),
+            "regen": Stage("regen", "regenerate", kept + 1, None, "regen", "rewards"),
+        }
+    return {  # cluster.reward_workers > 0: samplers render, the reward pool scores
+        "explore": Stage("rollout", "explore_images", 2, "score_explore", "explore", "control", passes=1),
+        "regen": Stage("regen", "regenerate_images", kept + 2, "score_regen", "regen", "control", passes=1),
+        "score_explore": Stage("reward", "score", 1, None, "explore", "rewards", prompts=True),
+        "score_regen": Stage("reward", "label", 1, None, "regen", "rewards", prompts=True),
+    }
 
 
 @dataclass(frozen=True)
 class Job:
     """Work waiting for a stage: prompt groups (explore) or one Selection (regen), the refs of
-    the previous stage's outputs it consumes, and that stage's summary."""
+    the previous stage's outputs it consumes, that stage's summary, and the outputs it kept."""
 
     work: tuple
     inputs: tuple = ()
     report: dict | None = None
+    kept: tuple = ()
 
 
 @dataclass
@@ -65,12 +72,13 @@ class Task:
     job: Job
     worker: Worker
     outputs: tuple
+    version: int  # the policy version the worker runs it on (the newest it was sent)
 
 
 @dataclass(frozen=True)
 class Done:
-    """A finished chain of stages: the work, the last stage's outputs (refs) and summary, and the
-    first stage's summary (which sampler made it, at which policy version)."""
+    """A finished chain of stages: the work, the outputs kept along it (refs), the last stage's
+    summary, and the first stage's (which sampler made it, at which policy version)."""
 
     stage: str
     work: tuple
@@ -106,17 +114,17 @@ class Dispatcher:
                 if not queue:
                     break
                 jobs = [queue.popleft() for _ in range(min(self.per_task if name == "explore" else 1, len(queue)))]
-                job = Job(tuple(x for j in jobs for x in j.work), jobs[0].inputs, jobs[0].report)
+                job = Job(tuple(x for j in jobs for x in j.work), jobs[0].inputs, jobs[0].report, jobs[0].kept)
                 payload = [g.prompt for g in job.work for _ in g.seeds] if stage.prompts else list(job.work)
                 self.traffic.add_payload("control", payload)
                 if job.inputs:  # the previous stage's outputs, which the worker fetches
-                    self.traffic.add_sizes(job.report["bytes"])
+                    self.traffic.add("images", job.report["bytes"]["images"])
                 method = getattr(w.handle, stage.method)
                 outputs = method.options(num_returns=stage.returns).remote(*job.inputs, payload)
                 outputs = tuple(outputs) if stage.returns > 1 else (outputs,)
                 w.task = outputs[-1]
                 w.first_task_at = w.first_task_at or time.perf_counter()
-                self.pending[outputs[-1]] = Task(name, job, w, outputs)
+                self.pending[outputs[-1]] = Task(name, job, w, outputs, w.serving)
 
     def collect(self) -> list[Done]:
         """Wait for one task to end; pass its outputs on or return them finished. A dead
@@ -144,13 +152,17 @@ class Dispatcher:
                 self._redo(task)
                 summary = None
             if summary is not None:
+                if "version" in summary and summary["version"] != task.version:  # samplers' results; a reward worker serves no policy
+                    raise WeightSyncError(f"{w.name} ran a {task.stage} task on policy version {summary['version']}, but was last sent {task.version}")
                 self.traffic.add_payload(stage.summary, summary)
                 w.busy_seconds += summary["seconds"]
                 origin = task.job.report if task.job.inputs else summary
+                outputs = task.job.kept + task.outputs[:-1]
                 if stage.then is not None:
-                    self.queues[stage.then].append(Job(task.job.work, task.outputs[:-1], summary))
+                    split = len(outputs) - stage.passes
+                    self.queues[stage.then].append(Job(task.job.work, outputs[split:], summary, outputs[:split]))
                 else:
-                    done.append(Done(task.stage, task.job.work, task.outputs[:-1], summary, origin))
+                    done.append(Done(task.stage, task.job.work, outputs, summary, origin))
             if w.retiring:
                 self.pools[stage.pool].remove(w)
         return done

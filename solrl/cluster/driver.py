@@ -26,10 +26,10 @@ import ray
 from solrl.autoscale import Autoscaler
 from solrl.cluster import pool_eval
 from solrl.cluster.control import Control, serve_control
-from solrl.cluster.dispatch import OWN_REWARD, REWARD_POOL, Dispatcher, Done
-from solrl.cluster.ledger import IterationState, Ledger
+from solrl.cluster.dispatch import Dispatcher, Done, stages
+from solrl.cluster.ledger import IterationState, Ledger, Regenerated
 from solrl.cluster.pools import WorkerPool
-from solrl.cluster.publish import publish
+from solrl.cluster.publish import Publisher
 from solrl.cluster.startup import start_workers, starting
 from solrl.cluster.telemetry import Telemetry
 from solrl.cluster.traffic import Traffic
@@ -80,7 +80,7 @@ class Driver:
         self.order_states: dict[int, dict] = {}  # prompt order before each iteration's groups
         self.live = live
         self.view: LiveView | None = None
-        self._states: tuple[int, dict] | None = None  # (version, adapter states) last fetched
+        self._adapters: tuple[int, dict, int] | None = None  # (version, adapter refs, bytes of one), rank 0's
         self.faults = FaultPlan(config.cluster.faults, "driver-0")
         self.control, self.control_server = Control(), None
         self.pools: dict[str, WorkerPool] = {}  # rollout, regen and, when configured, reward
@@ -104,7 +104,8 @@ class Driver:
         except BaseException:
             self._stop_control()
             raise
-        self.dispatcher = Dispatcher(self.pools, REWARD_POOL if "reward" in self.pools else OWN_REWARD, c.groups_per_task, self._log, self.traffic)
+        self.publisher = Publisher(lambda: pool_eval.samplers(self.pools), self._log)
+        self.dispatcher = Dispatcher(self.pools, stages("reward" in self.pools, c.learner_ranks), c.groups_per_task, self._log, self.traffic)
         if self.resume:
             self._restore()
         return self
@@ -128,7 +129,7 @@ class Driver:
     def _restore(self) -> None:
         tensors, state = load_checkpoint(self.resume)
         self.log(f"resuming from step {state['step']} (iteration {state['iteration']})")
-        self.learners.saved, self.learners.saved_bytes = ray.put(tensors), payload_bytes(tensors)
+        self.learners.saved, self.learners.saved_bytes, self.learners.saved_version = ray.put(tensors), payload_bytes(tensors), state["step"]
         self.learners.load_state(self.learners.saved, state["step"])
         self.ledger.version = state["step"]
         self.start_iteration = state["iteration"]
@@ -172,13 +173,16 @@ class Driver:
     def _deliver(self, done: Done) -> None:
         """A finished explore or regeneration chain, into the ledger."""
         origin = done.origin_report
-        if done.stage == "explore":
-            selections = self.ledger.explored(done.summary["candidates"], done.summary["worker"])
-        elif done.stage == "score_explore":
+        if done.stage in ("explore", "score_explore"):  # the proxy rewards of the groups sent, in their seed order
             results = candidates_from_rewards(done.work, done.summary["rewards"], origin["version"], origin["seconds_per_group"])
             selections = self.ledger.explored(results, origin["worker"])
-        else:  # regen / score_regen: the labelled batch goes on to the learners by reference
-            self.ledger.regenerated(done.work[0], done.outputs[0], origin | {"rewards": done.summary["rewards"], "bytes": done.summary["bytes"]})
+        else:  # regen / score_regen: the group's shards and conditioning go on to the learners by reference
+            rewards = done.summary["rewards"][0] if done.stage == "regen" else done.summary["rewards"]
+            kept = origin["kept_bytes"]
+            shards, cond = done.outputs[:-1], done.outputs[-1]
+            self.ledger.regenerated(
+                Regenerated(done.work[0], shards, cond, tuple(kept["samples"]), kept["conditioning"], tuple(rewards), origin["version"], origin["worker"])
+            )
             return
         for sel in selections:
             self.dispatcher.put("regen", (sel,))
@@ -189,6 +193,7 @@ class Driver:
             self.dispatcher.dispatch()
             for done in self.dispatcher.collect():
                 self._deliver(done)
+            self.publisher.poll()
             self.control.answer(self.scale)
             self._publish_status()
             state = self.ledger.current()
@@ -198,14 +203,18 @@ class Driver:
 
     # -- learning and weight sync ------------------------------------------------------------------
     def _launch(self, it: int, state: IterationState, regen_done: float) -> dict:
-        """Start the learner step on an iteration's batches, in the order its groups were drawn."""
+        """Start the learner step on an iteration's groups, in the order they were drawn."""
         self.ledger.drop_stale_batches(state)
-        refs = state.ordered_batches()
-        calls = self.learners.step(refs, state.ordered_sizes()) if refs else []
-        return {"it": it, "state": state, "refs": refs, "calls": calls, "start": time.perf_counter(), "version": self.version, "regen_done": regen_done}
+        groups = state.ordered()
+        step = self.learners.step(groups) if groups else None
+        return {"it": it, "state": state, "step": step, "start": time.perf_counter(), "version": self.version, "regen_done": regen_done}
+
+    def _checkpoint_due(self, it: int) -> bool:
+        every = self.config.cluster.checkpoint_every
+        return bool(every) and (it + 1) % every == 0
 
     def _publish(self, update_ref, nbytes: int, version: int) -> float:
-        seconds = publish(pool_eval.samplers(self.pools), update_ref, nbytes, version, self._log)
+        seconds = self.publisher.publish(update_ref, nbytes, version)
         self.ledger.version = version
         return seconds
 
@@ -213,8 +222,8 @@ class Driver:
         """Finish a launched step: publish its weights, yield the iteration's row, checkpoint."""
         it, state = launched["it"], launched["state"]
         stats, timing = None, {"regen_done": launched["regen_done"], "learn": 0.0, "sync": 0.0}
-        if launched["calls"]:
-            stats, update_ref = self.learners.finish(launched["calls"], launched["refs"], self.version)
+        if launched["step"] is not None:
+            stats, update_ref = self.learners.finish(launched["step"], self.version, self._checkpoint_due(it))
             timing["learn"] = time.perf_counter() - launched["start"]
             self.ledger.trained(state)
             timing["sync"] = self._publish(update_ref, int(stats["update_bytes"]), int(stats["version"]))
@@ -228,9 +237,8 @@ class Driver:
         self.faults.reached("row")
         yield row
         self.store.flush()
-        every = self.config.cluster.checkpoint_every
         asked = self.control.checkpoints or self.control.stop_requested.is_set()
-        if self.learners.saved is not None and (every and (it + 1) % every == 0 or asked):
+        if self.version > 0 and (self._checkpoint_due(it) or asked):
             self.faults.reached("checkpoint")
             self._checkpoint(it)
         self.ledger.iterations.pop(it, None)
@@ -264,26 +272,37 @@ class Driver:
                     self._queue_iteration(it)
         if inflight is not None:
             yield from self._complete(inflight)
-        if it < total and self.learners.saved is not None and self.checkpointed[1] < it:
+        if it < total and self.version > 0 and self.checkpointed[1] < it:
             self._checkpoint(it - 1)  # stopped early: a resume continues from here
         self.ledger.drop_unfinished()
 
     # -- evaluation, checkpoints, the run ----------------------------------------------------------
+    def _adapter_refs(self) -> tuple[dict, int]:
+        """Rank 0's policy, old and EMA adapters as object refs (one object each, made once per
+        policy version and never fetched by the driver) and the bytes of one."""
+        if self._adapters is None or self._adapters[0] != self.version:
+            refs = [r.adapter_states.options(num_returns=4).remote() for r in self.learners.ranks][0]
+            self._adapters = (self.version, dict(zip(("policy", "old", "ema"), refs[:3])), ray.get(refs[3]))
+        return self._adapters[1], self._adapters[2]
+
     def adapter_states(self) -> dict:
-        """policy, old and ema adapter states from rank 0, fetched once per policy version."""
-        if self._states is None or self._states[0] != self.version:
-            self._states = (self.version, ray.get(self.learners.call("adapter_states")[0]))
-            self.traffic.add_payload("eval", self._states[1])
-        return self._states[1]
+        """The policy, old and EMA adapter states, fetched to write the run's lora/."""
+        refs, nbytes = self._adapter_refs()
+        self.traffic.add("checkpoint", nbytes, receivers=len(refs))
+        return dict(zip(refs, ray.get(list(refs.values()))))
 
     def evaluate(self, adapter: str | None) -> dict:
-        return pool_eval.evaluate(self.config, self.pools, self._adapter(adapter), self._log, self.traffic)
+        return pool_eval.evaluate(self.config, self.pools, *self._adapter(adapter), self._log, self.traffic)
 
     def grid(self, adapter: str | None):
-        return pool_eval.grid(self.config, self.pools, self._adapter(adapter), self._log, self.traffic)
+        return pool_eval.grid(self.config, self.pools, *self._adapter(adapter), self._log, self.traffic)
 
-    def _adapter(self, adapter: str | None) -> dict | None:
-        return None if adapter is None else self.adapter_states()[adapter]
+    def _adapter(self, adapter: str | None) -> tuple[object, int]:
+        """(a ref to the adapter, its bytes), or (None, 0) for the base model."""
+        if adapter is None:
+            return None, 0
+        refs, nbytes = self._adapter_refs()
+        return refs[adapter], nbytes
 
     def _restarts(self) -> dict[str, int]:
         return {name: pool.restarts for name, pool in self.pools.items()} | {"learner": self.learners.generation}
@@ -292,8 +311,7 @@ class Driver:
         return {"restarts": self._restarts(), "dropped": dict(self.ledger.dropped), "duplicates": self.store.duplicates, "bytes_moved": dict(self.traffic.total)}
 
     def _checkpoint(self, it: int) -> None:
-        tensors = ray.get(self.learners.saved)
-        self.traffic.add("checkpoint", self.learners.saved_bytes)
+        tensors = ray.get(self.learners.checkpoint_state(self.version))
         state = {
             "iteration": it + 1,
             "order": self.order_states.get(it + 1, self.order.state()),

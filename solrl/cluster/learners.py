@@ -1,19 +1,64 @@
-"""The learner group: N LearnerActor ranks in one Ray placement group, joined by
-torch.distributed. A rank that dies takes the step with it; the group is restarted from the
-state it had before the step (kept in the object store after every step) and the step redone."""
+"""The learner group: N LearnerActor ranks in one Ray placement group, joined by torch.distributed.
+
+Each rank is sent the step's plan and only the shards it trains (solrl.learner.plan). A rank that
+dies takes the step with it: the group is restarted from its newest snapshot, the steps trained
+since are redone from their inputs (still in the object store), then the failed step. Snapshots
+are taken only as often as recovery needs them (cluster.snapshot_every) and when a checkpoint is
+written; docs/method.md says why a redone step is exact.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import ray
 from ray.exceptions import RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from solrl.cluster.ledger import Regenerated
 from solrl.cluster.traffic import Traffic
 from solrl.cluster.worker_classes import worker_classes
 from solrl.config import RunConfig
+from solrl.learner.plan import StepPlan
+from solrl.types import split_evenly
+
+DEFAULT_SNAPSHOT_EVERY = 10  # steps between snapshots when neither snapshot_every nor checkpoint_every is set
+
+
+@dataclass(frozen=True)
+class StepInputs:
+    """What each rank is sent for one step: the plan, and per rank the refs it fetches and their
+    bytes by kind."""
+
+    plan: StepPlan
+    refs: tuple[tuple, ...]
+    sizes: tuple[dict[str, int], ...]
+
+    @classmethod
+    def of(cls, groups: Sequence[Regenerated], updates: int, world: int) -> StepInputs:
+        plan = StepPlan.of([g.labels() for g in groups], updates, world, min(g.version for g in groups))
+        parts = split_evenly(list(groups), len(plan.parts))
+        refs, sizes = [], []
+        for rank in range(world):
+            mine, size = [], {"samples": 0, "conditioning": 0}
+            for p, g, residue in plan.needs(rank):
+                regen = parts[p][g]
+                mine += [regen.shards[residue], regen.cond]
+                size["samples"] += regen.shard_bytes[residue]
+                size["conditioning"] += regen.cond_bytes
+            refs.append(tuple(mine))
+            sizes.append(size)
+        return cls(plan, tuple(refs), tuple(sizes))
+
+
+@dataclass(frozen=True)
+class LearnerStep:
+    """A step in flight: its inputs, and each rank's (stats, update) refs."""
+
+    inputs: StepInputs
+    calls: list
 
 
 class LearnerGroup:
@@ -22,8 +67,10 @@ class LearnerGroup:
     def __init__(self, config: RunConfig, traffic: Traffic, log: Callable[[str], None] = print):
         self.config, self.log, self.traffic = config, log, traffic
         self.generation = 0  # restarts so far; injected faults arm only the first group
-        self.saved = None  # ref to rank 0's full state after the last completed step
-        self.saved_bytes = 0
+        self.saved, self.saved_bytes, self.saved_version = None, 0, 0  # the newest snapshot (None: the fresh start)
+        self.since: list[StepInputs] = []  # steps trained after the snapshot, redone on a restart
+        c = config.cluster
+        self.snapshot_every = c.snapshot_every or c.checkpoint_every or DEFAULT_SNAPSHOT_EVERY
         self.reserve()
 
     def reserve(self) -> ray.ObjectRef:
@@ -66,44 +113,70 @@ class LearnerGroup:
         ray.get(self.reserve())
         self.launch()
 
-    def step(self, batches: list, sizes: list[dict[str, int]]) -> list:
-        """Start one step on every rank over the batch refs (of `sizes` bytes by kind); returns the
-        (stats, update) ref pairs."""
-        for each in sizes:
-            self.traffic.add_sizes(each, receivers=len(self.ranks))
-        return [r.step.options(num_returns=2).remote(*batches) for r in self.ranks]
+    def step(self, groups: Sequence[Regenerated]) -> LearnerStep:
+        """Start one step over regenerated groups (in the order they were drawn) on every rank."""
+        c = self.config
+        inputs = StepInputs.of(groups, c.train.updates_per_iteration, c.cluster.learner_ranks)
+        return LearnerStep(inputs, self._start(inputs))
+
+    def _start(self, inputs: StepInputs) -> list:
+        for size in inputs.sizes:
+            self.traffic.add_sizes(size)
+        self.traffic.add_payload("rewards", inputs.plan, receivers=len(self.ranks))
+        return [r.step.options(num_returns=2).remote(inputs.plan, *refs) for r, refs in zip(self.ranks, inputs.refs)]
+
+    def finish(self, step: LearnerStep, version: int, checkpoint_due: bool) -> tuple[dict, object]:
+        """Wait for a step; if a rank died, restart the group, bring it back to where the step
+        began and redo it. Returns (stats, rank 0's WeightUpdate ref). Takes a snapshot when
+        recovery needs one, unless a checkpoint (which takes its own) is due."""
+        calls = step.calls
+        for _ in range(self.config.cluster.max_restarts + 1):
+            try:
+                if calls is None:
+                    self._recover()
+                    calls = self._start(step.inputs)
+                stats = _gather([c[0] for c in calls])
+                break
+            except RayActorError:
+                self.log(f"a learner rank died; restarting the group at version {version} and redoing the step")
+                self.restart()
+                calls = None
+        else:
+            raise RuntimeError(f"the learner group died {self.generation} times (cluster.max_restarts); giving up")
+        self.traffic.add_payload("control", stats)
+        self.since.append(step.inputs)
+        if len(self.since) >= self.snapshot_every and not checkpoint_due:
+            self.snapshot(int(stats[0]["version"]), "learner_state")
+        return stats[0], calls[0][1]
+
+    def _recover(self) -> None:
+        """A restarted group back at its newest snapshot, then each step trained since redone."""
+        if self.saved is not None:
+            self.load_state(self.saved, self.saved_version)
+        for inputs in self.since:
+            _gather([c[0] for c in self._start(inputs)])  # the weights these published are already served
 
     def load_state(self, state, step: int) -> None:
         """Every rank restores `state` (a ref or the tensors) at optimizer step `step`."""
         self.traffic.add("learner_state", self.saved_bytes, receivers=len(self.ranks))
         ray.get(self.call("load_state", state, step))
 
-    def snapshot(self) -> None:
-        """Keep the group's full state in the object store (rank 0's), for a restart or a checkpoint."""
+    def snapshot(self, version: int, kind: str) -> None:
+        """Keep the group's full state (rank 0's) in the object store: the point a restart
+        begins at. `kind` counts it: learner_state when only kept, checkpoint when the driver
+        fetches it to write a checkpoint."""
         refs = [r.state.options(num_returns=2).remote() for r in self.ranks]
-        self.saved = refs[0][0]
+        self.saved, self.saved_version, self.since = refs[0][0], version, []
         self.saved_bytes = _gather([size for _, size in refs])[0]
-        self.traffic.add("learner_state", self.saved_bytes)
+        self.traffic.add(kind, self.saved_bytes)
 
-    def finish(self, calls: list, batches: list, version: int) -> tuple[dict, object]:
-        """Wait for a step; if a rank died, restart the group from the state it had before the
-        step (or the fresh start) and redo it. Returns (stats, rank 0's WeightUpdate ref)."""
-        for _ in range(self.config.cluster.max_restarts + 1):
-            try:
-                stats = _gather([c[0] for c in calls])
-                self.traffic.add_payload("control", stats)
-                stats = stats[0]
-                break
-            except RayActorError:
-                self.log(f"a learner rank died; restarting the group at version {version} and redoing the step")
-                self.restart()
-                if self.saved is not None:
-                    self.load_state(self.saved, version)
-                calls = self.step(batches, [])
-        else:
-            raise RuntimeError(f"the learner group died {self.generation} times (cluster.max_restarts); giving up")
-        self.snapshot()
-        return stats, calls[0][1]
+    def checkpoint_state(self, version: int):
+        """The state at `version` for a checkpoint (a snapshot, taken now unless one is at hand)."""
+        if self.saved is None or self.saved_version != version:
+            self.snapshot(version, "checkpoint")
+        else:  # a snapshot kept for recovery, now fetched by the driver too
+            self.traffic.add("checkpoint", self.saved_bytes)
+        return self.saved
 
 
 def _gather(refs: list) -> list:

@@ -11,9 +11,29 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from solrl.learner.plan import GroupLabels
 from solrl.types import Candidates, PromptGroup, Selection
 from solrl.workers.selector import Selector
 from solrl.workers.store import CandidateStore, GroupKey, group_key
+
+
+@dataclass(frozen=True)
+class Regenerated:
+    """A regenerated group as the driver tracks it: its outputs in the object store (one x0 shard
+    per learner rank and its conditioning, solrl.learner.plan) with their bytes, its BF16 rewards,
+    and which worker made it at which policy version."""
+
+    selection: Selection
+    shards: tuple  # ObjectRefs
+    cond: object  # ObjectRef
+    shard_bytes: tuple[int, ...]
+    cond_bytes: int
+    rewards: tuple[float, ...]
+    version: int
+    worker: str
+
+    def labels(self) -> GroupLabels:
+        return GroupLabels(self.selection.group.prompt_id, self.selection.seeds, self.rewards)
 
 
 @dataclass
@@ -24,7 +44,7 @@ class IterationState:
     started: float
     candidates: dict = field(default_factory=dict)  # group key -> Candidates
     selections: dict = field(default_factory=dict)  # group key -> Selection
-    regenerated: dict = field(default_factory=dict)  # group key -> (batch ref, summary)
+    regenerated: dict = field(default_factory=dict)  # group key -> Regenerated
     explore_done: float | None = None
     dropped: int = 0
 
@@ -32,15 +52,10 @@ class IterationState:
     def complete(self) -> bool:
         return len(self.regenerated) + self.dropped == len(self.groups)
 
-    def ordered_batches(self) -> list:
-        """The regenerated batch refs in the order the groups were drawn."""
+    def ordered(self) -> list[Regenerated]:
+        """The regenerated groups in the order they were drawn."""
         order = {(g.iteration, g.prompt_id): i for i, g in enumerate(self.groups)}
-        return [self.regenerated[k][0] for k in sorted(self.regenerated, key=order.__getitem__)]
-
-    def ordered_sizes(self) -> list[dict[str, int]]:
-        """The bytes by kind of each batch of ordered_batches, in the same order."""
-        order = {(g.iteration, g.prompt_id): i for i, g in enumerate(self.groups)}
-        return [self.regenerated[k][1]["bytes"] for k in sorted(self.regenerated, key=order.__getitem__)]
+        return [self.regenerated[k] for k in sorted(self.regenerated, key=order.__getitem__)]
 
 
 class Ledger:
@@ -80,18 +95,19 @@ class Ledger:
                 state.explore_done = time.perf_counter()
         return selections
 
-    def regenerated(self, sel: Selection, batch_ref, summary: dict) -> None:
+    def regenerated(self, regen: Regenerated) -> None:
+        sel = regen.selection
         state = self.iterations[sel.group.iteration]
         key = group_key(sel)
-        self.store.record_regenerated(sel, summary["rewards"][0], summary["worker"])
-        if self.too_stale(summary["version"]):
+        self.store.record_regenerated(sel, list(regen.rewards), regen.worker)
+        if self.too_stale(regen.version):
             self.drop(state, key, "stale")
             return
-        state.regenerated[key] = (batch_ref, summary)
+        state.regenerated[key] = regen
 
     def drop_stale_batches(self, state: IterationState) -> None:
         """Drop batches that fell more than max_policy_lag versions behind while they waited."""
-        for key in [k for k, (_, summary) in state.regenerated.items() if self.too_stale(summary["version"])]:
+        for key in [k for k, regen in state.regenerated.items() if self.too_stale(regen.version)]:
             del state.regenerated[key]
             self.drop(state, key, "stale")
 

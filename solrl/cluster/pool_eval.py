@@ -18,17 +18,18 @@ def samplers(pools: dict[str, WorkerPool]) -> tuple[WorkerPool, WorkerPool]:
     return (pools["rollout"], pools["regen"])
 
 
-def evaluate(config: RunConfig, pools: dict[str, WorkerPool], adapter_state: dict | None, log: Callable[[str], None], traffic: Traffic) -> dict:
-    """The run's eval of `adapter_state` (None: the base model)."""
-    base = adapter_state is None
+def evaluate(config: RunConfig, pools: dict[str, WorkerPool], adapter, adapter_bytes: int, log: Callable[[str], None], traffic: Traffic) -> dict:
+    """The run's eval of `adapter` (a ref to an adapter state of `adapter_bytes`, fetched by each
+    sampler that evaluates; None: the base model)."""
+    base = adapter is None
     pairs = eval_plan(config, base)
     while True:
         scorer = next(iter(pools["reward"].workers.values())) if "reward" in pools else None
         n = sum(len(pool.idle_or_busy()) for pool in samplers(pools))
         parts = [pairs[len(pairs) * i // n : len(pairs) * (i + 1) // n] for i in range(n)]
-        calls = [(adapter_state, part, scorer and scorer.handle) for part in parts if part]
+        calls = [(adapter, part, scorer and scorer.handle) for part in parts if part]
         try:
-            measures = call_spread(samplers(pools), "measure", calls, log, traffic, "eval")
+            measures = call_spread(samplers(pools), "measure", calls, log, traffic, "eval", adapter_bytes)
             for m in measures:
                 traffic.add("eval", int(m.pop(SCORER_BYTES, [0])[0]))
             break
@@ -37,8 +38,9 @@ def evaluate(config: RunConfig, pools: dict[str, WorkerPool], adapter_state: dic
     return summarize_run(config, pairs, merge_measures(measures), base)
 
 
-def grid(config: RunConfig, pools: dict[str, WorkerPool], adapter_state: dict | None, log: Callable[[str], None], traffic: Traffic):
-    """The run's sample grid of `adapter_state` (None: the base model), or None without one."""
+def grid(config: RunConfig, pools: dict[str, WorkerPool], adapter, adapter_bytes: int, log: Callable[[str], None], traffic: Traffic):
+    """The run's sample grid of `adapter` (a ref to an adapter state; None: the base model), or
+    None without one."""
     if not config.eval.grid_rows:
         return None
-    return call_spread(samplers(pools), "grid", [(adapter_state,)], log, traffic, "eval")[0]
+    return call_spread(samplers(pools), "grid", [(adapter,)], log, traffic, "eval", adapter_bytes)[0]

@@ -31,12 +31,13 @@ class Worker:
     ready: object = None  # ref that resolves once the actor has started; None once it has
     spawned_at: float = field(default_factory=time.perf_counter)
     first_task_at: float | None = None  # when it was handed its first task
+    serving: int = 0  # the policy version it was last sent (samplers): what its next task runs on
 
 
 @dataclass
 class WorkerPool:
-    """Workers of one role. Sampler pools hold `update`, the WeightUpdate ref every new worker
-    applies first; a reward pool holds no policy."""
+    """Workers of one role. Sampler pools hold `update`, the newest WeightUpdate ref (of
+    `update_bytes`, at `update_version`) every new worker applies first; a reward pool holds no policy."""
 
     config: RunConfig
     role: Literal["explore", "regenerate", "reward"]
@@ -45,6 +46,7 @@ class WorkerPool:
     workers: dict[str, Worker] = field(default_factory=dict)
     update: object = None
     update_bytes: int = 0
+    update_version: int = 0
     restarts: int = 0
     history: list[Worker] = field(default_factory=list)  # every worker spawned, retired or not
     _ids: itertools.count = field(default_factory=itertools.count)
@@ -63,7 +65,7 @@ class WorkerPool:
         if self.update is not None:
             handle.apply_update.remote(self.update)
             self.traffic.add("weight_update", self.update_bytes)
-        self.workers[name] = Worker(name, handle, ready=ready)
+        self.workers[name] = Worker(name, handle, ready=ready, serving=self.update_version if self.update is not None else 0)
         self.history.append(self.workers[name])
         return self.workers[name]
 
@@ -131,18 +133,22 @@ class HelperDied(RuntimeError):
     """A call failed because an actor it called (not the worker running it) died."""
 
 
-def call_spread(pools: Sequence[WorkerPool], method: str, calls: list[tuple], log: Callable[[str], None], traffic: Traffic, kind: str) -> list:
+def call_spread(
+    pools: Sequence[WorkerPool], method: str, calls: list[tuple], log: Callable[[str], None], traffic: Traffic, kind: str, fetched: int = 0
+) -> list:
     """Each call's result, the calls spread over the pools' workers; a call whose worker died
     goes to the next one, and the dead worker is replaced. A call that failed because an actor it
-    used died (e.g. an eval's reward worker) raises HelperDied: its worker is fine. Arguments and
-    results count as `kind` traffic."""
+    used died (e.g. an eval's reward worker) raises HelperDied: its worker is fine. Arguments
+    (those passed by value, and `fetched` bytes a call's object-ref arguments hold) and results
+    count as `kind` traffic."""
     results, todo = [None] * len(calls), list(range(len(calls)))
     while todo:
         workers = [(pool, w) for pool in pools for w in pool.idle_or_busy()]
         running = [(i, *workers[j % len(workers)]) for j, i in enumerate(todo)]
         refs = [getattr(w.handle, method).remote(*calls[i]) for i, _, w in running]
         for i, _, _ in running:
-            traffic.add_payload(kind, [a for a in calls[i] if not isinstance(a, ray.actor.ActorHandle)])
+            traffic.add_payload(kind, [a for a in calls[i] if not isinstance(a, (ray.actor.ActorHandle, ray.ObjectRef))])
+            traffic.add(kind, fetched)
         todo = []
         for (i, pool, w), ref in zip(running, refs):
             try:

@@ -1,9 +1,14 @@
-"""Weight publication: a learner step's WeightUpdate becomes the policy every sampler serves.
+"""Weight publication: a learner step's WeightUpdate becomes the policy every sampler serves,
+and the driver waits for no sampler while it does.
 
-Each running sampler applies the update and reports the version it now serves, which is checked
-(solrl.learner.weight_sync). Samplers still starting are not waited for: the pool keeps the
-newest update and a worker applies it before its first task. A sampler that dies while applying
-it is replaced, and the replacement starts from the pool's update in the same way.
+Each sampler is sent the update by reference (it fetches it once, verifies the checksum and
+merges it; solrl.learner.weight_sync). Actor calls run in the order they are sent, so every task
+handed to a sampler afterwards runs on the new weights: the dispatcher checks that each result
+reports the version its sampler was last sent, and the ledger drops results older than the lag
+bound, which is all the bound requires. Samplers still starting get the update the same way, and
+a worker spawned later applies the pool's newest update before its first task. Applies are
+watched as they finish (`poll`): a sampler that died applying one is replaced, a failed checksum
+is an error.
 """
 
 from __future__ import annotations
@@ -14,24 +19,36 @@ from collections.abc import Callable, Iterable
 import ray
 from ray.exceptions import RayActorError
 
-from solrl.cluster.pools import WorkerPool
+from solrl.cluster.pools import Worker, WorkerPool
 from solrl.learner.weight_sync import check_served
 
 
-def publish(samplers: Iterable[WorkerPool], update_ref, nbytes: int, version: int, log: Callable[[str], None]) -> float:
-    """Make `update_ref` (at `version`, `nbytes` of tensors) the weights every sampler serves; seconds taken."""
-    start = time.perf_counter()
-    samplers = list(samplers)
-    for pool in samplers:
-        pool.update, pool.update_bytes = update_ref, nbytes  # workers spawned from now on apply it first
-    calls = [(pool, w, w.handle.apply_update.remote(update_ref)) for pool in samplers for w in list(pool.workers.values())]
-    for pool, _, _ in calls:
-        pool.traffic.add("weight_update", nbytes)
-    starting = {w.name for pool in samplers for w in pool.starting()}
-    for pool, w, ref in [c for c in calls if c[1].name not in starting]:
-        try:
-            check_served(w.name, ray.get(ref), version)
-        except RayActorError:
-            if not w.retiring:
-                pool.replace_dead(w, log)
-    return time.perf_counter() - start
+class Publisher:
+    def __init__(self, samplers: Callable[[], Iterable[WorkerPool]], log: Callable[[str], None]):
+        self.samplers, self.log = samplers, log
+        self.pending: list[tuple[WorkerPool, Worker, ray.ObjectRef, int]] = []
+
+    def publish(self, update_ref, nbytes: int, version: int) -> float:
+        """Send `update_ref` (at `version`, `nbytes` of tensors) to every sampler; seconds taken."""
+        start = time.perf_counter()
+        for pool in self.samplers():
+            pool.update, pool.update_bytes, pool.update_version = update_ref, nbytes, version  # workers spawned from now on apply it first
+            for w in list(pool.workers.values()):
+                self.pending.append((pool, w, w.handle.apply_update.remote(update_ref), version))
+                w.serving = version
+                pool.traffic.add("weight_update", nbytes)
+        return time.perf_counter() - start
+
+    def poll(self) -> None:
+        """Check the applies that have finished; never waits."""
+        if not self.pending:
+            return
+        done, _ = ray.wait([ref for _, _, ref, _ in self.pending], num_returns=len(self.pending), timeout=0)
+        finished = set(done)
+        for pool, w, ref, version in [p for p in self.pending if p[2] in finished]:
+            try:
+                check_served(w.name, ray.get(ref), version)
+            except RayActorError:
+                if not w.retiring:
+                    pool.replace_dead(w, self.log)
+        self.pending = [p for p in self.pending if p[2] not in finished]

@@ -42,8 +42,8 @@ class Telemetry:
         sync seconds; `trained_at`: the version the step trained from."""
         keys = list(state.regenerated)
         selections = [state.selections[k] for k in keys]
-        bf16 = [state.regenerated[k][1]["rewards"][0] for k in keys]
-        versions = [state.regenerated[k][1]["version"] for k in keys]
+        bf16 = [list(state.regenerated[k].rewards) for k in keys]
+        versions = [state.regenerated[k].version for k in keys]
         explore_end = state.explore_done or timing["regen_done"]
         seconds = {
             "explore": explore_end - state.started,

@@ -28,7 +28,7 @@ from solrl.objectives.nft import (
 from solrl.sampling import SamplingConfig
 from solrl.sampling.noise import hash_ints, seed_noise
 from solrl.sampling.schedules import time_grid
-from solrl.types import TrainBatch
+from solrl.types import TrainBatch, TrainLabels, rank_rows
 
 
 class NFTTrainer:
@@ -86,34 +86,42 @@ class NFTTrainer:
         generator = torch.Generator().manual_seed(hash_ints(self.seed, self.step_count, -1, *key))
         return pick_train_times(self.grid, self.nft.timestep_fraction, generator)
 
-    def step(self, batch: TrainBatch, rank: int | None = None, world: int = 1) -> dict[str, float]:
-        """One optimizer step on `batch`; returns the loss statistics averaged over times.
+    def step(self, batch: TrainBatch, world: int = 1) -> dict[str, float]:
+        """One optimizer step on `batch`, taken as a data-parallel group of `world` ranks takes it,
+        in one process: each rank's rows (solrl.types.rank_rows) accumulated alone, then the ranks'
+        gradients summed, which with two ranks (where the sum is exact) is bit-for-bit the group's
+        step. Returns the loss statistics averaged over times."""
+        shards = {rank: batch.select(rank_rows(len(batch), rank, world)) for rank in range(world)}
+        return self._step(batch.labels(), shards, world)
 
-        Data-parallel rank `rank` of `world` gets the whole batch (advantages need every sample's
-        reward) and backpropagates rows rank::world, its share of the batch mean; the group sums
-        the ranks' gradients. `rank=None` takes the whole group's step in one process: each
-        virtual rank's gradient accumulated alone, then summed, which with two ranks (where the
-        sum is exact) is bit-for-bit the step the group takes.
-        """
+    def step_shard(self, labels: TrainLabels, shard: TrainBatch, rank: int, world: int) -> dict[str, float]:
+        """Data-parallel rank `rank`'s part of one optimizer step: `labels` are every row's, `shard`
+        holds this rank's rows (rank_rows of the labels' order); the group sums the gradients."""
+        return self._step(labels, {rank: shard}, world)
+
+    def _step(self, labels: TrainLabels, shards: dict[int, TrainBatch], world: int) -> dict[str, float]:
         # A sample whose BF16 reward failed (e.g. a remote reward under on_failure="nan") is left
-        # out of the step, never trained on with a made-up reward. Ranks filter before splitting.
-        batch, quarantined = batch.without_non_finite()
-        if quarantined and rank is not None:
-            raise ValueError("a batch with non-finite rewards must be filtered before it is split over ranks")
-        n = len(batch)
-        if n < world:
+        # out of the step, never trained on with a made-up reward.
+        finite = torch.isfinite(labels.rewards)
+        n = int(finite.sum())
+        if n == 0:
+            raise ValueError(f"all {len(labels)} rewards in the batch are non-finite; the reward is failing (check its service or inputs)")
+        counts = [int(finite[rank_rows(len(labels), rank, world)].sum()) for rank in range(world)]
+        if min(counts) == 0:
             raise ValueError(f"a training batch of {n} rows cannot be split over {world} learner ranks; keep more samples per update")
-        advantages = group_advantages(batch.rewards, batch.groups, self.nft.adv_eps)
-        r = optimality_probability(advantages, self.nft.adv_clip).to(self.model.device)
-        times = self._times(batch)
+        r_all = torch.full((len(labels),), float("nan"))
+        advantages = group_advantages(labels.rewards[finite], labels.groups[finite], self.nft.adv_eps)
+        r_all[finite] = optimality_probability(advantages, self.nft.adv_clip)
         # Every rank runs the same number of forward/backward passes (FSDP's collectives pair up).
-        chunks = 1 if self.micro_batch is None else min(math.ceil(math.ceil(n / world) / self.micro_batch), n // world)
+        chunks = 1 if self.micro_batch is None else min(math.ceil(max(counts) / self.micro_batch), min(counts))
         params = self.model.trainable_parameters()
         totals: dict[str, float] = {}
         summed: list[torch.Tensor | None] = [None] * len(params)
-        for virtual in range(world) if rank is None else [rank]:
+        for rank, shard in shards.items():
+            keep = finite[rank_rows(len(labels), rank, world)].nonzero().flatten()
+            shard, r = shard.select(keep), r_all[rank_rows(len(labels), rank, world)][keep].to(self.model.device)
             self.optimizer.zero_grad(set_to_none=True)
-            self._accumulate(batch, r, times, torch.tensor_split(torch.arange(virtual, n, world), chunks), totals)
+            self._accumulate(shard, r, self._times(shard), torch.tensor_split(torch.arange(len(shard)), chunks), totals, n)
             summed = [g if s is None else (s if g is None else s + g) for s, g in zip(summed, (p.grad for p in params))]
         for p, g in zip(params, summed):
             p.grad = g
@@ -123,17 +131,18 @@ class NFTTrainer:
         eta = old_policy_decay(self.step_count, self.nft)
         ema_(self.model.adapter_parameters(OLD).values(), self.model.adapter_parameters(POLICY).values(), eta)
         ema_(self.ema, params, ema_decay_at(self.step_count - 1, self.nft))
-        totals.update(grad_norm=float(grad_norm), old_decay=eta, step=self.step_count, quarantined=quarantined)
+        totals.update(grad_norm=float(grad_norm), old_decay=eta, step=self.step_count, quarantined=len(labels) - n)
         return totals
 
-    def _accumulate(self, batch: TrainBatch, r: torch.Tensor, times: torch.Tensor, chunks: tuple[torch.Tensor, ...], totals: dict[str, float]) -> None:
-        """Backpropagate the loss of the rows in `chunks` at every training time into the grads;
-        pass j trains each row at its j-th time (`times` is rows x k)."""
+    def _accumulate(self, batch: TrainBatch, r: torch.Tensor, times: torch.Tensor, chunks: tuple[torch.Tensor, ...], totals: dict[str, float], n: int) -> None:
+        """Backpropagate the loss of the rows in `chunks` at every training time into the grads,
+        each row's share of the mean over the step's `n` rows; pass j trains each row at its j-th
+        time (`times` is rows x k)."""
         # Batches cross processes on the CPU; the model may live on a GPU.
-        model, device, n, per_row = self.model, self.model.device, len(batch), times.shape[1]
+        model, device, per_row = self.model, self.model.device, times.shape[1]
         passes = [(ti, idx) for ti in range(per_row) for idx in chunks]
         for i, (ti, idx) in enumerate(passes):
-            x0, cond = batch.x0[idx].to(device), batch.cond.select(idx).to(device)
+            x0, cond = batch.x0[idx].to(device), batch.condition(idx).to(device)
             eps = self._noise(batch, idx, ti, x0.shape[1:]).to(device=device, dtype=x0.dtype)
             tt = times[idx, ti].to(device)
             x_t = interpolate(x0, eps, tt)

@@ -1,8 +1,9 @@
 """One rank of the learner group: torch.distributed + FSDP2 around the same NFTTrainer the
 single-process loop uses.
 
-Every rank receives the whole TrainBatch (advantages need all rewards) and trains its own rows;
-the ranks' gradients add up to the single-process gradient, so the step equals it.
+Every rank receives every row's labels (advantages need all rewards) and the samples of its own
+rows only (solrl.learner.plan); the ranks' gradients add up to the single-process gradient, so the
+step equals it.
 The cluster layer places N of these in a Ray placement group; tests spawn them as processes.
 """
 
@@ -24,7 +25,7 @@ from solrl.learner.nft_trainer import NFTTrainer
 from solrl.learner.weight_sync import WeightUpdate
 from solrl.models.base import OLD, POLICY
 from solrl.sampling import SamplingConfig
-from solrl.types import TrainBatch
+from solrl.types import TrainBatch, TrainLabels
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -96,11 +97,10 @@ class LearnerRank:
     def version(self) -> int:
         return self.trainer.step_count
 
-    def step(self, batch: TrainBatch) -> dict[str, float]:
-        """One optimizer step on this rank's rows; statistics are summed over ranks."""
-        batch, quarantined = batch.without_non_finite()
-        stats = self.trainer.step(batch, rank=self.rank, world=self.world)
-        stats["quarantined"] = quarantined
+    def step(self, labels: TrainLabels, shard: TrainBatch) -> dict[str, float]:
+        """One optimizer step on this rank's rows (`shard`; `labels` are every row's); statistics
+        are summed over ranks."""
+        stats = self.trainer.step_shard(labels, shard, self.rank, self.world)
         if self.world > 1:
             keys = ("loss", "policy_loss", "kl")
             summed = torch.tensor([stats[k] for k in keys], dtype=torch.float64)

@@ -25,8 +25,8 @@ def state_digest(tensors: dict[str, torch.Tensor]) -> str:
         h.update(name.encode())
         h.update(str(t.dtype).encode())
         h.update(str(tuple(t.shape)).encode())
-        # bytes via a same-width integer view: numpy has no bfloat16
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        # the raw bytes through a same-width integer view (numpy has no bfloat16), hashed in place
+        h.update(t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b"")
     return h.hexdigest()
 
 

@@ -6,6 +6,7 @@ dozens of them fit one machine. `cluster.stand_in` picks them (solrl/cluster/wor
 
 from __future__ import annotations
 
+import ctypes
 import datetime
 import os
 import time
@@ -15,29 +16,39 @@ import numpy as np
 import torch
 
 from solrl.faults import FaultPlan
-from solrl.nbytes import SCORER_BYTES, batch_sizes, payload_bytes
+from solrl.learner.plan import StepPlan, kept_bytes, shards_of
+from solrl.nbytes import SCORER_BYTES, payload_bytes
 from solrl.learner.weight_sync import WeightUpdate
 from solrl.standin.payloads import Payloads, reward
 from solrl.standin.timing import Clock
-from solrl.types import Candidates, PromptGroup, Selection, TrainBatch, per_selection
+from solrl.types import PromptGroup, Selection, TrainBatch, per_selection
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 
-def _threads(cpus: float) -> None:
+def _setup(cpus: float) -> None:
     torch.set_num_threads(max(1, int(cpus)))
+    # Payloads of hundreds of MB pass through every call: allocations of 128 KiB and more are
+    # mapped and unmapped (glibc's adaptive threshold would keep freed ones in the heap), so a
+    # stand-in's memory is what it holds, not what it once received.
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 128 * 1024)
+    except OSError:  # not glibc: the allocator's own policy
+        pass
 
 
 class StandInSampler:
     """An explore (NVFP4) or regeneration (BF16) worker of the stand-in model."""
 
     def __init__(self, config, role: str, name: str, cpus: float = 1):
-        _threads(cpus)
+        _setup(cpus)
         self.config, self.role, self.name = config, role, name
         self.payloads, self.clock = Payloads(config), Clock(config, name)
         self.scores = config.cluster.reward_workers == 0
         self.faults = FaultPlan(config.cluster.faults, name)
         ro = config.rollout
         self.sampling, self.precision = (ro.explore, ro.explore_precision) if role == "explore" else (ro.regenerate, ro.regenerate_precision)
-        self.version = 0
+        self.version, self.world = 0, config.cluster.learner_ranks
 
     def info(self) -> dict:
         return {"name": self.name, "role": self.role, "pid": os.getpid(), "version": self.version}
@@ -54,9 +65,8 @@ class StandInSampler:
         self.faults.reached("explore")
         start = time.perf_counter()
         self._draw(sum(len(g.seeds) for g in groups))
-        seconds = (time.perf_counter() - start) / max(1, len(groups))
-        candidates = [Candidates(g, tuple(reward(g.prompt, s, proxy=True) for s in g.seeds), self.version, seconds) for g in groups]
-        return self._report(start) | {"candidates": candidates}
+        rewards = [reward(g.prompt, s, proxy=True) for g in groups for s in g.seeds]
+        return self._report(start) | {"rewards": rewards, "seconds_per_group": (time.perf_counter() - start) / max(1, len(groups))}
 
     def explore_images(self, groups: Sequence[PromptGroup]) -> tuple[torch.Tensor, dict]:
         self.faults.reached("explore_images")
@@ -66,34 +76,39 @@ class StandInSampler:
         images = self.payloads.images(n)
         return images, self._report(start) | {"seconds_per_group": (time.perf_counter() - start) / max(1, len(groups)), "bytes": {"images": images.nbytes}}
 
-    def _batch(self, selections: Sequence[Selection], scored: bool) -> TrainBatch:
-        n = sum(len(s.seeds) for s in selections)
-        rewards = [reward(s.group.prompt, seed) for s in selections for seed in s.seeds] if scored else [float("nan")] * n
+    def _batch(self, selection: Selection, scored: bool) -> TrainBatch:
+        """One regenerated group: its x0, its prompt's conditioning once, its rewards (NaN unscored)."""
+        n = len(selection.seeds)
+        rewards = [reward(selection.prompt, seed) for seed in selection.seeds] if scored else [float("nan")] * n
         return TrainBatch(
             x0=self.payloads.latents(n),
-            cond=self.payloads.conditioning(n, dtype=torch.float32),
+            cond=self.payloads.conditioning(1),
             rewards=torch.tensor(rewards, dtype=torch.float32),
-            groups=torch.tensor([s.group.prompt_id for s in selections for _ in s.seeds], dtype=torch.long),
-            seeds=torch.tensor([seed for s in selections for seed in s.seeds], dtype=torch.long),
+            groups=torch.full((n,), selection.group.prompt_id, dtype=torch.long),
+            seeds=torch.tensor(selection.seeds, dtype=torch.long),
             version=self.version,
-            proxy_rewards=torch.tensor([r for s in selections for r in s.proxy_rewards], dtype=torch.float32),
+            proxy_rewards=torch.tensor(selection.proxy_rewards, dtype=torch.float32),
+            cond_rows=torch.zeros(n, dtype=torch.long),
         )
 
-    def regenerate(self, selections: Sequence[Selection]) -> tuple[TrainBatch, dict]:
+    def regenerate(self, selections: Sequence[Selection]) -> tuple:
         self.faults.reached("regenerate")
         start = time.perf_counter()
-        self._draw(sum(len(s.seeds) for s in selections))
-        batch = self._batch(selections, scored=True)
-        summary = {"rewards": per_selection(batch.rewards, selections), "seconds": time.perf_counter() - start, "bytes": batch_sizes(batch)}
-        return batch, summary | {"version": batch.version, "worker": self.name}
+        (selection,) = selections
+        self._draw(len(selection.seeds))
+        batch = self._batch(selection, scored=True)
+        shards, cond = shards_of(batch, self.world)
+        summary = {"rewards": per_selection(batch.rewards, selections), "seconds": time.perf_counter() - start, "kept_bytes": kept_bytes(shards, cond)}
+        return (*shards, cond, summary | {"version": batch.version, "worker": self.name})
 
-    def regenerate_images(self, selections: Sequence[Selection]) -> tuple[TrainBatch, torch.Tensor, dict]:
+    def regenerate_images(self, selections: Sequence[Selection]) -> tuple:
         self.faults.reached("regenerate_images")
         start = time.perf_counter()
-        n = sum(len(s.seeds) for s in selections)
-        self._draw(n)
-        batch, images = self._batch(selections, scored=False), self.payloads.images(n)
-        return batch, images, self._report(start) | {"bytes": batch_sizes(batch) | {"images": images.nbytes}}
+        (selection,) = selections
+        self._draw(len(selection.seeds))
+        batch, images = self._batch(selection, scored=False), self.payloads.images(len(selection.seeds))
+        shards, cond = shards_of(batch, self.world)
+        return (*shards, cond, images, self._report(start) | {"bytes": {"images": images.nbytes}, "kept_bytes": kept_bytes(shards, cond)})
 
     def apply_update(self, update: WeightUpdate) -> int:
         self.faults.reached("apply_update")
@@ -133,7 +148,7 @@ class StandInReward:
     """A reward worker of the stand-in model: scores images as long as PickScore would."""
 
     def __init__(self, config, name: str, cpus: float = 1):
-        _threads(cpus)
+        _setup(cpus)
         self.name, self.clock = name, Clock(config, name)
         self.faults = FaultPlan(config.cluster.faults, name)
 
@@ -146,20 +161,19 @@ class StandInReward:
         self.clock.reward(len(prompts))
         return {"rewards": [reward(p, i, proxy=True) for i, p in enumerate(prompts)], "seconds": time.perf_counter() - start}
 
-    def label(self, batch: TrainBatch, images: torch.Tensor, selections: Sequence[Selection]) -> tuple[TrainBatch, dict]:
+    def label(self, images: torch.Tensor, prompts: Sequence[str]) -> dict:
+        """The BF16 rewards of regenerated images (deterministic per prompt and position)."""
         self.faults.reached("label")
         start = time.perf_counter()
-        self.clock.reward(len(batch))
-        rewards = torch.tensor([reward(s.group.prompt, seed) for s in selections for seed in s.seeds], dtype=torch.float32)
-        batch = TrainBatch(batch.x0, batch.cond, rewards, batch.groups, batch.seeds, batch.version, batch.proxy_rewards)
-        return batch, {"rewards": per_selection(batch.rewards, selections), "seconds": time.perf_counter() - start, "bytes": batch_sizes(batch)}
+        self.clock.reward(len(prompts))
+        return {"rewards": [reward(p, i) for i, p in enumerate(prompts)], "seconds": time.perf_counter() - start}
 
 
 class StandInLearner:
     """One learner rank of the stand-in model, in a real torch.distributed (gloo) group."""
 
     def __init__(self, config, rank: int, world: int, master_addr: str, master_port: int, cpus: float = 1, armed: bool = True):
-        _threads(cpus)
+        _setup(cpus)
         self.config, self.rank, self.world = config, rank, world
         self.payloads, self.clock = Payloads(config), Clock(config, f"learner-{rank}")
         self.faults = FaultPlan(config.cluster.faults, f"learner-{rank}", armed)
@@ -177,18 +191,20 @@ class StandInLearner:
     def _fill(self) -> float:
         return 1e-3 * self.version
 
-    def step(self, *batches: TrainBatch) -> tuple[dict, WeightUpdate | None]:
+    def step(self, plan: StepPlan, *pieces) -> tuple[dict, WeightUpdate | None]:
+        """Rebuild this rank's rows of each part (as the real rank does), and train them for the
+        modeled time: one optimizer step a part."""
         self.faults.reached("step")
         start = time.perf_counter()
-        rows = sum(len(b) for b in batches)
-        self.clock.train(len(range(self.rank, rows, self.world)))
+        shards = plan.shards(self.rank, pieces)
+        self.clock.train(sum(len(s) for s in shards))
         self.faults.reached("backward")
-        loss = torch.tensor([float(np.mean([b.rewards.nanmean().item() for b in batches])) if batches else 0.0])
+        loss = torch.tensor([float(np.mean([s.rewards.nanmean().item() for s in shards]))])
         if self.world > 1:
             import torch.distributed as dist
 
             dist.all_reduce(loss)
-        self.version += 1
+        self.version += len(shards)
         stats = {"loss": loss.item(), "policy_loss": loss.item(), "kl": 0.0, "grad_norm": 1.0, "old_decay": 0.0, "version": self.version}
         stats["seconds"] = time.perf_counter() - start
         sync = time.perf_counter()
@@ -214,11 +230,11 @@ class StandInLearner:
         self.version = step
         return self.version
 
-    def ema_state(self) -> dict[str, torch.Tensor] | None:
-        return self.payloads.adapter(self._fill()) if self.rank == 0 else None
-
-    def adapter_states(self) -> dict[str, dict[str, torch.Tensor]] | None:
-        return {k: self.payloads.adapter(self._fill()) for k in ("policy", "old", "ema")} if self.rank == 0 else None
+    def adapter_states(self) -> tuple:
+        if self.rank != 0:
+            return None, None, None, 0
+        states = tuple(self.payloads.adapter(self._fill()) for _ in range(3))
+        return (*states, payload_bytes(states[2]))
 
     def close(self) -> None:
         import torch.distributed as dist

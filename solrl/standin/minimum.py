@@ -4,8 +4,8 @@ stand-in run: what its metrics row says it did, priced at the real model's sizes
 - conditioning: each trained prompt's conditioning once to each learner rank that trains a row
   of it, in the samplers' compute dtype;
 - samples: each trained sample's x0 once, to the rank that trains it;
-- rewards: each BF16 reward once to the driver, and every row's reward, seed and group to each
-  rank (advantages are normalized over the whole batch);
+- rewards: each BF16 reward once to the driver, and every row's reward and seed, and every
+  group's id, to each rank (advantages are normalized over the whole batch);
 - explore_results: one proxy reward per explored seed to the driver;
 - images (only with a reward pool): each image once, to the reward worker that scores it;
 - weight_update: the new adapter once to each sampler serving it;
@@ -50,7 +50,7 @@ def iteration_minimum(config, row: dict) -> dict[str, int]:
     out = dict.fromkeys(KINDS, 0)
     out["conditioning"] = groups * size["conditioning"] * min(world, k)
     out["samples"] = samples * size["sample"]
-    out["rewards"] = samples * SCALAR * (1 + 3 * world)
+    out["rewards"] = samples * SCALAR * (1 + 2 * world) + groups * SCALAR * world
     out["explore_results"] = row["candidates"] * SCALAR
     if c.reward_workers:
         out["images"] = (row["candidates"] + samples) * size["image"]

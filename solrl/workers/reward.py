@@ -6,14 +6,13 @@ sampler's own copy would."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 import torch
 
 from solrl.builders import build_reward
 from solrl.config import RunConfig
-from solrl.types import Candidates, PromptGroup, TrainBatch
+from solrl.types import Candidates, PromptGroup
 
 BATCH_SIZE = 256  # images per reward call, here and in SamplerWorker
 
@@ -39,7 +38,7 @@ def candidates_from_rewards(groups: Sequence[PromptGroup], rewards: Sequence[flo
 
 
 class RewardWorker:
-    """Holds one reward model; scores explore previews and labels regenerated batches."""
+    """Holds one reward model; scores explore previews and regenerated samples."""
 
     def __init__(self, reward, batch_size: int = BATCH_SIZE):
         self.reward = reward
@@ -49,10 +48,6 @@ class RewardWorker:
         """(B,) rewards of (image, prompt) pairs."""
         with torch.no_grad():
             return score_in_batches(self.reward, images, prompts, self.batch_size)
-
-    def label(self, batch: TrainBatch, images: torch.Tensor, prompts: Sequence[str]) -> TrainBatch:
-        """`batch` with its rewards (the training labels) computed from its decoded images."""
-        return dataclasses.replace(batch, rewards=self.score(images, prompts))
 
 
 def reward_worker_from_config(config: RunConfig) -> RewardWorker:

@@ -125,9 +125,16 @@ class SamplerWorker:
         x0, images = self._generate(prompts, seeds)
         with torch.no_grad(), single_threaded(self.deterministic):
             cond = self.model.encode_prompts(prompts)
+        # Conditioning once per prompt, in the dtype the model computed it in. Rows of one prompt in
+        # one encoder batch are equal, so its first row stands for all (and the bits are unchanged).
+        first: dict[str, int] = {}
+        for i, p in enumerate(prompts):
+            first.setdefault(p, i)
+        row_of = {p: k for k, p in enumerate(first)}
         batch = TrainBatch(
             x0=x0,
-            cond=cond.to(dtype=torch.float32),
+            cond=cond.select(list(first.values())),
+            cond_rows=torch.tensor([row_of[p] for p in prompts], dtype=torch.long),
             rewards=torch.full((len(seeds),), float("nan")),
             groups=torch.tensor([s.group.prompt_id for s in selections for _ in s.seeds], dtype=torch.long),
             seeds=torch.tensor(seeds, dtype=torch.long),
