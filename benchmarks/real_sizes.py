@@ -32,7 +32,7 @@ from solrl.standin.minimum import iteration_minimum
 CONFIGS = ["configs/flux1.yaml", "configs/sd35.yaml", "configs/sana.yaml"]
 STAND_IN = {"flux1.yaml": "flux1", "sd35.yaml": "sd35", "sana.yaml": "sana"}
 SUBJECTS = ["a red fox", "an old lighthouse", "a bowl of ramen", "a glass teapot", "a violin", "a snowy owl", "a vintage car", "a cactus"]
-PLACES = ["at dawn", "in the rain", "on a wooden table", "under neon lights", "in a meadow", "on the moon", "in watercolor", "as a pencil sketch"]
+PLACES = ["at dawn", "in the rain", "on a wooden table", "under neon lights", "in a meadow", "on the moon", "in watercolor", "in pencil"]
 
 
 def prompt_file(folder: pathlib.Path, name: str, n: int) -> pathlib.Path:
@@ -110,10 +110,12 @@ def run(path: str, args: argparse.Namespace, folder: pathlib.Path) -> dict:
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     actual = {k: statistics.fmean(r["bytes"][k] for r in rows) for k in KINDS}
     minimum = {k: statistics.fmean(iteration_minimum(config, r)[k] for r in rows) for k in KINDS}
-    per_worker: dict[str, list[float]] = {}
+    per_iteration = []  # the largest unique memory of a stand-in of each role, after each iteration
     for sample in watch.rss:
+        roles: dict[str, int] = {}
         for role, info in sample.values():
-            per_worker.setdefault(role, []).append(info.uss)
+            roles[role] = max(roles.get(role, 0), info.uss)
+        per_iteration.append(dict(sorted(roles.items())))
     return {
         "config": model,
         "prompts_per_iteration": prompts,
@@ -127,11 +129,30 @@ def run(path: str, args: argparse.Namespace, folder: pathlib.Path) -> dict:
         "minimum_by_kind": {k: round(v) for k, v in minimum.items()},
         "peak_object_store_bytes": watch.peak,
         "spilled_bytes": watch.spilled,
-        "stand_in_uss_bytes": {role: round(max(v)) for role, v in sorted(per_worker.items())},
+        "stand_in_uss_bytes": {role: max(it.get(role, 0) for it in per_iteration) for role in sorted({r for it in per_iteration for r in it})},
+        "stand_in_uss_per_iteration": per_iteration,
         "iteration_seconds": round(statistics.fmean(r["iteration_seconds"] for r in rows), 1),
         "run_seconds": report["seconds"],
         "bytes_moved_total": report["bytes_moved"],
     }
+
+
+def mb(nbytes: float) -> str:
+    return f"{nbytes / 1e6:,.1f}"
+
+
+def entry(r: dict) -> str:
+    """One config's table: bytes per iteration by kind against the minimum, memory, time."""
+    by, least = r["by_kind"], r["minimum_by_kind"]
+    rows = [[k, mb(by[k]), mb(least[k]), f"{by[k] / least[k]:.2f}" if least[k] else "-"] for k in KINDS if by[k] or least[k]]
+    rows.append(["**all**", f"**{mb(r['bytes_per_iteration'])}**", f"**{mb(r['minimum_bytes'])}**", f"**{r['ratio']:.2f}**"])
+    memory = ", ".join(f"{role} {v / 1e6:,.0f} MB" for role, v in r["stand_in_uss_bytes"].items())
+    return (
+        f"### {r['config']}: {r['prompts_per_iteration']} prompts x {r['candidates']} seeds, {r['iterations']} iterations\n\n"
+        + table(["kind", "MB per iteration", "minimum MB", "ratio"], rows)
+        + f"\n\nPeak object store {mb(r['peak_object_store_bytes'])} MB (spilled {mb(r['spilled_bytes'])} MB); largest stand-in "
+        f"unique memory by role: {memory}; mean iteration {r['iteration_seconds']} s at speedup {r['speedup']:g}."
+    )
 
 
 def main() -> None:
@@ -153,27 +174,16 @@ def main() -> None:
             folder = pathlib.Path(tmp) / pathlib.Path(path).stem
             folder.mkdir()
             results.append(run(path, args, folder))
-    mb = lambda b: f"{b / 1e6:,.1f}"  # noqa: E731
-    lines = []
-    for r in results:
-        kinds = [k for k in KINDS if r["by_kind"][k] or r["minimum_by_kind"][k]]
-        rows = [[k, mb(r["by_kind"][k]), mb(r["minimum_by_kind"][k]), f"{r['by_kind'][k] / r['minimum_by_kind'][k]:.2f}" if r["minimum_by_kind"][k] else "-"] for k in kinds]
-        rows.append(["**all**", f"**{mb(r['bytes_per_iteration'])}**", f"**{mb(r['minimum_bytes'])}**", f"**{r['ratio']:.2f}**"])
-        memory = ", ".join(f"{role} {v / 1e6:,.0f} MB" for role, v in r["stand_in_uss_bytes"].items())
-        lines.append(
-            f"### {r['config']}: {r['prompts_per_iteration']} prompts x {r['candidates']} seeds, "
-            f"{r['iterations']} iterations\n\n" + table(["kind", "MB per iteration", "minimum MB", "ratio"], rows)
-            + f"\n\nPeak object store {mb(r['peak_object_store_bytes'])} MB (spilled {mb(r['spilled_bytes'])} MB); largest stand-in "
-            f"unique memory by role: {memory}; mean iteration {r['iteration_seconds']} s at speedup {r['speedup']:g}."
-        )
-    body = "\n\n".join(lines) + "\n\n```json\n" + "\n".join(json.dumps(r) for r in results) + "\n```"
+    body = "\n\n".join(map(entry, results)) + "\n\n```json\n" + "\n".join(json.dumps(r) for r in results) + "\n```"
     notes = (
         f"{args.rollout} rollout, {args.regen} regeneration and {args.learners} learner stand-ins (solrl/standin), the real driver; "
-        f"modeled GPU time divided by {args.speedup:g} (B200 table, solrl/standin/timing.py); a payload counts once per process receiving it"
+        f"modeled GPU time divided by {args.speedup:g} (B200 table, solrl/standin/timing.py); "
+        "a payload counts once per process receiving it"
     )
     append_results(f"Real sizes: bytes moved per iteration against the minimum{' (' + args.title + ')' if args.title else ''}", body, notes)
+    keys = ("config", "bytes_per_iteration", "minimum_bytes", "ratio", "by_kind", "peak_object_store_bytes")
     for r in results:
-        print(json.dumps({k: r[k] for k in ("config", "bytes_per_iteration", "minimum_bytes", "ratio", "by_kind", "peak_object_store_bytes")}))
+        print(json.dumps({k: r[k] for k in keys}))
 
 
 if __name__ == "__main__":

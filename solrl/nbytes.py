@@ -38,3 +38,8 @@ def payload_bytes(obj: Any) -> int:
         return payload_bytes(obj.tensors)
     raise TypeError(f"payload_bytes cannot size a {type(obj).__name__}; give it tensors, arrays, containers or dataclasses")
 
+
+
+def tensor_bytes(tensors: dict) -> int:
+    """Bytes of a dict of tensors' data, their names left out (as WeightUpdate.nbytes counts)."""
+    return sum(payload_bytes(t) for t in tensors.values())

@@ -185,11 +185,11 @@ FAULT_RUNS = {
     "reward_pool_publish_and_scaling": (  # the rollout pool also grows to 3 and shrinks to 1 meanwhile
         [
             "reward-0:score:1",  # scoring the base eval for the samplers: replaced, and the eval redone
-            "reward-1:label:1",  # labelling a regenerated batch
+            "reward-1:label:1",  # labelling regenerated images
             "reward-2:score:1",  # scoring explore previews
-            "learner-0:publish:2",  # publishing step 2
+            "learner-0:publish:2",  # publishing step 2: no snapshot yet, so step 1 is redone from its inputs first
         ],
-        ["cluster.reward_workers=1"],
+        ["cluster.reward_workers=1", "cluster.checkpoint_every=0", "cluster.snapshot_every=3"],
         {"rollout": 0, "regen": 0, "reward": 3, "learner": 1},
     ),
 }

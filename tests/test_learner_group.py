@@ -9,7 +9,8 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from solrl.config import load_config
-from solrl.learner.rank import LearnerRank, RankConfig, free_port
+from solrl.learner.rank import LearnerRank, RankConfig
+from solrl.learner.rendezvous import free_port
 from solrl.models.base import POLICY
 from solrl.models.shapes import ShapesArchitecture, ShapesModel
 from solrl.toy.captions import all_captions

@@ -18,7 +18,7 @@ from solrl.learner.plan import StepPlan, kept_bytes, shards_of
 from solrl.learner.rank import LearnerRank, RankConfig
 from solrl.learner.weight_sync import WeightUpdate
 from solrl.models.base import OLD, POLICY
-from solrl.nbytes import SCORER_BYTES, payload_bytes
+from solrl.nbytes import SCORER_BYTES, payload_bytes, tensor_bytes
 from solrl.types import PromptGroup, Selection, per_selection
 from solrl.workers.reward import reward_worker_from_config
 from solrl.workers.sampler import Role, sampler_from_config
@@ -197,7 +197,7 @@ class LearnerActor:
     def state(self) -> tuple[dict[str, torch.Tensor] | None, int]:
         """Full checkpoint tensors on rank 0 (None elsewhere) and their bytes; every rank must be called."""
         tensors = self.rank.state()
-        return (tensors, payload_bytes(tensors)) if self.rank.rank == 0 else (None, 0)
+        return (tensors, tensor_bytes(tensors)) if self.rank.rank == 0 else (None, 0)
 
     def load_state(self, tensors: dict[str, torch.Tensor], step: int) -> int:
         self.rank.load_state(tensors, step)
@@ -207,7 +207,7 @@ class LearnerActor:
         """The policy, old and EMA adapter states on rank 0 (None elsewhere) and the bytes of one,
         as four returns, so each adapter is its own object (collective)."""
         states = (self.rank.adapter_state(POLICY), self.rank.adapter_state(OLD), self.rank.ema_state())
-        return (*states, payload_bytes(states[2])) if self.rank.rank == 0 else (None, None, None, 0)
+        return (*states, tensor_bytes(states[2])) if self.rank.rank == 0 else (None, None, None, 0)
 
     def close(self) -> None:
         self.rank.close()

@@ -2,16 +2,17 @@
 
 Work is pulled: prompt groups wait in a queue and go to whichever rollout worker is idle; a
 group whose candidates are all in is selected at once and its selection queued for the
-regeneration pool (solrl.cluster.dispatch). Regenerated TrainBatches stay in the object store and
-go to the learner ranks by reference. After each learner step the new rollout policy is
-published once as a WeightUpdate and every sampler verifies, merges and reports the version it
-serves.
+regeneration pool (solrl.cluster.dispatch). Regenerated samples stay in the object store and go
+by reference to the learner ranks that train them (solrl.cluster.learners). After each learner
+step the new rollout policy is sent once to every sampler as a WeightUpdate, without waiting
+(solrl.cluster.publish). Every byte that crosses between processes is counted by kind
+(solrl.cluster.traffic).
 
 A dead sampler's or reward worker's tasks are re-queued and the worker replaced; a dead learner
-group is restarted from the state it had before the failed step (kept in the object store every
-iteration) and the step is redone. With max_policy_lag > 0 the next iteration explores while
-the learner trains; records older than the bound are dropped and counted (solrl.cluster.ledger).
-The run folder, eval schedule, log and report are solrl.run's, shared with the local loop.
+group is restarted and brought back to where the failed step began. With max_policy_lag > 0 the
+next iteration explores while the learner trains; records older than the bound are dropped and
+counted (solrl.cluster.ledger). The run folder, eval schedule, log and report are solrl.run's,
+shared with the local loop.
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ from solrl.evaluation import load_run_prompts
 from solrl.faults import FaultPlan
 from solrl.learner.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from solrl.metrics import MetricsServer, RunMetrics
-from solrl.nbytes import payload_bytes
 from solrl.run import execute
 from solrl.runs import make_groups, prompt_order
 from solrl.workers.reward import candidates_from_rewards
@@ -80,7 +80,6 @@ class Driver:
         self.order_states: dict[int, dict] = {}  # prompt order before each iteration's groups
         self.live = live
         self.view: LiveView | None = None
-        self._adapters: tuple[int, dict, int] | None = None  # (version, adapter refs, bytes of one), rank 0's
         self.faults = FaultPlan(config.cluster.faults, "driver-0")
         self.control, self.control_server = Control(), None
         self.pools: dict[str, WorkerPool] = {}  # rollout, regen and, when configured, reward
@@ -129,15 +128,13 @@ class Driver:
     def _restore(self) -> None:
         tensors, state = load_checkpoint(self.resume)
         self.log(f"resuming from step {state['step']} (iteration {state['iteration']})")
-        self.learners.saved, self.learners.saved_bytes, self.learners.saved_version = ray.put(tensors), payload_bytes(tensors), state["step"]
-        self.learners.load_state(self.learners.saved, state["step"])
+        self.learners.restore(tensors, state["step"])
         self.ledger.version = state["step"]
         self.start_iteration = state["iteration"]
         self.order.load_state(state["order"])
         self.store.truncate(state.get("log_parts", 0))
         set_rng_state(state["rng"])
-        update = [r.weight_update.options(num_returns=2).remote() for r in self.learners.ranks][0]
-        self._publish(update[0], ray.get(update[1]), self.version)
+        self._publish(*self.learners.weight_update(), self.version)
 
     def _publish_status(self) -> None:
         """The control service's answer to GetStatus, as of now."""
@@ -178,11 +175,7 @@ class Driver:
             selections = self.ledger.explored(results, origin["worker"])
         else:  # regen / score_regen: the group's shards and conditioning go on to the learners by reference
             rewards = done.summary["rewards"][0] if done.stage == "regen" else done.summary["rewards"]
-            kept = origin["kept_bytes"]
-            shards, cond = done.outputs[:-1], done.outputs[-1]
-            self.ledger.regenerated(
-                Regenerated(done.work[0], shards, cond, tuple(kept["samples"]), kept["conditioning"], tuple(rewards), origin["version"], origin["worker"])
-            )
+            self.ledger.regenerated(Regenerated.of(done.work[0], done.outputs, rewards, origin))
             return
         for sel in selections:
             self.dispatcher.put("regen", (sel,))
@@ -277,17 +270,9 @@ class Driver:
         self.ledger.drop_unfinished()
 
     # -- evaluation, checkpoints, the run ----------------------------------------------------------
-    def _adapter_refs(self) -> tuple[dict, int]:
-        """Rank 0's policy, old and EMA adapters as object refs (one object each, made once per
-        policy version and never fetched by the driver) and the bytes of one."""
-        if self._adapters is None or self._adapters[0] != self.version:
-            refs = [r.adapter_states.options(num_returns=4).remote() for r in self.learners.ranks][0]
-            self._adapters = (self.version, dict(zip(("policy", "old", "ema"), refs[:3])), ray.get(refs[3]))
-        return self._adapters[1], self._adapters[2]
-
     def adapter_states(self) -> dict:
         """The policy, old and EMA adapter states, fetched to write the run's lora/."""
-        refs, nbytes = self._adapter_refs()
+        refs, nbytes = self.learners.adapters(self.version)
         self.traffic.add("checkpoint", nbytes, receivers=len(refs))
         return dict(zip(refs, ray.get(list(refs.values()))))
 
@@ -301,7 +286,7 @@ class Driver:
         """(a ref to the adapter, its bytes), or (None, 0) for the base model."""
         if adapter is None:
             return None, 0
-        refs, nbytes = self._adapter_refs()
+        refs, nbytes = self.learners.adapters(self.version)
         return refs[adapter], nbytes
 
     def _restarts(self) -> dict[str, int]:

@@ -22,6 +22,7 @@ from solrl.cluster.traffic import Traffic
 from solrl.cluster.worker_classes import worker_classes
 from solrl.config import RunConfig
 from solrl.learner.plan import StepPlan
+from solrl.nbytes import tensor_bytes
 from solrl.types import split_evenly
 
 DEFAULT_SNAPSHOT_EVERY = 10  # steps between snapshots when neither snapshot_every nor checkpoint_every is set
@@ -69,6 +70,7 @@ class LearnerGroup:
         self.generation = 0  # restarts so far; injected faults arm only the first group
         self.saved, self.saved_bytes, self.saved_version = None, 0, 0  # the newest snapshot (None: the fresh start)
         self.since: list[StepInputs] = []  # steps trained after the snapshot, redone on a restart
+        self._adapters: tuple[int, dict, int] | None = None  # (version, rank 0's adapter refs, bytes of one)
         c = config.cluster
         self.snapshot_every = c.snapshot_every or c.checkpoint_every or DEFAULT_SNAPSHOT_EVERY
         self.reserve()
@@ -170,6 +172,24 @@ class LearnerGroup:
         self.saved_bytes = _gather([size for _, size in refs])[0]
         self.traffic.add(kind, self.saved_bytes)
 
+    def restore(self, tensors: dict, step: int) -> None:
+        """Every rank loads a checkpoint's state (a resume); it is also the group's snapshot."""
+        self.saved, self.saved_bytes, self.saved_version, self.since = ray.put(tensors), tensor_bytes(tensors), step, []
+        self.load_state(self.saved, step)
+
+    def weight_update(self) -> tuple[object, int]:
+        """The current rollout policy as a WeightUpdate ref (rank 0's) and its bytes (collective)."""
+        update, nbytes = [r.weight_update.options(num_returns=2).remote() for r in self.ranks][0]
+        return update, ray.get(nbytes)
+
+    def adapters(self, version: int) -> tuple[dict, int]:
+        """Rank 0's policy, old and EMA adapters as object refs (one object each, made once per
+        policy version; the driver passes them on without fetching them) and the bytes of one."""
+        if self._adapters is None or self._adapters[0] != version:
+            refs = [r.adapter_states.options(num_returns=4).remote() for r in self.ranks][0]
+            self._adapters = (version, dict(zip(("policy", "old", "ema"), refs[:3])), ray.get(refs[3]))
+        return self._adapters[1], self._adapters[2]
+
     def checkpoint_state(self, version: int):
         """The state at `version` for a checkpoint (a snapshot, taken now unless one is at hand)."""
         if self.saved is None or self.saved_version != version:
@@ -192,7 +212,7 @@ def _gather(refs: list) -> list:
 @ray.remote(num_cpus=0)
 def _rendezvous() -> tuple[str, int]:
     """An address and free port on the node that will host rank 0."""
-    from solrl.learner.rank import free_port
+    from solrl.learner.rendezvous import free_port
 
     host = ray.util.get_node_ip_address()
     return host, free_port(host)

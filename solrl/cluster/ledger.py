@@ -32,6 +32,13 @@ class Regenerated:
     version: int
     worker: str
 
+    @classmethod
+    def of(cls, selection: Selection, outputs: tuple, rewards, report: dict) -> Regenerated:
+        """From a regeneration's stored outputs (shards, then conditioning), its BF16 rewards and
+        its sampler's report."""
+        kept = report["kept_bytes"]
+        return cls(selection, outputs[:-1], outputs[-1], tuple(kept["samples"]), kept["conditioning"], tuple(rewards), report["version"], report["worker"])
+
     def labels(self) -> GroupLabels:
         return GroupLabels(self.selection.group.prompt_id, self.selection.seeds, self.rewards)
 

@@ -9,9 +9,9 @@ from collections.abc import Callable
 
 from solrl.cluster.pools import HelperDied, WorkerPool, call_spread
 from solrl.cluster.traffic import Traffic
-from solrl.nbytes import SCORER_BYTES
 from solrl.config import RunConfig
 from solrl.evaluation import eval_plan, merge_measures, summarize_run
+from solrl.nbytes import SCORER_BYTES
 
 
 def samplers(pools: dict[str, WorkerPool]) -> tuple[WorkerPool, WorkerPool]:

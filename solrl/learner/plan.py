@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from solrl.models.base import Conditioning
-from solrl.nbytes import payload_bytes
+from solrl.nbytes import tensor_bytes
 from solrl.types import TrainBatch, TrainLabels, split_evenly
 
 
@@ -36,8 +36,8 @@ def shards_of(batch: TrainBatch, world: int) -> tuple[list[torch.Tensor], Condit
 
 def kept_bytes(shards: Sequence[torch.Tensor], cond: Conditioning) -> dict:
     """The stored outputs' bytes, as the driver counts them when it sends them to ranks: each
-    shard's samples, and the conditioning."""
-    return {"samples": [s.nbytes for s in shards], "conditioning": payload_bytes(cond)}
+    shard's samples, and the conditioning's tensors."""
+    return {"samples": [s.nbytes for s in shards], "conditioning": tensor_bytes(cond.tensors)}
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,9 @@ class StepPlan:
         out = []
         for p, part in enumerate(self.parts):
             mine = [(i, g, residue) for i, (q, g, residue) in enumerate(needs) if q == p]
+            if not mine:
+                rows = sum(len(g.seeds) for g in part)
+                raise ValueError(f"a training batch of {rows} rows cannot be split over {self.world} learner ranks; keep more samples per update")
             rows = [(g, i) for _, g, residue in mine for i in shard_rows(len(part[g].seeds), residue, self.world)]
             out.append(
                 TrainBatch(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import socket
 from dataclasses import dataclass
 
 import torch
@@ -26,13 +25,6 @@ from solrl.learner.weight_sync import WeightUpdate
 from solrl.models.base import OLD, POLICY
 from solrl.sampling import SamplingConfig
 from solrl.types import TrainBatch, TrainLabels
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free right now on `host`, for the process group's rendezvous."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import datetime
 import os
+import sys
 import time
 from collections.abc import Sequence
 
@@ -17,13 +18,18 @@ import torch
 
 from solrl.faults import FaultPlan
 from solrl.learner.plan import StepPlan, kept_bytes, shards_of
-from solrl.nbytes import SCORER_BYTES, payload_bytes
 from solrl.learner.weight_sync import WeightUpdate
+from solrl.nbytes import SCORER_BYTES, payload_bytes, tensor_bytes
 from solrl.standin.payloads import Payloads, reward
 from solrl.standin.timing import Clock
 from solrl.types import PromptGroup, Selection, TrainBatch, per_selection
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def _modules() -> list[str]:
+    """The top-level packages this process has imported (a stand-in loads no model stack)."""
+    return sorted({name.partition(".")[0] for name in list(sys.modules)})
 
 
 def _setup(cpus: float) -> None:
@@ -51,7 +57,7 @@ class StandInSampler:
         self.version, self.world = 0, config.cluster.learner_ranks
 
     def info(self) -> dict:
-        return {"name": self.name, "role": self.role, "pid": os.getpid(), "version": self.version}
+        return {"name": self.name, "role": self.role, "pid": os.getpid(), "version": self.version, "modules": _modules()}
 
     def _report(self, start: float) -> dict:
         return {"seconds": time.perf_counter() - start, "version": self.version, "worker": self.name}
@@ -153,7 +159,7 @@ class StandInReward:
         self.faults = FaultPlan(config.cluster.faults, name)
 
     def info(self) -> dict:
-        return {"name": self.name, "role": "reward", "pid": os.getpid()}
+        return {"name": self.name, "role": "reward", "pid": os.getpid(), "modules": _modules()}
 
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> dict:
         self.faults.reached("score")
@@ -186,7 +192,7 @@ class StandInLearner:
             dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(minutes=5))
 
     def info(self) -> dict:
-        return {"rank": self.rank, "pid": os.getpid(), "version": self.version}
+        return {"rank": self.rank, "pid": os.getpid(), "version": self.version, "modules": _modules()}
 
     def _fill(self) -> float:
         return 1e-3 * self.version
@@ -224,7 +230,7 @@ class StandInLearner:
         if self.rank != 0:
             return None, 0
         tensors = self.payloads.learner_state(self._fill())
-        return tensors, payload_bytes(tensors)
+        return tensors, tensor_bytes(tensors)
 
     def load_state(self, tensors: dict[str, torch.Tensor], step: int) -> int:
         self.version = step
@@ -234,7 +240,7 @@ class StandInLearner:
         if self.rank != 0:
             return None, None, None, 0
         states = tuple(self.payloads.adapter(self._fill()) for _ in range(3))
-        return (*states, payload_bytes(states[2]))
+        return (*states, tensor_bytes(states[2]))
 
     def close(self) -> None:
         import torch.distributed as dist

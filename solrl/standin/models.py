@@ -47,6 +47,8 @@ class ModelDims:
     conditioning: tuple[tuple[str, tuple[int | str, ...], str], ...]
     linears: tuple[Linear, ...]  # the attention projections LoRA may adapt
     params: dict[str, int]  # parameters by component (transformer, text encoders, autoencoder)
+    transformer_class: str  # diffusers' class, built from `transformer_config` (the checkpoint's config.json)
+    transformer_config: dict
 
     def latent_shape(self, resolution: int | None) -> tuple[int, int, int]:
         res = resolution or self.default_resolution
@@ -100,17 +102,28 @@ MODELS: dict[str, ModelDims] = {
         (("encoder_hidden_states", ("L", 4096), COMPUTE), ("pooled_projections", (768,), COMPUTE)),
         tuple(_blocks("transformer_blocks", 19, _JOINT, 3072) + _blocks("single_transformer_blocks", 38, _JOINT[:3], 3072)),
         {"transformer": 11_901_408_320, "t5_xxl": 4_762_310_656, "clip_l": 123_060_480, "vae": 83_819_683},
+        "FluxTransformer2DModel",
+        {"attention_head_dim": 128, "guidance_embeds": True, "in_channels": 64, "joint_attention_dim": 4096, "num_attention_heads": 24,
+         "num_layers": 19, "num_single_layers": 38, "patch_size": 1, "pooled_projection_dim": 768},
     ),
     "sd35": ModelDims(
         "sd35", "sd3", 16, 8, 1, 1024, 256,
         (("encoder_hidden_states", ("77+L", 4096), COMPUTE), ("pooled_projections", (2048,), COMPUTE)),
         tuple(_blocks("transformer_blocks", 38, _JOINT, 2432, skip_last=("attn.to_add_out",))),
         {"transformer": 8_056_627_520, "t5_xxl": 4_762_310_656, "clip_l": 123_650_304, "clip_g": 694_659_840, "vae": 83_819_683},
+        "SD3Transformer2DModel",
+        {"attention_head_dim": 64, "caption_projection_dim": 2432, "in_channels": 16, "joint_attention_dim": 4096, "num_attention_heads": 38,
+         "num_layers": 38, "out_channels": 16, "patch_size": 2, "pooled_projection_dim": 2048, "pos_embed_max_size": 192,
+         "qk_norm": "rms_norm", "sample_size": 128},
     ),
     "sana": ModelDims(
         "sana", "sana", 32, 32, 1, 1024, 300,
         (("encoder_hidden_states", ("L", 2304), COMPUTE), ("encoder_attention_mask", ("L",), "int64")),
         tuple(_blocks("transformer_blocks", 20, _SANA, 2240)),
         {"transformer": 1_604_462_752, "gemma2_2b": 2_614_341_888, "dc_ae": 312_250_275},
+        "SanaTransformer2DModel",
+        {"attention_bias": False, "attention_head_dim": 32, "caption_channels": 2304, "cross_attention_dim": 2240, "cross_attention_head_dim": 112,
+         "in_channels": 32, "mlp_ratio": 2.5, "norm_elementwise_affine": False, "norm_eps": 1e-6, "num_attention_heads": 70,
+         "num_cross_attention_heads": 20, "num_layers": 20, "out_channels": 32, "patch_size": 1, "sample_size": 32},
     ),
 }
