@@ -135,6 +135,8 @@ def main() -> None:
     body = table(["run", "iterations", "median iteration s", "groups trained", "dropped (stale)", "lost", "duplicated", "restarts"], rows)
     body += f"\n\nKills: {len(killer.kills)} ({', '.join(f'{k} x{v}' for k, v in sorted(kinds.items()))}). "
     body += f"Iteration-time overhead of the kills: {run['iteration_s'] / base['iteration_s'] - 1:+.0%} (median)."
+    lines = [{"run": name, "kills": len(killer.kills) if r is run else 0, **r} for name, r in (("no kills", base), ("kills", run))]
+    body += "\n\n```json\n" + "\n".join(json.dumps(line) for line in lines) + "\n```"
     append_results(f"Soak: {args.minutes:g} min with a worker SIGKILLed every {args.kill_every:g} s", body)
     if run["lost"] or run["duplicated"]:
         raise SystemExit(f"FAILED: {run['lost']} groups lost, {run['duplicated']} rows duplicated")

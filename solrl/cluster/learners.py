@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RayTaskError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -25,6 +26,7 @@ from solrl.learner.plan import StepPlan
 from solrl.nbytes import tensor_bytes
 from solrl.types import split_evenly
 
+T = TypeVar("T")
 DEFAULT_SNAPSHOT_EVERY = 10  # steps between snapshots when neither snapshot_every nor checkpoint_every is set
 
 
@@ -132,31 +134,41 @@ class LearnerGroup:
         began and redo it. Returns (stats, rank 0's WeightUpdate ref). Takes a snapshot when
         recovery needs one, unless a checkpoint (which takes its own) is due."""
         calls = step.calls
-        for _ in range(self.config.cluster.max_restarts + 1):
-            try:
-                if calls is None:
-                    self._recover()
-                    calls = self._start(step.inputs)
-                stats = _gather([c[0] for c in calls])
-                break
-            except RayActorError:
-                self.log(f"a learner rank died; restarting the group at version {version} and redoing the step")
-                self.restart()
-                calls = None
-        else:
-            raise RuntimeError(f"the learner group died {self.generation} times (cluster.max_restarts); giving up")
+
+        def attempt(restarted: bool) -> list:
+            nonlocal calls
+            if restarted:
+                calls = self._start(step.inputs)
+            return self._gather([c[0] for c in calls])
+
+        stats = self._until_done(attempt, f"in the step from version {version}")
         self.traffic.add_payload("control", stats)
         self.since.append(step.inputs)
         if len(self.since) >= self.snapshot_every and not checkpoint_due:
             self.snapshot(int(stats[0]["version"]), "learner_state")
         return stats[0], calls[0][1]
 
+    def _until_done(self, attempt: Callable[[bool], T], what: str) -> T:
+        """`attempt(restarted)` until it succeeds: after a rank dies, the group is restarted and
+        brought back to where it was (its newest snapshot, then every step since) first."""
+        restarted = False
+        for _ in range(self.config.cluster.max_restarts + 1):
+            try:
+                if restarted:
+                    self._recover()
+                return attempt(restarted)
+            except (RayActorError, GroupFailed):
+                self.log(f"a learner rank died {what}; restarting the group and redoing the steps since its snapshot")
+                self.restart()
+                restarted = True
+        raise RuntimeError(f"the learner group died {self.generation} times (cluster.max_restarts); giving up")
+
     def _recover(self) -> None:
         """A restarted group back at its newest snapshot, then each step trained since redone."""
         if self.saved is not None:
             self.load_state(self.saved, self.saved_version)
         for inputs in self.since:
-            _gather([c[0] for c in self._start(inputs)])  # the weights these published are already served
+            self._gather([c[0] for c in self._start(inputs)])  # the weights these published are already served
 
     def load_state(self, state, step: int) -> None:
         """Every rank restores `state` (a ref or the tensors) at optimizer step `step`."""
@@ -167,10 +179,37 @@ class LearnerGroup:
         """Keep the group's full state (rank 0's) in the object store: the point a restart
         begins at. `kind` counts it: learner_state when only kept, checkpoint when the driver
         fetches it to write a checkpoint."""
-        refs = [r.state.options(num_returns=2).remote() for r in self.ranks]
-        self.saved, self.saved_version, self.since = refs[0][0], version, []
-        self.saved_bytes = _gather([size for _, size in refs])[0]
+        def attempt(_: bool) -> tuple:
+            refs = [r.state.options(num_returns=2).remote() for r in self.ranks]
+            return refs[0][0], self._gather([size for _, size in refs])[0]
+
+        self.saved, self.saved_bytes = self._until_done(attempt, f"while its state at version {version} was taken")
+        self.saved_version, self.since = version, []
         self.traffic.add(kind, self.saved_bytes)
+
+    def _gather(self, refs: list) -> list:
+        """ray.get of every rank's call that fails as soon as one fails: the survivors would wait in
+        a collective for a dead rank until the process group's timeout. A survivor's collective may
+        fail first instead (gloo: connection reset by the dead peer), so a failed call whose rank
+        is alive counts as the group's failure when another rank is dead or no longer answers."""
+        waiting = list(refs)
+        while waiting:
+            ready, waiting = ray.wait(waiting, num_returns=1)
+            try:
+                ray.get(ready)
+            except RayTaskError as exc:
+                if not isinstance(exc, RayActorError) and self._intact():
+                    raise
+                raise GroupFailed(f"a learner rank died: {exc}") from exc
+        return ray.get(refs)
+
+    def _intact(self, timeout_s: float = 60.0) -> bool:
+        """Whether every rank is alive and answers (a rank stuck in a collective does not)."""
+        try:
+            ray.get([r.info.remote() for r in self.ranks], timeout=timeout_s)
+            return True
+        except (RayActorError, ray.exceptions.GetTimeoutError):
+            return False
 
     def restore(self, tensors: dict, step: int) -> None:
         """Every rank loads a checkpoint's state (a resume); it is also the group's snapshot."""
@@ -199,14 +238,8 @@ class LearnerGroup:
         return self.saved
 
 
-def _gather(refs: list) -> list:
-    """ray.get that fails as soon as any rank fails: the survivors would wait in a collective
-    for the dead rank until the process group's timeout."""
-    waiting = list(refs)
-    while waiting:
-        ready, waiting = ray.wait(waiting, num_returns=1)
-        ray.get(ready)  # raises RayActorError for a dead rank
-    return ray.get(refs)
+class GroupFailed(RuntimeError):
+    """A rank of the group died or stopped answering: the group must be restarted."""
 
 
 @ray.remote(num_cpus=0)
