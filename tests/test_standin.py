@@ -75,9 +75,10 @@ def _counter(text: str, kind: str) -> float:
 
 
 def test_a_flux_size_run_moves_what_its_iterations_must(tmp_path):
-    """Two iterations at FLUX.1's sizes (2 prompts x 96 seeds, 24 kept, a checkpoint after each):
-    conditioning, samples, weight updates and learner state each equal their minimum exactly, and
-    the rest (task descriptions, rewards) stays within the 1.25x the issue allows."""
+    """Two iterations at FLUX.1's sizes (2 prompts x 96 seeds, 24 kept, a checkpoint after the
+    second): conditioning, samples, weight updates and learner state each equal their minimum
+    exactly, and the rest (task descriptions, rewards) stays within the 1.25x the issue allows.
+    (benchmarks/real_sizes.py checks a checkpoint every iteration, counted in the next row.)"""
     import ray
 
     from solrl.cluster import runtime
@@ -91,6 +92,7 @@ def test_a_flux_size_run_moves_what_its_iterations_must(tmp_path):
             f"prompts={prompts}", f"eval.prompts={prompts}", "eval.n=1", "eval.grid_rows=0", "train.iterations=2",
             "rollout.prompts_per_iteration=2", "cluster.rollout_workers=1", "cluster.regen_workers=1", "cluster.learner_ranks=2",
             "cluster.gpus_per_worker=0", "cluster.cpus_per_worker=0.25", "cluster.stand_in={model: flux1, speedup: 1000}",
+            "cluster.checkpoint_every=2",
         ],
     )  # fmt: skip
     loaded = {}
@@ -114,11 +116,11 @@ def test_a_flux_size_run_moves_what_its_iterations_must(tmp_path):
         for kind in ("conditioning", "samples", "weight_update", "learner_state", "checkpoint"):
             assert row["bytes"][kind] == minimum[kind], (row["iteration"], kind, row["bytes"][kind], minimum[kind])
         assert sum(row["bytes"].values()) <= 1.25 * sum(minimum.values())
-    assert rows[1]["bytes"]["checkpoint"] == size["learner_state"] > 0  # the first iteration's checkpoint, written after its row
+    assert all(r["bytes"]["learner_state"] == r["bytes"]["checkpoint"] == 0 for r in rows)  # the one checkpoint comes after the last row
     text = driver.metrics.render().decode()
     for kind in ("conditioning", "samples", "weight_update", "checkpoint"):
         assert _counter(text, kind) == sum(r["bytes"][kind] for r in rows)
-    assert report["bytes_moved"]["checkpoint"] >= sum(r["bytes"]["checkpoint"] for r in rows) + size["learner_state"]  # the last one too
+    assert report["bytes_moved"]["checkpoint"] == size["learner_state"] + 3 * size["adapter"]  # the checkpoint, then lora/
     assert "Data moved" in (tmp_path / "run" / "report.html").read_text()
     assert set(loaded) == {"rollout-0", "regen-0", "learner-0", "learner-1"}
     assert all(not set(HEAVY) & set(mods) for mods in loaded.values()), loaded
