@@ -15,6 +15,7 @@ import os
 import re
 import signal
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # where each kind of worker can be stopped
@@ -44,15 +45,17 @@ def parse_fault(spec: str) -> Fault:
 
 
 class FaultPlan:
-    """The faults armed for one worker; `reached(point)` counts and kills on the K-th time."""
+    """The faults armed for one worker; `reached(point)` counts and kills on the K-th time
+    (`kill`: how; SIGKILL of this process unless given)."""
 
-    def __init__(self, specs: list[str], worker: str, armed: bool = True):
+    def __init__(self, specs: list[str], worker: str, armed: bool = True, kill: Callable[[], None] | None = None):
         self.armed = {f.point: f.nth for f in map(parse_fault, specs) if f.worker == worker} if armed else {}
         self.counts: Counter[str] = Counter()
+        self.kill = kill or (lambda: os.kill(os.getpid(), signal.SIGKILL))
 
     def reached(self, point: str) -> None:
         if point not in self.armed:
             return
         self.counts[point] += 1
         if self.counts[point] == self.armed[point]:
-            os.kill(os.getpid(), signal.SIGKILL)
+            self.kill()

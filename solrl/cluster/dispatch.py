@@ -13,15 +13,12 @@ stage that first made them.
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import ray
-from ray.exceptions import ObjectLostError, RayActorError
-
 from solrl.cluster.pools import Worker, WorkerPool
+from solrl.cluster.seam import InputLost, Runtime, WorkerDied
 from solrl.cluster.traffic import Traffic
 from solrl.learner.weight_sync import WeightSyncError
 
@@ -88,10 +85,11 @@ class Done:
 
 
 class Dispatcher:
-    def __init__(self, pools: dict[str, WorkerPool], stages: dict[str, Stage], groups_per_task: int, log: Callable[[str], None], traffic: Traffic):
-        self.pools, self.stages, self.per_task, self.log, self.traffic = pools, stages, groups_per_task, log, traffic
+    def __init__(self, runtime: Runtime, pools: dict[str, WorkerPool], stages: dict[str, Stage], groups_per_task: int, log: Callable[[str], None], traffic: Traffic):
+        self.runtime, self.pools, self.stages, self.per_task, self.log, self.traffic = runtime, pools, stages, groups_per_task, log, traffic
         self.queues: dict[str, deque[Job]] = {name: deque() for name in stages}
         self.pending: dict = {}  # summary ref -> Task
+        self.poll_s: float | None = 0.5  # how long collect waits before returning empty-handed (None: until a task ends)
 
     def put(self, stage: str, work: tuple) -> None:
         """Queue fresh work: one job per prompt group for explore (tasks take groups_per_task)."""
@@ -119,11 +117,10 @@ class Dispatcher:
                 self.traffic.add_payload("control", payload)
                 if job.inputs:  # the previous stage's outputs, which the worker fetches
                     self.traffic.add("images", job.report["bytes"]["images"])
-                method = getattr(w.handle, stage.method)
-                outputs = method.options(num_returns=stage.returns).remote(*job.inputs, payload)
-                outputs = tuple(outputs) if stage.returns > 1 else (outputs,)
+                outputs = self.runtime.call(w.handle, stage.method, *job.inputs, payload, returns=stage.returns)
+                outputs = outputs if stage.returns > 1 else (outputs,)
                 w.task = outputs[-1]
-                w.first_task_at = w.first_task_at or time.perf_counter()
+                w.first_task_at = w.first_task_at or self.runtime.now()
                 self.pending[outputs[-1]] = Task(name, job, w, outputs, w.serving)
 
     def collect(self) -> list[Done]:
@@ -133,21 +130,21 @@ class Dispatcher:
             starting = [w.ready for pool in self.pools.values() for w in pool.starting()]
             if not starting:
                 raise RuntimeError("no work in flight and the iteration is incomplete; every pool is empty or retiring")
-            ray.wait(starting, num_returns=1, timeout=0.5)
+            self.runtime.wait(starting, num_returns=1, timeout=0.5)
             return []
         # a timeout, so the driver also answers control requests while every task runs long
-        ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=0.5)
+        ready, _ = self.runtime.wait(list(self.pending), num_returns=1, timeout=self.poll_s)
         done = []
         for ref in ready:
             task = self.pending.pop(ref)
             w, stage = task.worker, self.stages[task.stage]
             w.task = None
             try:
-                summary = ray.get(ref)
-            except RayActorError:
+                summary = self.runtime.get(ref)
+            except WorkerDied:
                 self._worker_died(task)
                 continue
-            except ObjectLostError:  # the inputs vanished with their node: redo the work
+            except InputLost:  # the inputs vanished with their node: redo the work
                 self.log(f"{task.stage} input of {w.name} was lost; re-queueing its work")
                 self._redo(task)
                 summary = None

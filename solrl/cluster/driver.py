@@ -22,8 +22,6 @@ import pathlib
 import time
 from collections.abc import Callable, Iterator
 
-import ray
-
 from solrl.autoscale import Autoscaler
 from solrl.cluster import pool_eval
 from solrl.cluster.control import Control, serve_control
@@ -31,6 +29,7 @@ from solrl.cluster.dispatch import Dispatcher, Done, stages
 from solrl.cluster.ledger import IterationState, Ledger, Regenerated
 from solrl.cluster.pools import WorkerPool
 from solrl.cluster.publish import Publisher
+from solrl.cluster.seam import Runtime
 from solrl.cluster.startup import start_workers, starting
 from solrl.cluster.telemetry import Telemetry
 from solrl.cluster.traffic import Traffic
@@ -62,16 +61,22 @@ class Driver:
         metrics_token: str | None = None,
         resume: str | pathlib.Path | None = None,
         live: bool = False,
+        runtime: Runtime | None = None,
     ):
         if config.rollout.mode != "sol":
             raise ValueError("rollout.mode='direct' runs only with --local; the distributed run always regenerates")
         self.config, self.out, self.log, self.on_iteration = config, pathlib.Path(out), log, on_iteration
+        if runtime is None:
+            from solrl.cluster.runtime import RayRuntime
+
+            runtime = RayRuntime()
+        self.runtime = runtime
         self.prompts = load_run_prompts(config, config.prompts)
         self.order = prompt_order(config, self.prompts)
         self.store = CandidateStore(self.out / "candidates")
-        self.ledger = Ledger(self.store, Selector(config.selection), config.rollout.max_policy_lag)
+        self.ledger = Ledger(self.store, Selector(config.selection), config.rollout.max_policy_lag, runtime.now)
         self.traffic = Traffic()
-        self.telemetry = Telemetry(self.traffic)
+        self.telemetry = Telemetry(self.traffic, runtime.now)
         self.metrics = RunMetrics()
         self.metrics.prime({pool: n for pool, (n, _) in config.cluster.demands().items()}, config.rollout.max_policy_lag)
         self.server = MetricsServer(self.metrics, metrics_port, metrics_host, metrics_token) if metrics_port is not None else None
@@ -85,6 +90,7 @@ class Driver:
         self.pools: dict[str, WorkerPool] = {}  # rollout, regen and, when configured, reward
         self.checkpointed = (None, -1)  # (path, iteration) of the newest checkpoint
         self.autoscaler = Autoscaler(config.cluster.autoscale) if config.cluster.autoscale else None
+        self.status_at = 0.0  # time.monotonic() of the newest status
 
     @property
     def version(self) -> int:
@@ -99,12 +105,13 @@ class Driver:
         try:
             starting_up = {"state": "starting", "out": str(self.out), "iterations": self.config.train.iterations}
             on_waiting = lambda w: self.control.publish(RunStatus(**starting_up, waiting_for=w))  # noqa: E731
-            self.pools, self.learners = start_workers(self.config, self.log, on_waiting, self.traffic)
+            self.pools, self.learners = start_workers(self.runtime, self.config, self.log, on_waiting, self.traffic)
         except BaseException:
             self._stop_control()
             raise
-        self.publisher = Publisher(lambda: pool_eval.samplers(self.pools), self._log)
-        self.dispatcher = Dispatcher(self.pools, stages("reward" in self.pools, c.learner_ranks), c.groups_per_task, self._log, self.traffic)
+        self.publisher = Publisher(self.runtime, lambda: pool_eval.samplers(self.pools), self._log)
+        self.dispatcher = Dispatcher(self.runtime, self.pools, stages("reward" in self.pools, c.learner_ranks), c.groups_per_task, self._log, self.traffic)
+        self.dispatcher.poll_s = None if self.runtime.virtual else 0.5  # a virtual run has no control requests to answer
         if self.resume:
             self._restore()
         return self
@@ -136,8 +143,12 @@ class Driver:
         set_rng_state(state["rng"])
         self._publish(*self.learners.weight_update(), self.version)
 
-    def _publish_status(self) -> None:
-        """The control service's answer to GetStatus, as of now."""
+    def _publish_status(self, every_s: float = 0.0) -> None:
+        """The control service's answer to GetStatus, as of now (unless one was made less than
+        `every_s` wall-clock seconds ago: it walks every worker)."""
+        if time.monotonic() - self.status_at < every_s:
+            return
+        self.status_at = time.monotonic()
         done = self.telemetry.last.get("iteration", self.start_iteration - 1) + 1
         fields = {"state": "stopping" if self.control.stop_requested.is_set() else "running", "iteration": done, "version": self.version}
         waiting = starting(self.pools)
@@ -188,7 +199,7 @@ class Driver:
                 self._deliver(done)
             self.publisher.poll()
             self.control.answer(self.scale)
-            self._publish_status()
+            self._publish_status(every_s=0.5)
             state = self.ledger.current()
             if self.view is not None and state is not None:
                 workers = {name: pool.size for name, pool in self.pools.items()}
@@ -200,7 +211,7 @@ class Driver:
         self.ledger.drop_stale_batches(state)
         groups = state.ordered()
         step = self.learners.step(groups) if groups else None
-        return {"it": it, "state": state, "step": step, "start": time.perf_counter(), "version": self.version, "regen_done": regen_done}
+        return {"it": it, "state": state, "step": step, "start": self.runtime.now(), "version": self.version, "regen_done": regen_done}
 
     def _checkpoint_due(self, it: int) -> bool:
         every = self.config.cluster.checkpoint_every
@@ -217,7 +228,7 @@ class Driver:
         stats, timing = None, {"regen_done": launched["regen_done"], "learn": 0.0, "sync": 0.0}
         if launched["step"] is not None:
             stats, update_ref = self.learners.finish(launched["step"], self.version, self._checkpoint_due(it))
-            timing["learn"] = time.perf_counter() - launched["start"]
+            timing["learn"] = self.runtime.now() - launched["start"]
             self.ledger.trained(state)
             timing["sync"] = self._publish(update_ref, int(stats["update_bytes"]), int(stats["version"]))
         pools, queues = self.pools, self.dispatcher.depths()
@@ -248,7 +259,7 @@ class Driver:
         while it < total and not halt:
             state = self.ledger.iterations[it]
             self._pump(lambda: state.complete)
-            regen_done = time.perf_counter()
+            regen_done = self.runtime.now()
             if inflight is not None:  # the previous step trained while this iteration explored
                 yield from self._complete(inflight)
                 halt = stop() or self.control.stop_requested.is_set()
@@ -274,7 +285,7 @@ class Driver:
         """The policy, old and EMA adapter states, fetched to write the run's lora/."""
         refs, nbytes = self.learners.adapters(self.version)
         self.traffic.add("checkpoint", nbytes, receivers=len(refs))
-        return dict(zip(refs, ray.get(list(refs.values()))))
+        return dict(zip(refs, self.runtime.get(list(refs.values()))))
 
     def evaluate(self, adapter: str | None) -> dict:
         return pool_eval.evaluate(self.config, self.pools, *self._adapter(adapter), self._log, self.traffic)
@@ -296,7 +307,7 @@ class Driver:
         return {"restarts": self._restarts(), "dropped": dict(self.ledger.dropped), "duplicates": self.store.duplicates, "bytes_moved": dict(self.traffic.total)}
 
     def _checkpoint(self, it: int) -> None:
-        tensors = ray.get(self.learners.checkpoint_state(self.version))
+        tensors = self.runtime.get(self.learners.checkpoint_state(self.version))
         state = {
             "iteration": it + 1,
             "order": self.order_states.get(it + 1, self.order.state()),

@@ -13,12 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-import ray
-from ray.exceptions import RayActorError, RayTaskError
-from ray.util.placement_group import placement_group, remove_placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
 from solrl.cluster.ledger import Regenerated
+from solrl.cluster.seam import HelperDied, Runtime, WorkerDied
 from solrl.cluster.traffic import Traffic
 from solrl.cluster.worker_classes import worker_classes
 from solrl.config import RunConfig
@@ -67,8 +63,8 @@ class LearnerStep:
 class LearnerGroup:
     """N LearnerActor ranks in one placement group, joined by torch.distributed."""
 
-    def __init__(self, config: RunConfig, traffic: Traffic, log: Callable[[str], None] = print):
-        self.config, self.log, self.traffic = config, log, traffic
+    def __init__(self, runtime: Runtime, config: RunConfig, traffic: Traffic, log: Callable[[str], None] = print):
+        self.runtime, self.config, self.log, self.traffic = runtime, config, log, traffic
         self.generation = 0  # restarts so far; injected faults arm only the first group
         self.saved, self.saved_bytes, self.saved_version = None, 0, 0  # the newest snapshot (None: the fresh start)
         self.since: list[StepInputs] = []  # steps trained after the snapshot, redone on a restart
@@ -77,11 +73,12 @@ class LearnerGroup:
         self.snapshot_every = c.snapshot_every or c.checkpoint_every or DEFAULT_SNAPSHOT_EVERY
         self.reserve()
 
-    def reserve(self) -> ray.ObjectRef:
-        """Ask for the ranks' placement group; the ref resolves once the cluster grants it."""
+    def reserve(self):
+        """Ask for the ranks' reservation (a placement group on Ray); the ref resolves once the
+        cluster grants it."""
         c = self.config.cluster
         self.bundle = {k: v for k, v in c.worker_resources("learner").items() if v}
-        self.pg = placement_group([self.bundle] * c.learner_ranks, strategy="PACK")
+        self.pg = self.runtime.reserve([self.bundle] * c.learner_ranks)
         self.ready = self.pg.ready()
         return self.ready
 
@@ -90,31 +87,29 @@ class LearnerGroup:
         c = self.config.cluster
         n = c.learner_ranks
         options = c.actor_options("learner")
-        master = ray.get(_rendezvous.options(scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, 0)).remote())
-        self.ranks = [
-            ray.remote(worker_classes(self.config).learner)
-            .options(**options, max_restarts=0, scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, i))
-            .remote(self.config, i, n, master[0], master[1], options["num_cpus"], self.generation == 0)
-            for i in range(n)
-        ]
+        rt = self.runtime
+        master = rt.rendezvous(self.pg)
+        cls = worker_classes(self.config, rt.virtual).learner
+        args = (master[0], master[1], options["num_cpus"], self.generation == 0)
+        self.ranks = [rt.spawn(cls, options | {"max_restarts": 0}, self.config, i, n, *args, slot=(self.pg, i)) for i in range(n)]
 
-    def call(self, method: str, *args) -> list:
+    def call(self, method: str, *args, returns: int = 1) -> list:
         """Start `method` on every rank (collectives need all of them); returns the refs."""
-        return [getattr(r, method).remote(*args) for r in self.ranks]
+        return [self.runtime.call(r, method, *args, returns=returns) for r in self.ranks]
 
     def pids(self) -> list[int]:
-        return [i["pid"] for i in ray.get(self.call("info"))]
+        return [i["pid"] for i in self.runtime.get(self.call("info"))]
 
     def shutdown(self) -> None:
         for r in self.ranks:
-            ray.kill(r, no_restart=True)
-        remove_placement_group(self.pg)
+            self.runtime.kill(r)
+        self.runtime.release(self.pg)
 
     def restart(self) -> None:
         """Kill every rank and start a fresh group (the caller restores a checkpoint)."""
         self.shutdown()
         self.generation += 1
-        ray.get(self.reserve())
+        self.runtime.get(self.reserve())
         self.launch()
 
     def step(self, groups: Sequence[Regenerated]) -> LearnerStep:
@@ -127,7 +122,7 @@ class LearnerGroup:
         for size in inputs.sizes:
             self.traffic.add_sizes(size)
         self.traffic.add_payload("rewards", inputs.plan, receivers=len(self.ranks))
-        return [r.step.options(num_returns=2).remote(inputs.plan, *refs) for r, refs in zip(self.ranks, inputs.refs)]
+        return [self.runtime.call(r, "step", inputs.plan, *refs, returns=2) for r, refs in zip(self.ranks, inputs.refs)]
 
     def finish(self, step: LearnerStep, version: int, checkpoint_due: bool) -> tuple[dict, object]:
         """Wait for a step; if a rank died, restart the group, bring it back to where the step
@@ -157,7 +152,7 @@ class LearnerGroup:
                 if restarted:
                     self._recover()
                 return attempt(restarted)
-            except (RayActorError, GroupFailed):
+            except (WorkerDied, GroupFailed):
                 self.log(f"a learner rank died {what}; restarting the group and redoing the steps since its snapshot")
                 self.restart()
                 restarted = True
@@ -173,14 +168,14 @@ class LearnerGroup:
     def load_state(self, state, step: int) -> None:
         """Every rank restores `state` (a ref or the tensors) at optimizer step `step`."""
         self.traffic.add("learner_state", self.saved_bytes, receivers=len(self.ranks))
-        ray.get(self.call("load_state", state, step))
+        self.runtime.get(self.call("load_state", state, step))
 
     def snapshot(self, version: int, kind: str) -> None:
         """Keep the group's full state (rank 0's) in the object store: the point a restart
         begins at. `kind` counts it: learner_state when only kept, checkpoint when the driver
         fetches it to write a checkpoint."""
         def attempt(_: bool) -> tuple:
-            refs = [r.state.options(num_returns=2).remote() for r in self.ranks]
+            refs = self.call("state", returns=2)
             return refs[0][0], self._gather([size for _, size in refs])[0]
 
         self.saved, self.saved_bytes = self._until_done(attempt, f"while its state at version {version} was taken")
@@ -188,45 +183,47 @@ class LearnerGroup:
         self.traffic.add(kind, self.saved_bytes)
 
     def _gather(self, refs: list) -> list:
-        """ray.get of every rank's call that fails as soon as one fails: the survivors would wait in
-        a collective for a dead rank until the process group's timeout. A survivor's collective may
+        """Every rank's result, failing as soon as one call fails: the survivors would wait in a
+        collective for a dead rank until the process group's timeout. A survivor's collective may
         fail first instead (gloo: connection reset by the dead peer), so a failed call whose rank
         is alive counts as the group's failure when another rank is dead or no longer answers."""
-        waiting = list(refs)
+        rt, waiting = self.runtime, list(refs)
         while waiting:
-            ready, waiting = ray.wait(waiting, num_returns=1)
+            ready, waiting = rt.wait(waiting, num_returns=1)
             try:
-                ray.get(ready)
-            except RayTaskError as exc:
-                if not isinstance(exc, RayActorError) and self._intact():
+                rt.get(ready)
+            except WorkerDied:
+                raise
+            except Exception as exc:
+                if not isinstance(exc, HelperDied) and self._intact():
                     raise
                 raise GroupFailed(f"a learner rank died: {exc}") from exc
-        return ray.get(refs)
+        return rt.get(refs)
 
     def _intact(self, timeout_s: float = 60.0) -> bool:
         """Whether every rank is alive and answers (a rank stuck in a collective does not)."""
         try:
-            ray.get([r.info.remote() for r in self.ranks], timeout=timeout_s)
+            self.runtime.get(self.call("info"), timeout=timeout_s)
             return True
-        except (RayActorError, ray.exceptions.GetTimeoutError):
+        except (WorkerDied, TimeoutError):
             return False
 
     def restore(self, tensors: dict, step: int) -> None:
         """Every rank loads a checkpoint's state (a resume); it is also the group's snapshot."""
-        self.saved, self.saved_bytes, self.saved_version, self.since = ray.put(tensors), tensor_bytes(tensors), step, []
+        self.saved, self.saved_bytes, self.saved_version, self.since = self.runtime.put(tensors), tensor_bytes(tensors), step, []
         self.load_state(self.saved, step)
 
     def weight_update(self) -> tuple[object, int]:
         """The current rollout policy as a WeightUpdate ref (rank 0's) and its bytes (collective)."""
-        update, nbytes = [r.weight_update.options(num_returns=2).remote() for r in self.ranks][0]
-        return update, ray.get(nbytes)
+        update, nbytes = self.call("weight_update", returns=2)[0]
+        return update, self.runtime.get(nbytes)
 
     def adapters(self, version: int) -> tuple[dict, int]:
         """Rank 0's policy, old and EMA adapters as object refs (one object each, made once per
         policy version; the driver passes them on without fetching them) and the bytes of one."""
         if self._adapters is None or self._adapters[0] != version:
-            refs = [r.adapter_states.options(num_returns=4).remote() for r in self.ranks][0]
-            self._adapters = (version, dict(zip(("policy", "old", "ema"), refs[:3])), ray.get(refs[3]))
+            refs = self.call("adapter_states", returns=4)[0]
+            self._adapters = (version, dict(zip(("policy", "old", "ema"), refs[:3])), self.runtime.get(refs[3]))
         return self._adapters[1], self._adapters[2]
 
     def checkpoint_state(self, version: int):
@@ -240,12 +237,3 @@ class LearnerGroup:
 
 class GroupFailed(RuntimeError):
     """A rank of the group died or stopped answering: the group must be restarted."""
-
-
-@ray.remote(num_cpus=0)
-def _rendezvous() -> tuple[str, int]:
-    """An address and free port on the node that will host rank 0."""
-    from solrl.learner.rendezvous import free_port
-
-    host = ray.util.get_node_ip_address()
-    return host, free_port(host)

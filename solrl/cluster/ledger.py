@@ -8,7 +8,7 @@ groups queued for an iteration that never ran are dropped as run_ended.
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from solrl.learner.plan import GroupLabels
@@ -66,14 +66,14 @@ class IterationState:
 
 
 class Ledger:
-    def __init__(self, store: CandidateStore, selector: Selector, max_policy_lag: int):
-        self.store, self.selector, self.max_lag = store, selector, max_policy_lag
+    def __init__(self, store: CandidateStore, selector: Selector, max_policy_lag: int, clock: Callable[[], float]):
+        self.store, self.selector, self.max_lag, self.clock = store, selector, max_policy_lag, clock
         self.iterations: dict[int, IterationState] = {}
         self.dropped: dict[str, int] = {}
         self.version = 0  # the learner's policy version, set by the driver as weights are published
 
     def open(self, iteration: int, groups: list[PromptGroup]) -> None:
-        self.iterations[iteration] = IterationState(groups, time.perf_counter())
+        self.iterations[iteration] = IterationState(groups, self.clock())
 
     def current(self) -> IterationState | None:
         """The oldest iteration still in flight."""
@@ -99,7 +99,7 @@ class Ledger:
             selections.append(sel)
         for state in self.iterations.values():
             if state.explore_done is None and len(state.candidates) == len(state.groups):
-                state.explore_done = time.perf_counter()
+                state.explore_done = self.clock()
         return selections
 
     def regenerated(self, regen: Regenerated) -> None:

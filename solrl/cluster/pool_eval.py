@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from solrl.cluster.pools import HelperDied, WorkerPool, call_spread
+from solrl.cluster.pools import WorkerPool, call_spread
+from solrl.cluster.seam import HelperDied
 from solrl.cluster.traffic import Traffic
 from solrl.config import RunConfig
 from solrl.evaluation import eval_plan, merge_measures, summarize_run
@@ -29,7 +30,8 @@ def evaluate(config: RunConfig, pools: dict[str, WorkerPool], adapter, adapter_b
         parts = [pairs[len(pairs) * i // n : len(pairs) * (i + 1) // n] for i in range(n)]
         calls = [(adapter, part, scorer and scorer.handle) for part in parts if part]
         try:
-            measures = call_spread(samplers(pools), "measure", calls, log, traffic, "eval", adapter_bytes)
+            passed = (adapter, scorer and scorer.handle)
+            measures = call_spread(samplers(pools), "measure", calls, log, traffic, "eval", adapter_bytes, passed)
             for m in measures:
                 traffic.add("eval", int(m.pop(SCORER_BYTES, [0])[0]))
             break
@@ -43,4 +45,4 @@ def grid(config: RunConfig, pools: dict[str, WorkerPool], adapter, adapter_bytes
     None without one."""
     if not config.eval.grid_rows:
         return None
-    return call_spread(samplers(pools), "grid", [(adapter,)], log, traffic, "eval", adapter_bytes)[0]
+    return call_spread(samplers(pools), "grid", [(adapter,)], log, traffic, "eval", adapter_bytes, (adapter,))[0]

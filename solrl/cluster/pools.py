@@ -8,14 +8,11 @@ retires workers, which finish the task they hold and are then killed. A dead wor
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-import ray
-from ray.exceptions import RayActorError, RayTaskError
-
+from solrl.cluster.seam import Runtime, WorkerDied
 from solrl.cluster.traffic import Traffic
 from solrl.cluster.worker_classes import worker_classes
 from solrl.config import RunConfig
@@ -24,12 +21,12 @@ from solrl.config import RunConfig
 @dataclass
 class Worker:
     name: str
-    handle: ray.actor.ActorHandle
-    task: object = None  # the ObjectRef of the task it holds, if any
+    handle: object  # the runtime's handle
+    spawned_at: float
+    task: object = None  # the ref of the task it holds, if any
     retiring: bool = False
     busy_seconds: float = 0.0
     ready: object = None  # ref that resolves once the actor has started; None once it has
-    spawned_at: float = field(default_factory=time.perf_counter)
     first_task_at: float | None = None  # when it was handed its first task
     serving: int = 0  # the policy version it was last sent (samplers): what its next task runs on
 
@@ -40,6 +37,7 @@ class WorkerPool:
     `update_bytes`, at `update_version`) every new worker applies first; a reward pool holds no policy."""
 
     config: RunConfig
+    runtime: Runtime
     role: Literal["explore", "regenerate", "reward"]
     prefix: str
     traffic: Traffic
@@ -56,16 +54,16 @@ class WorkerPool:
         name = f"{self.prefix}-{next(self._ids)}"
         options = c.actor_options(self.prefix) | {"max_restarts": 0}
         threads = options["num_cpus"]
-        classes = worker_classes(self.config)
+        classes, rt = worker_classes(self.config, self.runtime.virtual), self.runtime
         if self.role == "reward":
-            handle = ray.remote(classes.reward).options(**options).remote(self.config, name, threads)
+            handle = rt.spawn(classes.reward, options, self.config, name, threads)
         else:
-            handle = ray.remote(classes.sampler).options(**options).remote(self.config, self.role, name, threads)
-        ready = handle.info.remote()
+            handle = rt.spawn(classes.sampler, options, self.config, self.role, name, threads)
+        ready = rt.call(handle, "info")
         if self.update is not None:
-            handle.apply_update.remote(self.update)
+            rt.call(handle, "apply_update", self.update)
             self.traffic.add("weight_update", self.update_bytes)
-        self.workers[name] = Worker(name, handle, ready=ready, serving=self.update_version if self.update is not None else 0)
+        self.workers[name] = Worker(name, handle, rt.now(), ready=ready, serving=self.update_version if self.update is not None else 0)
         self.history.append(self.workers[name])
         return self.workers[name]
 
@@ -73,7 +71,7 @@ class WorkerPool:
         """Workers whose actor has not started yet (waiting for resources, or importing)."""
         waiting = [w for w in self.workers.values() if w.ready is not None]
         if waiting:
-            done, _ = ray.wait([w.ready for w in waiting], num_returns=len(waiting), timeout=0)
+            done, _ = self.runtime.wait([w.ready for w in waiting], num_returns=len(waiting), timeout=0)
             for w in waiting:
                 if w.ready in done:
                     w.ready = None
@@ -93,7 +91,7 @@ class WorkerPool:
 
     def remove(self, w: Worker) -> None:
         self.workers.pop(w.name, None)
-        ray.kill(w.handle, no_restart=True)
+        self.runtime.kill(w.handle)
 
     def replace(self, w: Worker) -> Worker:
         """Kill (if still alive) and forget `w`, and spawn a fresh worker in its place."""
@@ -129,36 +127,28 @@ class WorkerPool:
             self.remove(w)
 
 
-class HelperDied(RuntimeError):
-    """A call failed because an actor it called (not the worker running it) died."""
-
-
 def call_spread(
-    pools: Sequence[WorkerPool], method: str, calls: list[tuple], log: Callable[[str], None], traffic: Traffic, kind: str, fetched: int = 0
+    pools: Sequence[WorkerPool], method: str, calls: list[tuple], log: Callable[[str], None], traffic: Traffic, kind: str, fetched: int = 0, passed: tuple = ()
 ) -> list:
     """Each call's result, the calls spread over the pools' workers; a call whose worker died
     goes to the next one, and the dead worker is replaced. A call that failed because an actor it
     used died (e.g. an eval's reward worker) raises HelperDied: its worker is fine. Arguments
     (those passed by value, and `fetched` bytes a call's object-ref arguments hold) and results
-    count as `kind` traffic."""
+    count as `kind` traffic; `passed` are the arguments that are refs or handles (not counted)."""
     results, todo = [None] * len(calls), list(range(len(calls)))
     while todo:
         workers = [(pool, w) for pool in pools for w in pool.idle_or_busy()]
         running = [(i, *workers[j % len(workers)]) for j, i in enumerate(todo)]
-        refs = [getattr(w.handle, method).remote(*calls[i]) for i, _, w in running]
+        refs = [pool.runtime.call(w.handle, method, *calls[i]) for i, pool, w in running]
         for i, _, _ in running:
-            traffic.add_payload(kind, [a for a in calls[i] if not isinstance(a, (ray.actor.ActorHandle, ray.ObjectRef))])
+            traffic.add_payload(kind, [a for a in calls[i] if not any(a is p for p in passed)])
             traffic.add(kind, fetched)
         todo = []
         for (i, pool, w), ref in zip(running, refs):
-            try:
-                results[i] = ray.get(ref)
+            try:  # HelperDied (the worker is alive; what it called is not) goes to the caller
+                results[i] = pool.runtime.get(ref)
                 traffic.add_payload(kind, results[i])
-            except RayTaskError as exc:  # the worker is alive; what it called is not
-                if isinstance(exc, RayActorError) or isinstance(exc.cause, RayActorError):
-                    raise HelperDied(f"{w.name}'s {method} lost an actor it called: {exc}") from None
-                raise
-            except RayActorError:
+            except WorkerDied:
                 pool.replace_dead(w, log)
                 todo.append(i)
     return results

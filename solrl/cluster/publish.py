@@ -13,42 +13,39 @@ is an error.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable
 
-import ray
-from ray.exceptions import RayActorError
-
 from solrl.cluster.pools import Worker, WorkerPool
+from solrl.cluster.seam import Runtime, WorkerDied
 from solrl.learner.weight_sync import check_served
 
 
 class Publisher:
-    def __init__(self, samplers: Callable[[], Iterable[WorkerPool]], log: Callable[[str], None]):
-        self.samplers, self.log = samplers, log
-        self.pending: list[tuple[WorkerPool, Worker, ray.ObjectRef, int]] = []
+    def __init__(self, runtime: Runtime, samplers: Callable[[], Iterable[WorkerPool]], log: Callable[[str], None]):
+        self.runtime, self.samplers, self.log = runtime, samplers, log
+        self.pending: list[tuple[WorkerPool, Worker, object, int]] = []
 
     def publish(self, update_ref, nbytes: int, version: int) -> float:
         """Send `update_ref` (at `version`, `nbytes` of tensors) to every sampler; seconds taken."""
-        start = time.perf_counter()
+        start = self.runtime.now()
         for pool in self.samplers():
             pool.update, pool.update_bytes, pool.update_version = update_ref, nbytes, version  # workers spawned from now on apply it first
             for w in list(pool.workers.values()):
-                self.pending.append((pool, w, w.handle.apply_update.remote(update_ref), version))
+                self.pending.append((pool, w, self.runtime.call(w.handle, "apply_update", update_ref), version))
                 w.serving = version
                 pool.traffic.add("weight_update", nbytes)
-        return time.perf_counter() - start
+        return self.runtime.now() - start
 
     def poll(self) -> None:
         """Check the applies that have finished; never waits."""
         if not self.pending:
             return
-        done, _ = ray.wait([ref for _, _, ref, _ in self.pending], num_returns=len(self.pending), timeout=0)
+        done, _ = self.runtime.wait([ref for _, _, ref, _ in self.pending], num_returns=len(self.pending), timeout=0)
         finished = set(done)
         for pool, w, ref, version in [p for p in self.pending if p[2] in finished]:
             try:
-                check_served(w.name, ray.get(ref), version)
-            except RayActorError:
+                check_served(w.name, self.runtime.get(ref), version)
+            except WorkerDied:
                 if not w.retiring:
                     pool.replace_dead(w, self.log)
         self.pending = [p for p in self.pending if p[2] not in finished]

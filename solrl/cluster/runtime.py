@@ -5,14 +5,21 @@ the token its operator set up (RAY_AUTH_TOKEN or ~/.ray/auth_token).
 
 Ray 2.60 cannot keep an embedded cluster on loopback: ray.init resolves 127.0.0.1 to the node's
 address (services.resolve_ip_for_localhost) and the GCS, raylet and workers listen on all
-interfaces. The token is what guards them (tests/test_cluster.py records the listeners)."""
+interfaces. The token is what guards them (tests/test_cluster.py records the listeners).
+
+RayRuntime is the scheduler's runtime seam (solrl.cluster.seam) on that cluster."""
 
 from __future__ import annotations
 
 import os
+import time
 
 import ray
+from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayTaskError
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from solrl.cluster.seam import HelperDied, InputLost, WorkerDied
 from solrl.config import RunConfig
 
 
@@ -55,3 +62,69 @@ def stop(started: bool) -> None:
     """Shut Ray down if this process started it; nothing a run starts outlives it."""
     if started and ray.is_initialized():
         ray.shutdown()
+
+
+class RayRuntime:
+    """The runtime seam (solrl.cluster.seam) on Ray: workers are actors, refs are ObjectRefs, a
+    reservation is a placement group. Ray's errors come back as the seam's."""
+
+    virtual = False
+    calls = 0  # calls started, for a driver's CPU per task
+
+    def now(self) -> float:
+        return time.perf_counter()
+
+    def spawn(self, cls: type, options: dict, *args, slot: tuple | None = None):
+        if slot is not None:
+            reservation, index = slot
+            options = options | {"scheduling_strategy": PlacementGroupSchedulingStrategy(reservation, index)}
+        return ray.remote(cls).options(**options).remote(*args)
+
+    def call(self, worker, method: str, *args, returns: int = 1):
+        self.calls += 1
+        refs = getattr(worker, method).options(num_returns=returns).remote(*args)
+        return tuple(refs) if returns > 1 else refs
+
+    def wait(self, refs, num_returns: int = 1, timeout: float | None = None) -> tuple[list, list]:
+        return ray.wait(list(refs), num_returns=num_returns, timeout=timeout)
+
+    def get(self, refs, timeout: float | None = None):
+        try:
+            return ray.get(refs, timeout=timeout)
+        except RayTaskError as exc:
+            if isinstance(exc, RayActorError):  # the call failed because an actor it used died
+                raise HelperDied(str(exc)) from exc
+            raise
+        except RayActorError as exc:
+            raise WorkerDied(str(exc)) from exc
+        except ObjectLostError as exc:
+            raise InputLost(str(exc)) from exc
+        except GetTimeoutError as exc:
+            raise TimeoutError(str(exc)) from exc
+
+    def put(self, value):
+        return ray.put(value)
+
+    def kill(self, worker) -> None:
+        ray.kill(worker, no_restart=True)
+
+    def reserve(self, bundles: list[dict]):
+        return placement_group(bundles, strategy="PACK")
+
+    def rendezvous(self, reservation) -> tuple[str, int]:
+        return tuple(ray.get(_rendezvous.options(scheduling_strategy=PlacementGroupSchedulingStrategy(reservation, 0)).remote()))
+
+    def release(self, reservation) -> None:
+        remove_placement_group(reservation)
+
+    def resources(self) -> tuple[dict[str, float], dict[str, float]]:
+        return ray.cluster_resources(), ray.available_resources()
+
+
+@ray.remote(num_cpus=0)
+def _rendezvous() -> tuple[str, int]:
+    """An address and free port on the node that will host rank 0."""
+    from solrl.learner.rendezvous import free_port
+
+    host = ray.util.get_node_ip_address()
+    return host, free_port(host)

@@ -7,13 +7,11 @@ what it waits for; after cluster.startup_timeout_s it fails with the same list."
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-
-import ray
 
 from solrl.cluster.learners import LearnerGroup
 from solrl.cluster.pools import WorkerPool
+from solrl.cluster.seam import Runtime
 from solrl.cluster.traffic import Traffic
 from solrl.config import RunConfig
 
@@ -28,10 +26,11 @@ def describe(resources: dict[str, float]) -> str:
     return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(resources.items()) if v) + "}"
 
 
-def check_cluster(config: RunConfig, log: Callable[[str], None]) -> None:
+def check_cluster(runtime: Runtime, config: RunConfig, log: Callable[[str], None]) -> None:
     """Log what the run reserves beyond what the cluster has (nodes may still join)."""
     need = config.cluster.resources()
-    have = {k: ray.cluster_resources().get(k, 0.0) for k in need}
+    total = runtime.resources()[0]
+    have = {k: total.get(k, 0.0) for k in need}
     missing = {k: v - have.get(k, 0.0) for k, v in need.items() if v > have.get(k, 0.0) + 1e-9}
     if missing:
         pools = ", ".join(f"{pool} {n} x {describe(each)}" for pool, (n, each) in config.cluster.demands().items())
@@ -42,7 +41,8 @@ def check_cluster(config: RunConfig, log: Callable[[str], None]) -> None:
 
 
 def await_ready(
-    waits: dict[str, tuple[ray.ObjectRef, dict[str, float]]],
+    runtime: Runtime,
+    waits: dict[str, tuple[object, dict[str, float]]],
     timeout_s: float,
     log: Callable[[str], None],
     on_waiting: Callable[[list[str]], None] = lambda _: None,
@@ -50,21 +50,21 @@ def await_ready(
 ) -> None:
     """Wait until every named ref is ready; `waits`: name -> (ref, what it reserves). Says what is
     still pending (log, every `log_every_s`; `on_waiting`, every second)."""
-    start = last_log = time.monotonic()  # the first line after log_every_s: starting a worker takes seconds anyway
+    start = last_log = runtime.now()  # the first line after log_every_s: starting a worker takes seconds anyway
     pending = dict(waits)
     while pending:
         refs = [ref for ref, _ in pending.values()]
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=1.0)
+        ready, _ = runtime.wait(refs, num_returns=len(refs), timeout=1.0)
         pending = {name: (ref, res) for name, (ref, res) in pending.items() if ref not in ready}
         if not pending:
             break
         lines = [f"waiting for {describe(res)} for {name}" for name, (_, res) in pending.items()]
         on_waiting(lines)
-        now = time.monotonic()
+        now = runtime.now()
         if now - start >= timeout_s:
             raise StartupTimeout(
                 f"{len(pending)} workers did not start within cluster.startup_timeout_s={timeout_s:g}: {'; '.join(lines)} "
-                f"(the cluster has {describe(_free(pending))} free); add nodes with those resources, or shrink the pools "
+                f"(the cluster has {describe(_free(runtime, pending))} free); add nodes with those resources, or shrink the pools "
                 "(cluster.*_workers, cpus_per_worker, gpus_per_worker)"
             )
         if now - last_log >= log_every_s:
@@ -73,29 +73,29 @@ def await_ready(
     on_waiting([])
 
 
-def _free(pending: dict) -> dict[str, float]:
+def _free(runtime: Runtime, pending: dict) -> dict[str, float]:
     """The cluster's free amounts of the resources the pending workers reserve."""
-    free = ray.available_resources()
+    free = runtime.resources()[1]
     return {k: free.get(k, 0.0) for _, res in pending.values() for k in res}
 
 
 def start_workers(
-    config: RunConfig, log: Callable[[str], None], on_waiting: Callable[[list[str]], None], traffic: Traffic
+    runtime: Runtime, config: RunConfig, log: Callable[[str], None], on_waiting: Callable[[list[str]], None], traffic: Traffic
 ) -> tuple[dict[str, WorkerPool], LearnerGroup]:
     """Spawn the worker pools (rollout, regen and, when configured, reward) and the learner
     group, and wait until every one has started."""
     c = config.cluster
-    check_cluster(config, log)
+    check_cluster(runtime, config, log)
     pools = {}
     for name, (n, _) in c.demands().items():
         if name in ROLES:
-            pools[name] = WorkerPool(config, ROLES[name], name, traffic)
+            pools[name] = WorkerPool(config, runtime, ROLES[name], name, traffic)
             pools[name].resize(n)
-    learners = LearnerGroup(config, traffic, log)
+    learners = LearnerGroup(runtime, config, traffic, log)
     waits = {w.name: (w.ready, c.worker_resources(name)) for name, pool in pools.items() for w in pool.workers.values()}
     waits["learner group"] = (learners.ready, {k: v * c.learner_ranks for k, v in c.worker_resources("learner").items()})
     try:
-        await_ready(waits, c.startup_timeout_s, log, on_waiting)
+        await_ready(runtime, waits, c.startup_timeout_s, log, on_waiting)
     except StartupTimeout:
         for pool in pools.values():
             pool.shutdown()

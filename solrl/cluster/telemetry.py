@@ -7,7 +7,7 @@ Prometheus, the live view and any other subscriber (solrl.run)."""
 from __future__ import annotations
 
 import math
-import time
+from collections.abc import Callable
 
 from solrl.cluster.ledger import IterationState
 from solrl.cluster.pools import WorkerPool
@@ -19,8 +19,8 @@ STAT_KEYS = ("loss", "policy_loss", "kl", "grad_norm", "old_decay")
 
 
 class Telemetry:
-    def __init__(self, traffic: Traffic):
-        self.traffic = traffic
+    def __init__(self, traffic: Traffic, clock: Callable[[], float]):
+        self.traffic, self.clock = traffic, clock
         self.last_row_at: float | None = None
         self.seen: dict[str, dict[str, int]] = {}
         self.last: dict = {}  # the newest row, with its candidates per second
@@ -51,7 +51,7 @@ class Telemetry:
             "learn": timing["learn"],
             "sync": timing["sync"],
         }
-        now = time.perf_counter()
+        now = self.clock()
         # Busy seconds accumulate between rows; with overlapping iterations that interval is
         # shorter than the iteration's own span, so utilization is measured over it.
         interval = now - max(state.started, self.last_row_at or state.started)

@@ -15,7 +15,13 @@ class WorkerClasses:
     learner: type
 
 
-def worker_classes(config) -> WorkerClasses:
+def worker_classes(config, virtual: bool = False) -> WorkerClasses:
+    """The run's actor classes; `virtual`: the stand-ins that run on a virtual clock
+    (solrl.cluster.virtual), which need cluster.stand_in."""
+    if virtual:
+        from solrl.standin.actors import VirtualLearner, VirtualReward, VirtualSampler
+
+        return WorkerClasses(VirtualSampler, VirtualReward, VirtualLearner)
     if config.cluster.stand_in is not None:
         from solrl.standin.actors import StandInLearner, StandInReward, StandInSampler
 

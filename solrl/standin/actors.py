@@ -10,7 +10,6 @@ import ctypes
 import datetime
 import os
 import sys
-import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -20,7 +19,7 @@ from solrl.faults import FaultPlan
 from solrl.learner.plan import StepPlan, kept_bytes, shards_of
 from solrl.learner.weight_sync import WeightUpdate
 from solrl.nbytes import SCORER_BYTES, payload_bytes, tensor_bytes
-from solrl.standin.payloads import Payloads, reward
+from solrl.standin.payloads import Payloads, SmallPayloads, reward
 from solrl.standin.timing import Clock
 from solrl.types import PromptGroup, Selection, TrainBatch, per_selection
 
@@ -43,15 +42,37 @@ def _setup(cpus: float) -> None:
         pass
 
 
-class StandInSampler:
+class Died(BaseException):
+    """A virtual worker's injected fault fired: the virtual runtime marks it dead (a real one is
+    SIGKILLed)."""
+
+
+def _die() -> None:
+    raise Died
+
+
+class _Modeled:
+    """What every stand-in shares: its clock, payloads and faults, real or virtual. A virtual one
+    (solrl.cluster.virtual runs it in the driver's process) sleeps nothing, carries tiny tensors
+    that stand for the real sizes, and raises Died where a real one is killed."""
+
+    virtual = False
+
+    def _model(self, config, name: str, cpus: float, armed: bool = True) -> None:
+        if not self.virtual:
+            _setup(cpus)
+        self.payloads = (SmallPayloads if self.virtual else Payloads)(config)
+        self.clock = Clock(config, name, self.virtual)
+        self.faults = FaultPlan(config.cluster.faults, name, armed, _die if self.virtual else None)
+
+
+class StandInSampler(_Modeled):
     """An explore (NVFP4) or regeneration (BF16) worker of the stand-in model."""
 
     def __init__(self, config, role: str, name: str, cpus: float = 1):
-        _setup(cpus)
+        self._model(config, name, cpus)
         self.config, self.role, self.name = config, role, name
-        self.payloads, self.clock = Payloads(config), Clock(config, name)
         self.scores = config.cluster.reward_workers == 0
-        self.faults = FaultPlan(config.cluster.faults, name)
         ro = config.rollout
         self.sampling, self.precision = (ro.explore, ro.explore_precision) if role == "explore" else (ro.regenerate, ro.regenerate_precision)
         self.version, self.world = 0, config.cluster.learner_ranks
@@ -60,7 +81,7 @@ class StandInSampler:
         return {"name": self.name, "role": self.role, "pid": os.getpid(), "version": self.version, "modules": _modules()}
 
     def _report(self, start: float) -> dict:
-        return {"seconds": time.perf_counter() - start, "version": self.version, "worker": self.name}
+        return {"seconds": self.clock.now() - start, "version": self.version, "worker": self.name}
 
     def _draw(self, images: int) -> None:
         self.clock.sample(images, self.sampling, self.precision)
@@ -69,18 +90,18 @@ class StandInSampler:
 
     def explore(self, groups: Sequence[PromptGroup]) -> dict:
         self.faults.reached("explore")
-        start = time.perf_counter()
+        start = self.clock.now()
         self._draw(sum(len(g.seeds) for g in groups))
         rewards = [reward(g.prompt, s, proxy=True) for g in groups for s in g.seeds]
-        return self._report(start) | {"rewards": rewards, "seconds_per_group": (time.perf_counter() - start) / max(1, len(groups))}
+        return self._report(start) | {"rewards": rewards, "seconds_per_group": (self.clock.now() - start) / max(1, len(groups))}
 
     def explore_images(self, groups: Sequence[PromptGroup]) -> tuple[torch.Tensor, dict]:
         self.faults.reached("explore_images")
-        start = time.perf_counter()
+        start = self.clock.now()
         n = sum(len(g.seeds) for g in groups)
         self._draw(n)
         images = self.payloads.images(n)
-        return images, self._report(start) | {"seconds_per_group": (time.perf_counter() - start) / max(1, len(groups)), "bytes": {"images": images.nbytes}}
+        return images, self._report(start) | {"seconds_per_group": (self.clock.now() - start) / max(1, len(groups)), "bytes": {"images": images.nbytes}}
 
     def _batch(self, selection: Selection, scored: bool) -> TrainBatch:
         """One regenerated group: its x0, its prompt's conditioning once, its rewards (NaN unscored)."""
@@ -99,17 +120,17 @@ class StandInSampler:
 
     def regenerate(self, selections: Sequence[Selection]) -> tuple:
         self.faults.reached("regenerate")
-        start = time.perf_counter()
+        start = self.clock.now()
         (selection,) = selections
         self._draw(len(selection.seeds))
         batch = self._batch(selection, scored=True)
         shards, cond = shards_of(batch, self.world)
-        summary = {"rewards": per_selection(batch.rewards, selections), "seconds": time.perf_counter() - start, "kept_bytes": kept_bytes(shards, cond)}
+        summary = {"rewards": per_selection(batch.rewards, selections), "seconds": self.clock.now() - start, "kept_bytes": kept_bytes(shards, cond)}
         return (*shards, cond, summary | {"version": batch.version, "worker": self.name})
 
     def regenerate_images(self, selections: Sequence[Selection]) -> tuple:
         self.faults.reached("regenerate_images")
-        start = time.perf_counter()
+        start = self.clock.now()
         (selection,) = selections
         self._draw(len(selection.seeds))
         batch, images = self._batch(selection, scored=False), self.payloads.images(len(selection.seeds))
@@ -119,17 +140,17 @@ class StandInSampler:
     def apply_update(self, update: WeightUpdate) -> int:
         self.faults.reached("apply_update")
         update.verify()
-        self.clock.apply(update.nbytes)
+        self.clock.apply(self.payloads.adapter_bytes)
         self.version = update.version
         return self.version
 
     def measure(self, adapter_state, pairs: Sequence[tuple[str, int]], scorer=None) -> dict:
         """The prompt-file world's per-image measures (reward, seconds) of an eval slice."""
         self.faults.reached("measure")
-        start = time.perf_counter()
+        start = self.clock.now()
         self.clock.sample(len(pairs), self.config.eval.sampling, self.config.eval.precision)
         extra = {}
-        if self.scores:
+        if self.scores or (scorer is not None and self.virtual):  # a virtual scorer's time counts as its own
             self.clock.reward(len(pairs))
         elif scorer is not None:  # the reward pool scores the eval images, as for a real sampler
             import ray
@@ -139,7 +160,7 @@ class StandInSampler:
             extra[SCORER_BYTES] = np.array([payload_bytes(images) + payload_bytes(prompts) + payload_bytes(reply)])
         shift = 0.0 if adapter_state is None else 0.01
         rewards = np.array([reward(p, s) + shift for p, s in pairs])
-        return {"reward": rewards, "seconds": np.array([time.perf_counter() - start])} | extra
+        return {"reward": rewards, "seconds": np.array([self.clock.now() - start])} | extra
 
     def grid(self, adapter_state):
         """A placeholder of the run's sample grid: one grey tile per eval caption."""
@@ -150,41 +171,40 @@ class StandInSampler:
         return Image.new("RGB", (4 * 64, rows * 64), (128, 128, 128) if adapter_state is None else (160, 160, 160))
 
 
-class StandInReward:
+class StandInReward(_Modeled):
     """A reward worker of the stand-in model: scores images as long as PickScore would."""
 
     def __init__(self, config, name: str, cpus: float = 1):
-        _setup(cpus)
-        self.name, self.clock = name, Clock(config, name)
-        self.faults = FaultPlan(config.cluster.faults, name)
+        self._model(config, name, cpus)
+        self.name = name
 
     def info(self) -> dict:
         return {"name": self.name, "role": "reward", "pid": os.getpid(), "modules": _modules()}
 
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> dict:
         self.faults.reached("score")
-        start = time.perf_counter()
+        start = self.clock.now()
         self.clock.reward(len(prompts))
-        return {"rewards": [reward(p, i, proxy=True) for i, p in enumerate(prompts)], "seconds": time.perf_counter() - start}
+        return {"rewards": [reward(p, i, proxy=True) for i, p in enumerate(prompts)], "seconds": self.clock.now() - start}
 
     def label(self, images: torch.Tensor, prompts: Sequence[str]) -> dict:
         """The BF16 rewards of regenerated images (deterministic per prompt and position)."""
         self.faults.reached("label")
-        start = time.perf_counter()
+        start = self.clock.now()
         self.clock.reward(len(prompts))
-        return {"rewards": [reward(p, i) for i, p in enumerate(prompts)], "seconds": time.perf_counter() - start}
+        return {"rewards": [reward(p, i) for i, p in enumerate(prompts)], "seconds": self.clock.now() - start}
 
 
-class StandInLearner:
-    """One learner rank of the stand-in model, in a real torch.distributed (gloo) group."""
+class StandInLearner(_Modeled):
+    """One learner rank of the stand-in model, in a real torch.distributed (gloo) group (a
+    virtual rank has none: the virtual runtime keeps its ranks in step)."""
 
     def __init__(self, config, rank: int, world: int, master_addr: str, master_port: int, cpus: float = 1, armed: bool = True):
-        _setup(cpus)
+        self._model(config, f"learner-{rank}", cpus, armed)
         self.config, self.rank, self.world = config, rank, world
-        self.payloads, self.clock = Payloads(config), Clock(config, f"learner-{rank}")
-        self.faults = FaultPlan(config.cluster.faults, f"learner-{rank}", armed)
         self.version = 0
-        if world > 1:
+        self.collective = world > 1 and not self.virtual
+        if self.collective:
             import torch.distributed as dist
 
             os.environ.setdefault("MASTER_ADDR", master_addr)
@@ -201,22 +221,22 @@ class StandInLearner:
         """Rebuild this rank's rows of each part (as the real rank does), and train them for the
         modeled time: one optimizer step a part."""
         self.faults.reached("step")
-        start = time.perf_counter()
+        start = self.clock.now()
         shards = plan.shards(self.rank, pieces)
         self.clock.train(sum(len(s) for s in shards))
         self.faults.reached("backward")
         loss = torch.tensor([float(np.mean([s.rewards.nanmean().item() for s in shards]))])
-        if self.world > 1:
+        if self.collective:
             import torch.distributed as dist
 
             dist.all_reduce(loss)
         self.version += len(shards)
         stats = {"loss": loss.item(), "policy_loss": loss.item(), "kl": 0.0, "grad_norm": 1.0, "old_decay": 0.0, "version": self.version}
-        stats["seconds"] = time.perf_counter() - start
-        sync = time.perf_counter()
+        stats["seconds"] = self.clock.now() - start
+        sync = self.clock.now()
         self.faults.reached("publish")
         update = self._update()
-        stats |= {"publish_seconds": time.perf_counter() - sync, "update_bytes": update.nbytes if update is not None else 0}
+        stats |= {"publish_seconds": self.clock.now() - sync, "update_bytes": update.nbytes if update is not None else 0}
         return stats, update
 
     def _update(self) -> WeightUpdate | None:
@@ -245,5 +265,17 @@ class StandInLearner:
     def close(self) -> None:
         import torch.distributed as dist
 
-        if self.world > 1 and dist.is_initialized():
+        if self.collective and dist.is_initialized():
             dist.destroy_process_group()
+
+
+class VirtualSampler(StandInSampler):
+    virtual = True
+
+
+class VirtualReward(StandInReward):
+    virtual = True
+
+
+class VirtualLearner(StandInLearner):
+    virtual = True

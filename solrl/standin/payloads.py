@@ -35,6 +35,7 @@ class Payloads:
         self.cond = {k: (shape, compute if dtype == COMPUTE else getattr(torch, dtype)) for k, (shape, dtype) in self.dims.conditioning_shapes(m.max_sequence_length).items()}
         self.adapted = self.dims.adapted(m.lora.target_modules)
         self.rank = m.lora.rank
+        self.adapter_bytes = 4 * self.rank * sum(a.fan_in + a.fan_out for a in self.adapted)  # fp32
 
     def latents(self, n: int) -> torch.Tensor:
         """Clean samples x0 as the samplers return them: fp32 (the solver's state)."""
@@ -63,6 +64,19 @@ class Payloads:
         for k, v in adapter.items():
             out |= {f"optim.{k}.exp_avg": v.clone(), f"optim.{k}.exp_avg_sq": v.clone(), f"optim.{k}.step": torch.tensor(fill)}
         return out
+
+
+class SmallPayloads(Payloads):
+    """A virtual stand-in's tensors: one row per sample and one element each, for a scheduler run
+    on the virtual clock that holds thousands of them in one process. Sizes that decide modeled
+    times (`adapter_bytes`) stay the real ones."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.latent, self.image = (1,), (1,)
+        self.cond = {k: ((1,), dtype) for k, (_, dtype) in self.cond.items()}
+        self.adapted = self.adapted[:1]
+        self.rank = 1
 
 
 def reward(prompt: str, seed: int, proxy: bool = False) -> float:

@@ -68,8 +68,9 @@ def calibrate(model: StandInModel, cost: CostConfig) -> CallSeconds:
 class Clock:
     """The modeled durations of one stand-in worker's calls (config: a RunConfig with cluster.stand_in)."""
 
-    def __init__(self, config, worker: str):
+    def __init__(self, config, worker: str, virtual: bool = False):
         self.config, spec = config, config.cluster.stand_in
+        self.virtual, self.elapsed = virtual, 0.0  # a virtual clock sleeps nothing: its seconds add up
         self.per_call = calibrate(spec.model, config.cost)
         res = config.model.resolution or CALIBRATED_RESOLUTION[spec.model]
         self.pixels = (res / CALIBRATED_RESOLUTION[spec.model]) ** 2  # model calls scale with the latent's size
@@ -78,9 +79,16 @@ class Clock:
         self.rng = random.Random(f"{config.seed}:{worker}")
 
     def _wait(self, gpu_seconds: float) -> float:
-        seconds = gpu_seconds * self.scale * (1 + self.jitter * self.rng.uniform(-1, 1))
-        time.sleep(max(0.0, seconds))
+        seconds = max(0.0, gpu_seconds * self.scale * (1 + self.jitter * self.rng.uniform(-1, 1)))
+        if self.virtual:
+            self.elapsed += seconds
+        else:
+            time.sleep(seconds)
         return seconds
+
+    def now(self) -> float:
+        """This worker's clock: the wall clock, or the modeled seconds so far."""
+        return self.elapsed if self.virtual else time.perf_counter()
 
     def sample(self, images: int, sampling, precision: str) -> float:
         """Sleep as long as drawing `images` with `sampling` at `precision` takes; the seconds."""
