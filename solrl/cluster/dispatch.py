@@ -90,6 +90,7 @@ class Dispatcher:
         self.queues: dict[str, deque[Job]] = {name: deque() for name in stages}
         self.pending: dict = {}  # summary ref -> Task
         self.poll_s: float | None = 0.5  # how long collect waits before returning empty-handed (None: until a task ends)
+        self.watch: list = []  # other refs whose end also wakes collect (a learner step's ranks)
 
     def put(self, stage: str, work: tuple) -> None:
         """Queue fresh work: one job per prompt group for explore (tasks take groups_per_task)."""
@@ -128,15 +129,17 @@ class Dispatcher:
         worker is replaced and its task queued again."""
         if not self.pending:  # every worker that could take the work is still starting (e.g. a replacement)
             starting = [w.ready for pool in self.pools.values() for w in pool.starting()]
-            if not starting:
+            if not starting and not self.watch:
                 raise RuntimeError("no work in flight and the iteration is incomplete; every pool is empty or retiring")
-            self.runtime.wait(starting, num_returns=1, timeout=0.5)
+            self.runtime.wait(starting + self.watch, num_returns=1, timeout=0.5 if starting else self.poll_s)
             return []
         # a timeout, so the driver also answers control requests while every task runs long
-        ready, _ = self.runtime.wait(list(self.pending), num_returns=1, timeout=self.poll_s)
+        ready, _ = self.runtime.wait([*self.pending, *self.watch], num_returns=1, timeout=self.poll_s)
         done = []
         for ref in ready:
-            task = self.pending.pop(ref)
+            task = self.pending.pop(ref, None)
+            if task is None:  # a watched ref: the caller looks at it
+                continue
             w, stage = task.worker, self.stages[task.stage]
             w.task = None
             try:

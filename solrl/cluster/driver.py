@@ -21,11 +21,13 @@ import json
 import pathlib
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from solrl.autoscale import Autoscaler
 from solrl.cluster import pool_eval
 from solrl.cluster.control import Control, serve_control
 from solrl.cluster.dispatch import Dispatcher, Done, stages
+from solrl.cluster.learners import LearnerStep
 from solrl.cluster.ledger import IterationState, Ledger, Regenerated
 from solrl.cluster.pools import WorkerPool
 from solrl.cluster.publish import Publisher
@@ -45,6 +47,18 @@ from solrl.runs import make_groups, prompt_order
 from solrl.workers.reward import candidates_from_rewards
 from solrl.workers.selector import Selector
 from solrl.workers.store import CandidateStore
+
+
+@dataclass(frozen=True)
+class Launched:
+    """A learner step started on an iteration (the moment its last group was regenerated), from
+    which policy version."""
+
+    iteration: int
+    state: IterationState
+    step: LearnerStep | None  # None: every group was dropped
+    start: float
+    version: int
 
 
 class Driver:
@@ -206,12 +220,22 @@ class Driver:
                 self.view.stage(len(state.candidates), len(state.regenerated) + state.dropped, len(state.groups), self.dispatcher.depths(), workers)
 
     # -- learning and weight sync ------------------------------------------------------------------
-    def _launch(self, it: int, state: IterationState, regen_done: float) -> dict:
+    def _launch(self, it: int, state: IterationState) -> Launched:
         """Start the learner step on an iteration's groups, in the order they were drawn."""
+        now = self.runtime.now()
         self.ledger.drop_stale_batches(state)
         groups = state.ordered()
-        step = self.learners.step(groups) if groups else None
-        return {"it": it, "state": state, "step": step, "start": self.runtime.now(), "version": self.version, "regen_done": regen_done}
+        return Launched(it, state, self.learners.step(groups) if groups else None, now, self.version)
+
+    def _settled(self, launched: Launched | None) -> bool:
+        """Whether a launched step has ended (or failed, which finish() recovers); the refs
+        still running are what the pump also waits on."""
+        if launched is None:
+            return False
+        if launched.step is None:
+            return True
+        done, self.dispatcher.watch = self.learners.progress(launched.step)
+        return done
 
     def _checkpoint_due(self, it: int) -> bool:
         every = self.config.cluster.checkpoint_every
@@ -222,17 +246,18 @@ class Driver:
         self.ledger.version = version
         return seconds
 
-    def _complete(self, launched: dict) -> Iterator[dict]:
+    def _complete(self, launched: Launched) -> Iterator[dict]:
         """Finish a launched step: publish its weights, yield the iteration's row, checkpoint."""
-        it, state = launched["it"], launched["state"]
-        stats, timing = None, {"regen_done": launched["regen_done"], "learn": 0.0, "sync": 0.0}
-        if launched["step"] is not None:
-            stats, update_ref = self.learners.finish(launched["step"], self.version, self._checkpoint_due(it))
-            timing["learn"] = self.runtime.now() - launched["start"]
+        it, state = launched.iteration, launched.state
+        self.dispatcher.watch = []
+        stats, timing = None, {"regen_done": launched.start, "learn": 0.0, "sync": 0.0}
+        if launched.step is not None:
+            stats, update_ref = self.learners.finish(launched.step, self.version, self._checkpoint_due(it))
+            timing["learn"] = self.runtime.now() - launched.start
             self.ledger.trained(state)
             timing["sync"] = self._publish(update_ref, int(stats["update_bytes"]), int(stats["version"]))
         pools, queues = self.pools, self.dispatcher.depths()
-        row = self.telemetry.row(it, self.version, state, pools, queues, timing, stats, launched["version"], self.ledger.dropped, self._restarts())
+        row = self.telemetry.row(it, self.version, state, pools, queues, timing, stats, launched.version, self.ledger.dropped, self._restarts())
         decision = self.autoscaler.observe(row["busy"], pools["rollout"].size) if self.autoscaler else None
         if decision is not None:
             row["autoscale"] = {"rollout": decision.size - pools["rollout"].size}
@@ -248,34 +273,33 @@ class Driver:
         self.ledger.iterations.pop(it, None)
 
     def iterate(self, stop: Callable[[], bool]) -> Iterator[dict]:
-        """Iterations until train.iterations or `stop()`; with max_policy_lag > 0 the next
-        iteration explores while the learner trains on this one."""
-        total, lag = self.config.train.iterations, self.config.rollout.max_policy_lag
+        """Iterations until train.iterations or `stop()`. Iteration j is queued for exploring as
+        soon as the lag bound allows (the policy is at most max_policy_lag versions behind the
+        step that will train it), so the rollout pool works through the regeneration tail and the
+        learner step; a step is completed the moment it ends, while work keeps being handed out."""
+        total, lag, per_step = self.config.train.iterations, self.config.rollout.max_policy_lag, self.config.train.updates_per_iteration
         if self.live:
             self.view = LiveView(total, self.start_iteration)
-        it, inflight, halt = self.start_iteration, None, False
-        if it < total:
-            self._queue_iteration(it)
-        while it < total and not halt:
-            state = self.ledger.iterations[it]
-            self._pump(lambda: state.complete)
-            regen_done = self.runtime.now()
-            if inflight is not None:  # the previous step trained while this iteration explored
+        first, base = self.start_iteration, self.version
+        queued, it, inflight, halt = first, first, None, False
+        while True:
+            while queued < total and not halt and self.version + lag >= base + (queued - first) * per_step:
+                self._queue_iteration(queued)
+                queued += 1
+            state = self.ledger.iterations.get(it) if it < total and not halt else None
+            if state is None and inflight is None:
+                break
+            self._pump(lambda: self._settled(inflight) or (inflight is None and state is not None and state.complete))  # noqa: B023
+            if self._settled(inflight):
                 yield from self._complete(inflight)
-                halt = stop() or self.control.stop_requested.is_set()
-            launched = self._launch(it, state, regen_done)
-            it += 1
-            if lag > 0 and it < total and not halt:
+                inflight, halt = None, halt or stop() or self.control.stop_requested.is_set()
+                continue
+            launched, it = self._launch(it, state), it + 1
+            if lag > 0:
                 inflight = launched
-                self._queue_iteration(it)  # explored at the current version while the learner runs
             else:
-                inflight = None
                 yield from self._complete(launched)
-                halt = stop() or self.control.stop_requested.is_set() or halt
-                if it < total and not halt:
-                    self._queue_iteration(it)
-        if inflight is not None:
-            yield from self._complete(inflight)
+                halt = halt or stop() or self.control.stop_requested.is_set()
         if it < total and self.version > 0 and self.checkpointed[1] < it:
             self._checkpoint(it - 1)  # stopped early: a resume continues from here
         self.ledger.drop_unfinished()

@@ -124,6 +124,18 @@ class LearnerGroup:
         self.traffic.add_payload("rewards", inputs.plan, receivers=len(self.ranks))
         return [self.runtime.call(r, "step", inputs.plan, *refs, returns=2) for r, refs in zip(self.ranks, inputs.refs)]
 
+    def progress(self, step: LearnerStep) -> tuple[bool, list]:
+        """Whether `step` has ended on every rank, or failed on one (finish() then recovers), and
+        the refs of the ranks still running; never waits."""
+        refs = [c[0] for c in step.calls]
+        ready, running = self.runtime.wait(refs, num_returns=len(refs), timeout=0)
+        for ref in ready if running else ():
+            try:
+                self.runtime.get(ref)
+            except Exception:  # noqa: BLE001 (a rank's failure, whatever it is, is finish()'s to handle)
+                return True, running
+        return not running, running
+
     def finish(self, step: LearnerStep, version: int, checkpoint_due: bool) -> tuple[dict, object]:
         """Wait for a step; if a rank died, restart the group, bring it back to where the step
         began and redo it. Returns (stats, rank 0's WeightUpdate ref). Takes a snapshot when
