@@ -159,6 +159,11 @@ class RunConfig(_Strict):
                 f"train.updates_per_iteration={self.train.updates_per_iteration} exceeds "
                 f"rollout.prompts_per_iteration={self.rollout.prompts_per_iteration}; each update needs a whole prompt group"
             )
+        if self.cluster.explore_split > self.rollout.candidates:
+            raise ValueError(
+                f"cluster.explore_split={self.cluster.explore_split} exceeds rollout.candidates={self.rollout.candidates}; "
+                "share a group's seeds over at most that many explore tasks, or 0 to size them from the pool"
+            )
         if not self.reward:
             raise ValueError("reward is empty; name at least one reward, e.g. reward: shapes")
         names = [r.name for r in self.reward]

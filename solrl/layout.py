@@ -33,6 +33,12 @@ class ClusterConfig(BaseModel):
     cpus_per_worker: float = _describe("Logical CPUs each worker reserves.", default=1, gt=0)
     gpus_per_worker: float = _describe("GPUs each worker reserves.", default=0, ge=0)
     groups_per_task: int = _describe("Prompt groups a rollout worker takes at a time.", default=1, ge=1)
+    explore_split: int = _describe(
+        "Explore tasks each prompt group's seeds are shared out over; the selector ranks their union (0: chosen from the rollout "
+        "pool's size, at least 16 tasks a worker an iteration and 24 seeds a task).",
+        default=0,
+        ge=0,
+    )
     checkpoint_every: int = _describe("Iterations between checkpoints (0: only at the end).", default=1, ge=0)
     snapshot_every: int = _describe(
         "Learner steps between snapshots of the learner group's state a restarted group begins at (the steps since are redone "

@@ -11,8 +11,10 @@ import pyarrow.compute as pc
 import pytest
 
 from solrl.cluster.driver import Driver
+from solrl.cluster.slices import Partial, explore_pieces, slices
 from solrl.cluster.virtual import VirtualRuntime
-from solrl.config import load_config, shipped_config
+from solrl.config import ConfigError, load_config, shipped_config
+from solrl.types import Candidates, PromptGroup
 from solrl.workers.store import audit_log, read_log
 
 PROMPTS, SEEDS, ITERATIONS = 6, 96, 3
@@ -32,8 +34,9 @@ def _config(tmp_path, *extra):
 
 
 def _run(config, out) -> tuple[dict, VirtualRuntime]:
-    runtime = VirtualRuntime()
-    report = Driver(config, out, log=lambda _: None, runtime=runtime).run()
+    runtime, lines = VirtualRuntime(), []
+    report = Driver(config, out, log=lines.append, runtime=runtime).run()
+    runtime.lines = lines
     return report, runtime
 
 
@@ -87,3 +90,35 @@ def test_workers_killed_in_every_phase_lose_nothing_and_train_nothing_twice(refe
         _run(_config(tmp_path, f"rollout.max_policy_lag={lag}", *extra), tmp_path / "reference")
         run = tmp_path / "reference"
     assert mine.equals(_selected(run))
+
+
+def test_explore_tasks_are_sized_from_the_pool():
+    assert explore_pieces(0, 48, 96, 3) == 1  # the shipped 48 x 96 on 3 workers: 16 groups a worker already
+    assert explore_pieces(0, 48, 96, 64) == 4  # 64 workers: 4 tasks a group, of 24 seeds
+    assert explore_pieces(0, 6, 96, 3) == 4 and explore_pieces(0, 12, 32, 2) == 1  # the shapes run's 32 seeds: never split
+    assert explore_pieces(3, 6, 96, 3) == 3
+    with pytest.raises(ConfigError, match=r"cluster.explore_split=200 exceeds rollout.candidates=32; share a group's seeds"):
+        load_config(overrides=["cluster.explore_split=200"])
+
+
+def test_slices_come_back_as_the_whole_group_in_its_seed_order():
+    group = PromptGroup(7, "a prompt", tuple(range(100, 110)), 0, 3)
+    parts = slices(group, 3)
+    assert [len(p.seeds) for p in parts] == [3, 3, 4] and sum((p.seeds for p in parts), ()) == group.seeds
+    partial = Partial(group)
+    results = [(Candidates(p, tuple(float(s) for s in p.seeds), 3 + i, 1.0), f"rollout-{i}") for i, p in enumerate(parts)]
+    assert partial.add(*results[2]) is None and partial.add(*results[0]) is None and partial.add(*results[0]) is None
+    whole, workers = partial.add(*results[1])
+    assert whole.group == group and whole.proxy_rewards == tuple(float(s) for s in group.seeds)
+    assert whole.version == 3 and whole.seconds == 3.0  # the oldest slice's version; every slice's seconds
+    assert workers == ["rollout-0"] * 3 + ["rollout-1"] * 3 + ["rollout-2"] * 4
+
+
+def test_a_groups_seeds_go_to_several_workers_and_the_log_says_so(reference):
+    _, run, _, runtime = reference
+    assert "explore: each group's 96 seeds in 4 tasks for 3 rollout workers" in runtime.lines
+    log = read_log(run / "candidates").to_pylist()
+    workers = {}
+    for row in log:
+        workers.setdefault((row["iteration"], row["prompt_id"]), set()).add(row["explore_worker"])
+    assert max(len(w) for w in workers.values()) > 1

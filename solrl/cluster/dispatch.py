@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from solrl.cluster.pools import Worker, WorkerPool
 from solrl.cluster.seam import InputLost, Runtime, WorkerDied
+from solrl.cluster.slices import slices
 from solrl.cluster.traffic import Traffic
 from solrl.learner.weight_sync import WeightSyncError
 
@@ -92,10 +93,11 @@ class Dispatcher:
         self.poll_s: float | None = 0.5  # how long collect waits before returning empty-handed (None: until a task ends)
         self.watch: list = []  # other refs whose end also wakes collect (a learner step's ranks)
 
-    def put(self, stage: str, work: tuple) -> None:
-        """Queue fresh work: one job per prompt group for explore (tasks take groups_per_task)."""
+    def put(self, stage: str, work: tuple, pieces: int = 1) -> None:
+        """Queue fresh work: for explore, one job per slice of a prompt group (`pieces` a group,
+        solrl.cluster.slices; tasks take groups_per_task jobs)."""
         if stage == "explore":
-            self.queues[stage].extend(Job((g,)) for g in work)
+            self.queues[stage].extend(Job((s,)) for g in work for s in slices(g, pieces))
         else:
             self.queues[stage].append(Job(work))
 

@@ -32,6 +32,7 @@ from solrl.cluster.ledger import IterationState, Ledger, Regenerated
 from solrl.cluster.pools import WorkerPool
 from solrl.cluster.publish import Publisher
 from solrl.cluster.seam import Runtime
+from solrl.cluster.slices import explore_pieces, seeds_of
 from solrl.cluster.startup import start_workers, starting
 from solrl.cluster.telemetry import Telemetry
 from solrl.cluster.traffic import Traffic
@@ -105,6 +106,7 @@ class Driver:
         self.checkpointed = (None, -1)  # (path, iteration) of the newest checkpoint
         self.autoscaler = Autoscaler(config.cluster.autoscale) if config.cluster.autoscale else None
         self.status_at = 0.0  # time.monotonic() of the newest status
+        self.pieces = 0  # explore tasks a group (solrl.cluster.slices), as last logged
 
     @property
     def version(self) -> int:
@@ -190,7 +192,12 @@ class Driver:
         self.order_states[it] = self.order.state()
         groups = make_groups(self.config, self.prompts, self.order, it, self.version)
         self.ledger.open(it, groups)
-        self.dispatcher.put("explore", groups)
+        seeds, workers = seeds_of(groups), self.pools["rollout"].size
+        pieces = explore_pieces(self.config.cluster.explore_split, len(groups), seeds, workers)
+        if pieces != self.pieces:
+            self._log(f"explore: each group's {seeds} seeds in {pieces} task{'s' if pieces > 1 else ''} for {workers} rollout workers")
+            self.pieces = pieces
+        self.dispatcher.put("explore", groups, pieces)
 
     def _deliver(self, done: Done) -> None:
         """A finished explore or regeneration chain, into the ledger."""

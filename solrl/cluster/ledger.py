@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from solrl.cluster.slices import Partial
 from solrl.learner.plan import GroupLabels
 from solrl.types import Candidates, PromptGroup, Selection
 from solrl.workers.selector import Selector
@@ -49,11 +50,15 @@ class IterationState:
 
     groups: list[PromptGroup]
     started: float
+    partial: dict = field(default_factory=dict)  # group key -> Partial, while its slices come in
     candidates: dict = field(default_factory=dict)  # group key -> Candidates
     selections: dict = field(default_factory=dict)  # group key -> Selection
     regenerated: dict = field(default_factory=dict)  # group key -> Regenerated
     explore_done: float | None = None
     dropped: int = 0
+
+    def __post_init__(self) -> None:
+        self.by_key = {(g.iteration, g.prompt_id): g for g in self.groups}  # group key -> the whole group
 
     @property
     def complete(self) -> bool:
@@ -83,13 +88,22 @@ class Ledger:
         return self.version - version > self.max_lag
 
     def explored(self, results: list[Candidates], worker: str) -> list[Selection]:
-        """Record explore results; returns the selections to regenerate."""
+        """Record explore results (whole groups, or slices of one: solrl.cluster.slices); returns
+        the selections to regenerate."""
         selections = []
         for c in results:
             state = self.iterations.get(c.group.iteration)
-            if state is None or not self.store.add(c, worker):
+            if state is None:
                 continue
-            key = group_key(c)
+            key, workers = group_key(c), worker
+            if len(c.group.seeds) < len(state.by_key[key].seeds):
+                whole = state.partial.setdefault(key, Partial(state.by_key[key])).add(c, worker)
+                if whole is None:
+                    continue
+                c, workers = whole
+                del state.partial[key]
+            if not self.store.add(c, workers):
+                continue
             state.candidates[key] = c
             if self.too_stale(c.version):
                 self.drop(state, key, "stale")

@@ -51,8 +51,9 @@ class CandidateStore:
         self.duplicates = 0
         self.parts = 0
 
-    def add(self, candidates: Candidates, worker: str) -> bool:
-        """Store one group's explore results; False (and counted) if the group is already known."""
+    def add(self, candidates: Candidates, worker: str | Sequence[str]) -> bool:
+        """Store one group's explore results (`worker`: the explore worker, or each seed's when its
+        seeds were shared out); False (and counted) if the group is already known."""
         key = group_key(candidates)
         if key in self.open or key in self.closed:
             self.duplicates += 1
@@ -69,7 +70,7 @@ class CandidateStore:
                 "proxy_reward": list(candidates.proxy_rewards),
                 "bf16_reward": pa.nulls(n, pa.float64()),
                 "policy_version": [candidates.version] * n,
-                "explore_worker": [worker] * n,
+                "explore_worker": [worker] * n if isinstance(worker, str) else list(worker),
                 "regen_worker": pa.nulls(n, pa.string()),
                 "explore_seconds": [per_candidate] * n,
                 "status": pa.nulls(n, pa.string()),
