@@ -44,6 +44,9 @@ class StandInConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: StandInModel = Field(description="The model whose sizes the workers carry: flux1 (FLUX.1-dev), sd35 (SD3.5-Large), sana (SANA 1.6B).")
     gpu: Literal["b200", "h100", "h200"] = Field(default="b200", description="The GPU each worker models (solrl/standin/timing.py).")
+    pools: dict[Literal["rollout", "regen", "reward", "learner"], Literal["b200", "h100", "h200"]] = Field(
+        default_factory=dict, description="The GPU of a pool's workers where it is not `gpu` (a mixed fleet), e.g. {learner: h100}."
+    )
     speedup: float = Field(default=1.0, gt=0, description="Modeled durations are divided by this, so a benchmark fits minutes.")
     jitter: float = Field(default=0.1, ge=0, lt=1, description="Each call's duration varies uniformly by up to this fraction.")
 
@@ -74,7 +77,8 @@ class Clock:
         self.per_call = calibrate(spec.model, config.cost)
         res = config.model.resolution or CALIBRATED_RESOLUTION[spec.model]
         self.pixels = (res / CALIBRATED_RESOLUTION[spec.model]) ** 2  # model calls scale with the latent's size
-        self.scale = GPU_SLOWDOWN[spec.gpu] / spec.speedup
+        self.gpu = spec.pools.get(worker.rpartition("-")[0], spec.gpu)  # workers are named POOL-N
+        self.scale = GPU_SLOWDOWN[self.gpu] / spec.speedup
         self.jitter = spec.jitter
         self.rng = random.Random(f"{config.seed}:{worker}")
 
