@@ -35,7 +35,7 @@ def _train(args: argparse.Namespace) -> int:
 
     sets = args.set
     if args.resume and args.config is None:  # the run's own config (its injected faults disarmed), --set on top
-        from solrl.run import run_config_file
+        from solrl.run_folder import run_config_file
 
         args.config = run_config_file(pathlib.Path(args.resume).expanduser())
         sets = ["cluster.faults=[]", *sets] if args.config else sets
@@ -44,8 +44,8 @@ def _train(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    if args.local and (args.resume or args.address or args.metrics_port is not None or config.cluster.stand_in is not None):
-        print("solrl train --local: --resume, --address, --metrics-port and cluster.stand_in need the distributed run; drop --local", file=sys.stderr)
+    if args.local and (args.address or args.metrics_port is not None or config.cluster.stand_in is not None):
+        print("solrl train --local: --address, --metrics-port and cluster.stand_in need the distributed run; drop --local", file=sys.stderr)
         return 2
     if args.resume and not args.out:
         args.out = args.resume  # a resumed run keeps writing to its own folder
@@ -54,7 +54,7 @@ def _train(args: argparse.Namespace) -> int:
     out = pathlib.Path(args.out or f"runs/{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}").expanduser()
     from solrl.learner.checkpoint import CheckpointError
     from solrl.preflight import PreflightError, preflight
-    from solrl.run import RunFolderError, check_run_folder
+    from solrl.run_folder import RunFolderError, check_run_folder
 
     try:
         preflight(config, args.metrics_port, args.metrics_host, bool(os.environ.get(TOKEN_ENV)))
@@ -65,7 +65,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.local:
         from solrl.local_run import LocalRun
 
-        report = LocalRun(config, out).run()
+        report = LocalRun(config, out).run(resume=args.resume)
     else:
         from solrl.cluster import runtime
         from solrl.cluster.driver import Driver

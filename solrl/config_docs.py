@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from solrl.config import RunConfig
-from solrl.run import RESUMABLE
+from solrl.run_folder import RESUMABLE
 
 
 def _inline(value: Any) -> str:

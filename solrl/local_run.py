@@ -19,6 +19,7 @@ from solrl.config import RunConfig
 from solrl.determinism import single_threaded
 from solrl.evaluation import eval_copy, evaluate_run, load_run_prompts, run_grid
 from solrl.learner.nft_trainer import NFTTrainer
+from solrl.learner.trainer_state import load_trainer_state, trainer_state
 from solrl.learner.weight_sync import WeightUpdate, check_served
 from solrl.models.base import OLD, POLICY
 from solrl.run import execute
@@ -31,7 +32,7 @@ from solrl.workers.selector import Selector
 class LocalRun:
     """Everything one single-process run holds."""
 
-    start_iteration = 0
+    start_iteration = 0  # > 0 after restore()
 
     def __init__(self, config: RunConfig, out: pathlib.Path, log: Callable[[str], None] = print):
         torch.manual_seed(config.seed)
@@ -71,6 +72,13 @@ class LocalRun:
     def totals(self) -> dict:
         return {}
 
+    def _sync(self) -> None:
+        """The samplers serve the current rollout policy."""
+        update = WeightUpdate.build(self.version, self.policy.adapter_state(OLD))
+        for name, worker in (("explore", self.explorer), ("regenerate", self.regenerator)):
+            if worker is not None:
+                check_served(name, worker.apply_update(update), self.version)
+
     def iteration(self, it: int) -> dict:
         times = {}
         direct = self.regenerator is None
@@ -100,19 +108,33 @@ class LocalRun:
         stats["old_decay"] = updates[-1]["old_decay"]
         times["learn"] = time.perf_counter() - start
         start = time.perf_counter()
-        update = WeightUpdate.build(self.version, self.policy.adapter_state(OLD))
-        for name, worker in (("explore", self.explorer), ("regenerate", self.regenerator)):
-            if worker is not None:
-                check_served(name, worker.apply_update(update), self.version)
+        self._sync()
         times["sync"] = time.perf_counter() - start
         return iteration_row(it, self.version, candidates, selections, per_selection(batch.rewards, selections), times, stats)
 
     def iterate(self, stop: Callable[[], bool]) -> Iterator[dict]:
-        for it in range(self.config.train.iterations):
+        for it in range(self.start_iteration, self.config.train.iterations):
             yield self.iteration(it)
             if stop():
                 return
 
-    def run(self) -> dict:
-        """The whole run (solrl.run.execute with this engine); returns eval.json's report."""
-        return execute(self, self.config, self.out, self.log)
+    # -- checkpoints (written and resumed by solrl.run.Checkpoints) ---------------------------------
+    def checkpoint_state(self, iteration: int) -> tuple[dict[str, torch.Tensor], dict]:
+        return trainer_state(self.policy, self.trainer), {"order": self.order.state()}
+
+    def restore(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
+        load_trainer_state(self.policy, self.trainer, tensors, state["step"])
+        self.start_iteration = state["iteration"]
+        self.order.load_state(state["order"])
+        self._sync()
+
+    def checkpoint_wanted(self) -> bool:
+        return False
+
+    def checkpointed(self, path: pathlib.Path, iteration: int) -> None:
+        pass
+
+    def run(self, resume: pathlib.Path | None = None) -> dict:
+        """The whole run (solrl.run.execute with this engine), continuing from the checkpoint
+        `resume` names when given; returns eval.json's report."""
+        return execute(self, self.config, self.out, self.log, resume=resume)

@@ -21,7 +21,9 @@ import torch
 from solrl.config import RunConfig, dump_config
 from solrl.cost import CostMeter
 from solrl.evaluation import describe, run_report, write_grid
+from solrl.learner.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from solrl.report import write_report
+from solrl.run_folder import rows_before
 from solrl.runs import save_lora
 
 Subscriber = Callable[[dict], None]  # called with each iteration's metrics row, after it is written
@@ -47,6 +49,21 @@ class Engine(Protocol):
     def totals(self) -> dict:
         """Engine figures for eval.json (restarts, dropped records, ...); {} when there are none."""
 
+    def checkpoint_state(self, iteration: int) -> tuple[dict[str, torch.Tensor], dict]:
+        """What resumes the run after `iteration` (whose row was just written): the learner's
+        tensors (solrl.learner.trainer_state) and the engine's own state, e.g. the prompt order
+        before the next iteration's groups."""
+
+    def restore(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
+        """Continue from a checkpoint's tensors and state (its step, iteration and engine state):
+        start_iteration and version follow it."""
+
+    def checkpoint_wanted(self) -> bool:
+        """Whether a checkpoint was asked for now (a control request, a stop), schedule aside."""
+
+    def checkpointed(self, path: pathlib.Path, iteration: int) -> None:
+        """A checkpoint resuming at `iteration` was written to `path`."""
+
     @property
     def version(self) -> int: ...
 
@@ -68,74 +85,38 @@ def eval_due(config: RunConfig, iteration: int) -> bool:
     return bool(every) and (iteration + 1) % every == 0 and iteration + 1 < total
 
 
-# What a resumed run may change: where and how wide it runs, and how long; not what it computes.
-RESUMABLE = ("cluster.", "train.iterations", "train.max_seconds")
+def checkpoint_due(config: RunConfig, iteration: int) -> bool:
+    """Whether cluster.checkpoint_every asks for a checkpoint after `iteration` (0-based)."""
+    every = config.cluster.checkpoint_every
+    return bool(every) and (iteration + 1) % every == 0
 
 
-class RunFolderError(ValueError):
-    """A run folder that cannot be written or resumed as asked; the message says what to do."""
+class Checkpoints:
+    """A run's checkpoints (solrl.learner.checkpoint): after every cluster.checkpoint_every
+    iterations, when the engine asks for one, and when the run stops early; and the resume."""
 
+    def __init__(self, engine: Engine, config: RunConfig, out: pathlib.Path):
+        self.engine, self.config, self.out = engine, config, out
+        self.last = -1  # the iteration the newest checkpoint resumes at
 
-def _flat(data: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out |= _flat(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
+    def after(self, iteration: int) -> None:
+        """Write one after `iteration` if it is due or asked for (and something was trained)."""
+        if self.engine.version > 0 and (checkpoint_due(self.config, iteration) or self.engine.checkpoint_wanted()):
+            self.write(iteration)
 
+    def write(self, iteration: int) -> None:
+        tensors, state = self.engine.checkpoint_state(iteration)
+        state = state | {"iteration": iteration + 1, "rng": rng_state(), "config": json.loads(json.dumps(self.config.model_dump(mode="json")))}
+        path = save_checkpoint(self.out, self.engine.version, tensors, state)
+        self.last = iteration + 1
+        self.engine.checkpointed(path, iteration + 1)
 
-def config_changes(saved: dict, config: RunConfig) -> dict[str, tuple]:
-    """Fields whose value differs between a checkpoint's config and `config`, except RESUMABLE ones."""
-    try:  # fields added since the checkpoint was written take their defaults, as the run did
-        saved = RunConfig.model_validate(saved).model_dump(mode="json")
-    except ValueError:
-        pass  # a field since removed or renamed: compare as saved, and the difference is reported
-    old, new = _flat(json.loads(json.dumps(saved))), _flat(json.loads(json.dumps(config.model_dump(mode="json"))))
-    changed = {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)}
-    return {k: v for k, v in changed.items() if not k.startswith(RESUMABLE)}
-
-
-def check_run_folder(out: pathlib.Path, resume: pathlib.Path | None, config: RunConfig) -> None:
-    """Refuse, before anything starts or is written, a new run into a folder that holds files, and
-    a resume whose checkpoint is damaged (CheckpointError) or whose config differs from `config`."""
-    if resume is None:
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise RunFolderError(f"--out {out} is not an empty folder; pass a new one, or --resume {out} to continue the run in it")
-        return
-    from solrl.learner.checkpoint import inspect_checkpoint
-
-    folder, state = inspect_checkpoint(resume)
-    changes = config_changes(state.get("config", {}), config) if "config" in state else {}
-    if changes:
-        shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
-        raise RunFolderError(
-            f"--resume {resume}: the config differs from checkpoint {folder.name}'s in {shown}; resume with the run's own config "
-            f"({resume}/config.yaml and the same --set), changing only {', '.join(RESUMABLE)}*"
-        )
-
-
-def run_config_file(resume: pathlib.Path) -> pathlib.Path | None:
-    """The config.yaml of the run a --resume path (a run folder or one of its checkpoints) names."""
-    for folder in (resume, resume.parent.parent):
-        if (folder / "config.yaml").is_file() and (folder / "checkpoints").is_dir():
-            return folder / "config.yaml"
-    return None
-
-
-def _rows_before(path: pathlib.Path, iteration: int) -> list[str]:
-    """The metrics lines a resumed run keeps: those of the iterations its checkpoint holds. Later
-    rows (and a line torn by a kill) belong to iterations the run redoes."""
-    kept = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            break
-        if row["iteration"] < iteration:
-            kept.append(line)
-    return kept
+    def resume(self, path: pathlib.Path, log: Callable[[str], None]) -> None:
+        tensors, state = load_checkpoint(path)
+        log(f"resuming from step {state['step']} (iteration {state['iteration']})")
+        set_rng_state(state["rng"])
+        self.engine.restore(tensors, state)
+        self.last = state["iteration"]
 
 
 def execute(
@@ -144,13 +125,17 @@ def execute(
     out: pathlib.Path,
     log: Callable[[str], None] = print,
     subscribers: Sequence[Subscriber] = (),
-    resume: bool = False,
+    resume: pathlib.Path | None = None,
 ) -> dict:
-    """Run `engine` through `config`'s schedule, writing the run folder `out`; returns eval.json."""
+    """Run `engine` through `config`'s schedule, writing the run folder `out` (continuing the run
+    from the checkpoint `resume` names, when given); returns eval.json."""
     out.mkdir(parents=True, exist_ok=True)
+    checkpoints = Checkpoints(engine, config, out)
+    if resume is not None:
+        checkpoints.resume(pathlib.Path(resume), log)
     (out / "config.yaml").write_text(dump_config(config))
     metrics_path = out / "metrics.jsonl"
-    kept = _rows_before(metrics_path, engine.start_iteration) if resume else []
+    kept = rows_before(metrics_path, engine.start_iteration) if resume else []
     metrics_path.write_text("".join(line + "\n" for line in kept))
     cost = CostMeter(config, json.loads(kept[-1]).get("modeled_cost_total") if kept else None)
     run_start = time.perf_counter()
@@ -178,6 +163,9 @@ def execute(
         for subscriber in subscribers:
             subscriber(row)
         log(iteration_line(row, config.train.iterations))
+        checkpoints.after(row["iteration"])
+    if iterations < config.train.iterations and engine.version > 0 and checkpoints.last < iterations:
+        checkpoints.write(iterations - 1)  # stopped early: a resume continues from here
     if iterations < config.train.iterations:
         reason = f"train.max_seconds={max_s} reached" if time_up() else "a stop was requested"
         log(f"stopping after {iterations} iterations: {reason}")

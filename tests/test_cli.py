@@ -65,7 +65,7 @@ def test_train_local_then_eval_its_lora(tmp_path, capsys):
 
 
 def test_train_errors_are_clear(capsys):
-    assert main(["train", "--local", "--resume", "runs/x", *TINY_RUN]) == 2
+    assert main(["train", "--local", "--address", "ray://x:10001", *TINY_RUN]) == 2
     assert "drop --local" in capsys.readouterr().err
     assert main(["train", "--local", "--set", "selection.mode=top"]) == 2
     assert "selection.mode = 'top'" in capsys.readouterr().err
@@ -126,7 +126,7 @@ def test_resume_refuses_a_damaged_checkpoint_or_another_config_before_anything_s
 
 def test_resume_may_change_the_layout_and_length_but_nothing_else(tmp_path):
     from solrl.config import load_config
-    from solrl.run import check_run_folder
+    from solrl.run_folder import check_run_folder
 
     run = _checkpointed_run(tmp_path, "train.iterations=4")
     same = load_config(overrides=["train.iterations=9", "cluster.rollout_workers=5", "train.max_seconds=60"])

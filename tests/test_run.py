@@ -4,7 +4,8 @@ what a resumed run keeps of metrics.jsonl."""
 import json
 
 from solrl.config import load_config
-from solrl.run import _rows_before, eval_due, iteration_line
+from solrl.run import eval_due, iteration_line
+from solrl.run_folder import rows_before
 
 
 def test_eval_every_skips_the_last_iteration_which_gets_the_final_eval():
@@ -24,6 +25,6 @@ def test_a_resumed_run_keeps_the_rows_its_checkpoint_holds(tmp_path):
     path = tmp_path / "metrics.jsonl"
     rows = [json.dumps({"iteration": i}) for i in range(4)]
     path.write_text("\n".join(rows) + '\n{"iteration": 4, "lo')  # the kill tore the last line
-    assert _rows_before(path, 2) == rows[:2]
-    assert _rows_before(path, 9) == rows
-    assert _rows_before(tmp_path / "missing.jsonl", 1) == []
+    assert rows_before(path, 2) == rows[:2]
+    assert rows_before(path, 9) == rows
+    assert rows_before(tmp_path / "missing.jsonl", 1) == []

@@ -41,9 +41,8 @@ from solrl.cluster.view import LiveView
 from solrl.config import RunConfig
 from solrl.evaluation import load_run_prompts
 from solrl.faults import FaultPlan
-from solrl.learner.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from solrl.metrics import MetricsServer, RunMetrics
-from solrl.run import execute
+from solrl.run import checkpoint_due, execute
 from solrl.runs import make_groups, prompt_order
 from solrl.workers.reward import candidates_from_rewards
 from solrl.workers.selector import Selector
@@ -103,7 +102,7 @@ class Driver:
         self.faults = FaultPlan(config.cluster.faults, "driver-0")
         self.control, self.control_server = Control(), None
         self.pools: dict[str, WorkerPool] = {}  # rollout, regen and, when configured, reward
-        self.checkpointed = (None, -1)  # (path, iteration) of the newest checkpoint
+        self.last_checkpoint = ""  # the newest checkpoint's folder
         self.autoscaler = Autoscaler(config.cluster.autoscale) if config.cluster.autoscale else None
         self.status_at = 0.0  # time.monotonic() of the newest status
         self.pieces = 0  # explore tasks a group (solrl.cluster.slices), as last logged
@@ -128,8 +127,6 @@ class Driver:
         self.publisher = Publisher(self.runtime, lambda: pool_eval.samplers(self.pools), self._log)
         self.dispatcher = Dispatcher(self.runtime, self.pools, stages("reward" in self.pools, c.learner_ranks), c.groups_per_task, self._log, self.traffic)
         self.dispatcher.poll_s = None if self.runtime.virtual else 0.5  # a virtual run has no control requests to answer
-        if self.resume:
-            self._restore()
         return self
 
     def _stop_control(self) -> None:
@@ -148,16 +145,26 @@ class Driver:
         if self.server is not None:
             self.server.close()
 
-    def _restore(self) -> None:
-        tensors, state = load_checkpoint(self.resume)
-        self.log(f"resuming from step {state['step']} (iteration {state['iteration']})")
+    # -- checkpoints (written and resumed by solrl.run.Checkpoints) ---------------------------------
+    def checkpoint_state(self, it: int) -> tuple[dict, dict]:
+        self.faults.reached("checkpoint")
+        tensors = self.runtime.get(self.learners.checkpoint_state(self.version))
+        return tensors, {"order": self.order_states.get(it + 1, self.order.state()), "log_parts": self.store.parts}
+
+    def restore(self, tensors: dict, state: dict) -> None:
         self.learners.restore(tensors, state["step"])
         self.ledger.version = state["step"]
         self.start_iteration = state["iteration"]
         self.order.load_state(state["order"])
         self.store.truncate(state.get("log_parts", 0))
-        set_rng_state(state["rng"])
         self._publish(*self.learners.weight_update(), self.version)
+
+    def checkpoint_wanted(self) -> bool:
+        return bool(self.control.checkpoints) or self.control.stop_requested.is_set()
+
+    def checkpointed(self, path: pathlib.Path, iteration: int) -> None:
+        self.last_checkpoint = str(path)
+        self.control.checkpointed(str(path), iteration)
 
     def _publish_status(self, every_s: float = 0.0) -> None:
         """The control service's answer to GetStatus, as of now (unless one was made less than
@@ -170,7 +177,7 @@ class Driver:
         waiting = starting(self.pools)
         for pool, lines in waiting.items():
             self.metrics.starting.labels(pool).set(len(lines))
-        fields |= {"iterations": self.config.train.iterations, "out": str(self.out), "last_checkpoint": self.checkpointed[0] or ""}
+        fields |= {"iterations": self.config.train.iterations, "out": str(self.out), "last_checkpoint": self.last_checkpoint}
         fields["waiting_for"] = [line for lines in waiting.values() for line in lines]
         self.control.publish(self.telemetry.status(self.pools, self.dispatcher.depths(), self._restarts(), **fields))
 
@@ -244,10 +251,6 @@ class Driver:
         done, self.dispatcher.watch = self.learners.progress(launched.step)
         return done
 
-    def _checkpoint_due(self, it: int) -> bool:
-        every = self.config.cluster.checkpoint_every
-        return bool(every) and (it + 1) % every == 0
-
     def _publish(self, update_ref, nbytes: int, version: int) -> float:
         seconds = self.publisher.publish(update_ref, nbytes, version)
         self.ledger.version = version
@@ -259,7 +262,7 @@ class Driver:
         self.dispatcher.watch = []
         stats, timing = None, {"regen_done": launched.start, "learn": 0.0, "sync": 0.0}
         if launched.step is not None:
-            stats, update_ref = self.learners.finish(launched.step, self.version, self._checkpoint_due(it))
+            stats, update_ref = self.learners.finish(launched.step, self.version, checkpoint_due(self.config, it))
             timing["learn"] = self.runtime.now() - launched.start
             self.ledger.trained(state)
             timing["sync"] = self._publish(update_ref, int(stats["update_bytes"]), int(stats["version"]))
@@ -271,12 +274,8 @@ class Driver:
             self._log(f"autoscale: {decision.reason}")
             self.scale("rollout", decision.size)
         self.faults.reached("row")
+        self.store.flush()  # before the row: a checkpoint written after it holds this iteration's log
         yield row
-        self.store.flush()
-        asked = self.control.checkpoints or self.control.stop_requested.is_set()
-        if self.version > 0 and (self._checkpoint_due(it) or asked):
-            self.faults.reached("checkpoint")
-            self._checkpoint(it)
         self.ledger.iterations.pop(it, None)
 
     def iterate(self, stop: Callable[[], bool]) -> Iterator[dict]:
@@ -307,8 +306,6 @@ class Driver:
             else:
                 yield from self._complete(launched)
                 halt = halt or stop() or self.control.stop_requested.is_set()
-        if it < total and self.version > 0 and self.checkpointed[1] < it:
-            self._checkpoint(it - 1)  # stopped early: a resume continues from here
         self.ledger.drop_unfinished()
 
     # -- evaluation, checkpoints, the run ----------------------------------------------------------
@@ -337,19 +334,6 @@ class Driver:
     def totals(self) -> dict:
         return {"restarts": self._restarts(), "dropped": dict(self.ledger.dropped), "duplicates": self.store.duplicates, "bytes_moved": dict(self.traffic.total)}
 
-    def _checkpoint(self, it: int) -> None:
-        tensors = self.runtime.get(self.learners.checkpoint_state(self.version))
-        state = {
-            "iteration": it + 1,
-            "order": self.order_states.get(it + 1, self.order.state()),
-            "rng": rng_state(),
-            "log_parts": self.store.parts,
-            "config": json.loads(json.dumps(self.config.model_dump(mode="json"))),
-        }
-        path = save_checkpoint(self.out, self.version, tensors, state)
-        self.checkpointed = (str(path), it + 1)
-        self.control.checkpointed(*self.checkpointed)
-
     def run(self) -> dict:
         """The whole run (solrl.run.execute with this engine); returns eval.json's report."""
         subscribers = [self.metrics.observe_iteration]
@@ -361,4 +345,4 @@ class Driver:
             host = self.server.server.server_address[0]
             self._log(f"Prometheus metrics at http://{f'[{host}]' if ':' in host else host}:{self.server.port}/metrics")
         with self:
-            return execute(self, self.config, self.out, self._log, subscribers, resume=bool(self.resume))
+            return execute(self, self.config, self.out, self._log, subscribers, resume=self.resume)

@@ -16,24 +16,15 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import FSDPModule, fully_shard
-from torch.distributed.tensor import DTensor, distribute_tensor
 
 from solrl.builders import build_policy
 from solrl.config import ModelConfig, RunConfig, TrainConfig
 from solrl.learner.nft_trainer import NFTTrainer
+from solrl.learner.trainer_state import full, load_trainer_state, trainer_state
 from solrl.learner.weight_sync import WeightUpdate
 from solrl.models.base import OLD, POLICY
 from solrl.sampling import SamplingConfig
 from solrl.types import TrainBatch, TrainLabels
-
-
-def _full(t: torch.Tensor) -> torch.Tensor:
-    """A plain CPU tensor of a (possibly sharded) parameter or state; collective on DTensors."""
-    return (t.full_tensor() if isinstance(t, DTensor) else t).detach().float().cpu().clone()
-
-
-def _shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return distribute_tensor(full.to(like.dtype), like.device_mesh, like.placements) if isinstance(like, DTensor) else full
 
 
 def shard_model(transformer: torch.nn.Module) -> None:
@@ -102,12 +93,12 @@ class LearnerRank:
 
     def adapter_state(self, adapter: str = OLD) -> dict[str, torch.Tensor]:
         """One adapter's full (unsharded) weights; every rank must call it."""
-        return {k: _full(p) for k, p in self.policy.adapter_parameters(adapter).items()}
+        return {k: full(p) for k, p in self.policy.adapter_parameters(adapter).items()}
 
     def ema_state(self) -> dict[str, torch.Tensor]:
         """The evaluation EMA, unsharded; every rank must call it."""
         keys = list(self.policy.adapter_parameters(POLICY).keys())
-        return {k: _full(v) for k, v in zip(keys, self.trainer.ema, strict=True)}
+        return {k: full(v) for k, v in zip(keys, self.trainer.ema, strict=True)}
 
     def weight_update(self) -> WeightUpdate | None:
         """The rollout (old) policy at the current version, built on rank 0; collective."""
@@ -117,33 +108,11 @@ class LearnerRank:
     # -- checkpoint state ------------------------------------------------------------------------
     def state(self) -> dict[str, torch.Tensor]:
         """Every tensor a checkpoint needs, unsharded: adapters, EMA and AdamW moments; collective."""
-        out = {f"policy.{k}": v for k, v in self.adapter_state(POLICY).items()}
-        out.update({f"old.{k}": v for k, v in self.adapter_state(OLD).items()})
-        out.update({f"ema.{k}": v for k, v in self.ema_state().items()})
-        params = dict(self.policy.adapter_parameters(POLICY))
-        for key, p in params.items():
-            for name, value in self.trainer.optimizer.state.get(p, {}).items():
-                out[f"optim.{key}.{name}"] = _full(value) if value.dim() else value.detach().float().cpu().reshape(())
-        return out
+        return trainer_state(self.policy, self.trainer)
 
-    @torch.no_grad()
     def load_state(self, tensors: dict[str, torch.Tensor], step: int) -> None:
         """Restore what `state` returned (each rank takes its own shards)."""
-        for prefix, adapter in (("policy", POLICY), ("old", OLD)):
-            for k, p in self.policy.adapter_parameters(adapter).items():
-                p.copy_(_shard_like(tensors[f"{prefix}.{k}"], p))
-        params = self.policy.adapter_parameters(POLICY)
-        for (k, p), e in zip(params.items(), self.trainer.ema, strict=True):
-            e.copy_(_shard_like(tensors[f"ema.{k}"], e))
-        self.trainer.optimizer.state.clear()
-        for k, p in params.items():
-            names = [n for n in ("step", "exp_avg", "exp_avg_sq") if f"optim.{k}.{n}" in tensors]
-            if names:
-                self.trainer.optimizer.state[p] = {
-                    n: tensors[f"optim.{k}.{n}"].clone() if n == "step" else _shard_like(tensors[f"optim.{k}.{n}"], p)
-                    for n in names
-                }
-        self.trainer.step_count = step
+        load_trainer_state(self.policy, self.trainer, tensors, step)
 
     def close(self) -> None:
         """Leave the process group."""
