@@ -59,7 +59,7 @@ def main() -> None:
         if (row["iteration"] + 1) % per or phase >= len(sizes) or sizes[phase] == sizes[phase - 1]:
             return
         before = set(driver.pools["rollout"].workers)
-        address = driver.control_server.address
+        address = driver.session.control_server.address
 
         def call() -> None:  # the driver's own thread answers the control service, so call from another
             calls.append((sizes[phase], time.perf_counter(), before))

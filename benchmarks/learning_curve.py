@@ -25,7 +25,7 @@ import yaml
 from common import append_results, table
 
 from solrl.config import load_config
-from solrl.toy.evaluate import accuracy_change
+from solrl.toy_app.evaluate import accuracy_change
 
 SHORT = {"single_object": "single", "two_object": "two", "counting": "count", "colors": "colors", "position": "pos", "color_attr": "attr"}
 

@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_cluster_commands(sub)
 
-    from solrl.toy.cli import add_commands as add_toy_commands
+    from solrl.toy_app.cli import add_commands as add_toy_commands
 
     add_toy_commands(sub)
     return parser

@@ -19,7 +19,6 @@ from solrl.rewards.registry import RewardSpec, ShapesRewardSpec
 from solrl.sampling.loop import SamplingConfig
 from solrl.selection import Mode
 from solrl.standin.models import MODELS
-from solrl.world import world_named
 
 
 class _Strict(BaseModel):
@@ -173,7 +172,6 @@ class RunConfig(_Strict):
                     f"reward {r.name!r} has gate={r.gate!r}, which is not another part of the reward list {names}; "
                     f"add {{name: {r.gate}, weight: 0}} to gate by it without paying for it"
                 )
-        world_named(self.world).check(self)
         self._stand_in_fits()
         return self
 

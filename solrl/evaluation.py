@@ -16,6 +16,7 @@ import numpy as np
 
 from solrl.config import RunConfig
 from solrl.models.base import Sampleable
+from solrl.runs import PromptOrder
 from solrl.sampling.eval_images import eval_pairs
 from solrl.world import World, world_named
 
@@ -27,6 +28,12 @@ def world_of(config: RunConfig) -> World:
 def load_run_prompts(config: RunConfig, name: str) -> list[str]:
     """The prompts `name` stands for in this run's world."""
     return world_of(config).load_prompts(name)
+
+
+def prompt_order(config: RunConfig, prompts: Sequence[str]) -> PromptOrder:
+    """The run's prompt order (task-balanced by the world's strata when prompt_sampling is by_task)."""
+    strata = world_of(config).strata(prompts) if config.prompt_sampling == "by_task" else None
+    return PromptOrder(len(prompts), config.seed, strata)
 
 
 def eval_plan(config: RunConfig, base: bool = False) -> list[tuple[str, int]]:
@@ -103,7 +110,7 @@ def run_report(config: RunConfig, base: dict, final: dict, final_policy: dict, *
 
 def run_grid(config: RunConfig, model: Sampleable):
     """The run's sample grid of its eval prompts (PIL image), framed pass / fail on shapes runs."""
-    from solrl.toy.grid import grid_for
+    from solrl.toy_app.grid import grid_for
 
     ev = config.eval
     world = world_of(config)
@@ -112,6 +119,6 @@ def run_grid(config: RunConfig, model: Sampleable):
 
 def write_grid(path: pathlib.Path, before, after) -> None:
     """grid.png: the base model's and the trained policy's grids side by side."""
-    from solrl.toy.grid import before_after
+    from solrl.toy_app.grid import before_after
 
     before_after(before, after).save(path)

@@ -17,13 +17,13 @@ import torch
 from solrl.builders import build_policy
 from solrl.config import RunConfig
 from solrl.determinism import single_threaded
-from solrl.evaluation import eval_copy, evaluate_run, load_run_prompts, run_grid
+from solrl.evaluation import eval_copy, evaluate_run, load_run_prompts, prompt_order, run_grid
 from solrl.learner.nft_trainer import NFTTrainer
 from solrl.learner.trainer_state import load_trainer_state, trainer_state
 from solrl.learner.weight_sync import WeightUpdate, check_served
 from solrl.models.base import OLD, POLICY
 from solrl.run import execute
-from solrl.runs import iteration_row, make_groups, prompt_order
+from solrl.runs import iteration_row, make_groups
 from solrl.types import Candidates, PromptGroup, Selection, per_selection
 from solrl.workers.sampler import sampler_from_config
 from solrl.workers.selector import Selector

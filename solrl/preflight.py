@@ -8,7 +8,7 @@ import pathlib
 import socket
 
 from solrl.config import RunConfig
-from solrl.evaluation import load_run_prompts
+from solrl.evaluation import load_run_prompts, world_of
 from solrl.metrics import LOOPBACK, TOKEN_ENV
 
 
@@ -24,6 +24,10 @@ def _prompts(config: RunConfig, field: str, name: str) -> list[str]:
 
 
 def preflight(config: RunConfig, metrics_port: int | None = None, metrics_host: str = "127.0.0.1", metrics_token: bool = False) -> None:
+    try:  # settings the run's world (its reward's prompts and eval) cannot run
+        world_of(config).check(config)
+    except ValueError as exc:
+        raise PreflightError(str(exc)) from None
     prompts = _prompts(config, "prompts", config.prompts)
     _prompts(config, "eval.prompts", config.eval.prompts)
     k = config.rollout.prompts_per_iteration

@@ -19,7 +19,6 @@ from solrl.sampling import derive_seeds
 from solrl.sampling.noise import hash_ints
 from solrl.stats import finite_mean, kendall, spearman
 from solrl.types import Candidates, PromptGroup, Selection
-from solrl.world import world_named
 
 LORA_FILES = {"policy": "policy.safetensors", "old": "old.safetensors", "ema": "ema.safetensors"}
 
@@ -103,12 +102,6 @@ def load_lora(directory: str | pathlib.Path, which: str = "ema") -> tuple[dict[s
     fields = json.loads(config.read_text())
     spec = LoraSpec(**{k: fields[k] for k in LoraSpec.model_fields})
     return load_file(str(directory / LORA_FILES[which])), spec
-
-
-def prompt_order(config: RunConfig, prompts: Sequence[str]) -> PromptOrder:
-    """The run's prompt order (task-balanced when prompt_sampling is by_task)."""
-    strata = world_named(config.world).strata(prompts) if config.prompt_sampling == "by_task" else None
-    return PromptOrder(len(prompts), config.seed, strata)
 
 
 def make_groups(config: RunConfig, prompts: Sequence[str], order: PromptOrder, iteration: int, version: int) -> list[PromptGroup]:

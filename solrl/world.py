@@ -2,7 +2,7 @@
 them, and what a report compares. The run, the engines and the config ask the world instead of
 special-casing a reward.
 
-Two worlds ship: ShapesWorld (solrl/toy/world.py: the built-in captions, GenEval-style accuracy
+Two worlds ship: ShapesWorld (solrl/toy_app/world.py: the built-in captions, GenEval-style accuracy
 by the detector, the size preference and the base model's best-of headroom) and PromptFileWorld
 (real models: prompt files, the mean reward of fixed seeds per prompt). A world is chosen by the
 run's reward: each reward kind names the world whose prompts it can read.
@@ -111,7 +111,7 @@ def world_named(name: str) -> World:
     if name == "prompts":
         return PromptFileWorld()
     if name == "shapes":
-        from solrl.toy.world import ShapesWorld
+        from solrl.toy_app.world import ShapesWorld
 
         return ShapesWorld()
     raise ValueError(f"world {name!r} is unknown; use 'shapes' or 'prompts'")

@@ -54,7 +54,7 @@ def test_train_local_then_eval_its_lora(tmp_path, capsys):
     summary = _json_out(capsys)
     assert summary["out"] == str(out) and 0 <= summary["final_accuracy"] <= 1
     assert 0 <= summary["base_preference"] <= summary["best_of_preference"] <= 1 and "preference_gap_closed" in summary
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "eval.json", "grid.png", "lora", "metrics.jsonl", "report.html"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "config.yaml", "eval.json", "grid.png", "lora", "metrics.jsonl", "report.html"]
     grid = Image.open(out / "grid.png")
     assert grid.size[0] > 2 * 6 * 96 and grid.size[1] > 2 * 96  # two panels of 6 seeds, 2 captions
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2

@@ -7,7 +7,8 @@ import torch
 
 from solrl.config import load_config
 from solrl.local_run import LocalRun
-from solrl.runs import PromptOrder, load_lora, make_groups, prompt_order
+from solrl.evaluation import prompt_order
+from solrl.runs import PromptOrder, load_lora, make_groups
 from solrl.models.base import POLICY, LoraSpec
 from solrl.models.shapes import ShapesArchitecture, ShapesModel
 from solrl.toy.captions import all_captions

@@ -27,13 +27,14 @@ def _case(tmp_path, name):
         "few_prompts": (["--set", f"prompts={path['two.txt']}"], "rollout.prompts_per_iteration=8 is more than the 2 prompts"),
         "model_folder": (["--set", f"model.path={tmp_path / 'no-model'}"], "is not a folder"),
         "device": (["--set", "model.device=cuda:0"], "has no CUDA device"),
+        "world": (["--set", "reward={name: pickscore, path: /x}"], "prompts='train' names the shipped shapes captions, which only the shapes reward reads"),
         "port_invalid": (["--metrics-port", "70000"], "--metrics-port 70000 is not a port"),
         "metrics_exposed": (["--metrics-port", "0", "--metrics-host", "0.0.0.0"], "is not loopback and SOLRL_METRICS_TOKEN is not set"),
     }[name]
 
 
 @pytest.mark.parametrize(
-    "name", ["yaml_file", "yaml_set", "missing_prompts", "empty_prompts", "bad_caption", "few_prompts", "model_folder", "device", "port_invalid", "port_busy", "metrics_exposed"]
+    "name", ["yaml_file", "yaml_set", "missing_prompts", "empty_prompts", "bad_caption", "few_prompts", "model_folder", "device", "world", "port_invalid", "port_busy", "metrics_exposed"]
 )
 def test_bad_input_gets_one_line_before_anything_starts(tmp_path, name):
     out = tmp_path / "run"

@@ -263,7 +263,7 @@ def test_accuracy_change_pairs_the_same_captions():
     """The paired change is the task-stratified mean of per-caption differences; its s.e. is
     smaller than the unpaired one when captions differ far more than the change does."""
     from solrl.stats import stratified_mean
-    from solrl.toy.evaluate import accuracy_change
+    from solrl.toy_app.evaluate import accuracy_change
 
     captions = ["a red circle", "a blue square", "two circles", "three squares"]  # two tasks
     base = {"per_caption": dict(zip(captions, [1.0, 0.5, 0.0, 0.25]))}

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from solrl.cluster.ledger import Regenerated
+from solrl.cluster.ledger import IterationState, Regenerated
 from solrl.cluster.seam import HelperDied, Runtime, WorkerDied
 from solrl.cluster.traffic import Traffic
 from solrl.cluster.worker_classes import worker_classes
@@ -58,6 +58,18 @@ class LearnerStep:
 
     inputs: StepInputs
     calls: list
+
+
+@dataclass(frozen=True)
+class Launched:
+    """A learner step the driver started on an iteration (the moment its last group was
+    regenerated), from which policy version; `step` is None when every group was dropped."""
+
+    iteration: int
+    state: IterationState
+    step: LearnerStep | None
+    start: float
+    version: int
 
 
 class LearnerGroup:

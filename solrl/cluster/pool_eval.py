@@ -46,3 +46,18 @@ def grid(config: RunConfig, pools: dict[str, WorkerPool], adapter, adapter_bytes
     if not config.eval.grid_rows:
         return None
     return call_spread(samplers(pools), "grid", [(adapter,)], log, traffic, "eval", adapter_bytes, (adapter,))[0]
+
+
+def adapter(learners, version: int, which: str | None) -> tuple[object, int]:
+    """(a ref to the learner group's 'ema' / 'policy' adapter, its bytes), or (None, 0) for the base model."""
+    if which is None:
+        return None, 0
+    refs, nbytes = learners.adapters(version)
+    return refs[which], nbytes
+
+
+def adapter_states(runtime, learners, version: int, traffic: Traffic) -> dict:
+    """The policy, old and EMA adapter states, fetched to write the run's lora/."""
+    refs, nbytes = learners.adapters(version)
+    traffic.add("checkpoint", nbytes, receivers=len(refs))
+    return dict(zip(refs, runtime.get(list(refs.values()))))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from solrl.types import Candidates, PromptGroup, split_evenly
 
@@ -24,6 +24,15 @@ def explore_pieces(setting: int, groups: int, seeds: int, workers: int) -> int:
         return min(setting, seeds)
     wanted = math.ceil(TASKS_PER_WORKER * workers / max(1, groups))
     return max(1, min(wanted, seeds // MIN_SEEDS))
+
+
+def pieces_for(config, groups: Sequence[PromptGroup], workers: int, last: int, log: Callable[[str], None]) -> int:
+    """An iteration's explore pieces a group (explore_pieces), logged when it differs from `last`."""
+    seeds = max((len(g.seeds) for g in groups), default=0)
+    pieces = explore_pieces(config.cluster.explore_split, len(groups), seeds, workers)
+    if pieces != last:
+        log(f"explore: each group's {seeds} seeds in {pieces} task{'s' if pieces > 1 else ''} for {workers} rollout workers")
+    return pieces
 
 
 def slices(group: PromptGroup, pieces: int) -> list[PromptGroup]:
@@ -56,6 +65,3 @@ class Partial:
         seconds = sum(p.seconds for p, _ in self.parts.values())
         return Candidates(self.group, tuple(reward[s] for s in seeds), version, seconds), [by[s] for s in seeds]
 
-
-def seeds_of(groups: Sequence[PromptGroup]) -> int:
-    return max((len(g.seeds) for g in groups), default=0)

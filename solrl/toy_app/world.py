@@ -13,7 +13,7 @@ from solrl.models.base import Sampleable
 from solrl.sampling import SamplingConfig
 from solrl.sampling.eval_images import Pairs
 from solrl.toy.captions import load_prompts, parse_caption
-from solrl.toy.evaluate import accuracy_change, gap_closed, measure, summarize
+from solrl.toy_app.evaluate import accuracy_change, gap_closed, measure, summarize
 
 
 class ShapesWorld:

@@ -25,7 +25,7 @@ def _load_sampler(args: argparse.Namespace):
 def _toy_eval(args: argparse.Namespace) -> int:
     from solrl.sampling import SamplingConfig
     from solrl.toy.captions import load_prompts
-    from solrl.toy.evaluate import evaluate
+    from solrl.toy_app.evaluate import evaluate
 
     model = _load_sampler(args)
     result = evaluate(model, load_prompts(args.prompts), args.n, SamplingConfig(steps=args.steps, solver=args.solver), args.seed, best_of=args.best_of)
@@ -36,7 +36,7 @@ def _toy_eval(args: argparse.Namespace) -> int:
 def _toy_grid(args: argparse.Namespace) -> int:
     from solrl.sampling import SamplingConfig
     from solrl.toy.captions import load_prompts
-    from solrl.toy.grid import grid_for
+    from solrl.toy_app.grid import grid_for
 
     sampling = SamplingConfig(steps=args.steps, solver=args.solver)
     image = grid_for(_load_sampler(args), load_prompts(args.prompts), sampling, args.seed, args.rows, args.per_caption)
@@ -49,8 +49,8 @@ def _toy_grid(args: argparse.Namespace) -> int:
 def _toy_pretrain(args: argparse.Namespace) -> int:
     from solrl.sampling import SamplingConfig
     from solrl.toy.captions import load_prompts
-    from solrl.toy.evaluate import evaluate
-    from solrl.toy.pretrain import PretrainConfig, main_pretrain
+    from solrl.toy_app.evaluate import evaluate
+    from solrl.toy_app.pretrain import PretrainConfig, main_pretrain
 
     config = PretrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, init=args.init)
     if args.lr is not None:
