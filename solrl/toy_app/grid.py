@@ -12,9 +12,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 from solrl.models.base import Sampleable
 from solrl.sampling import SamplingConfig
+from solrl.sampling.eval_images import eval_seeds, generate
 from solrl.toy.captions import CaptionError, parse_caption
 from solrl.toy.detector import judge
-from solrl.sampling.eval_images import eval_seeds, generate
 
 TILE, BORDER, LABEL_H, GUTTER = 96, 2, 14, 12  # a 32 px image drawn 3x, pixels kept sharp
 
