@@ -25,11 +25,13 @@ def _group(prompt_id: int, rows: int) -> TrainBatch:
     )
 
 
-@pytest.mark.parametrize("world, updates, sizes", [(2, 1, [8, 8, 8]), (3, 2, [5, 7, 4, 5]), (2, 2, [2, 3, 1])])
+@pytest.mark.parametrize("world, updates, sizes", [(2, 1, [8, 8, 8]), (3, 2, [5, 7, 4, 5]), (2, 2, [2, 3, 1]), (5, 1, [2, 3, 1])])
 def test_each_rank_rebuilds_exactly_its_rows_of_the_one_process_step(world, updates, sizes):
     groups = [_group(10 + i, n) for i, n in enumerate(sizes)]
     stored = [shards_of(g, world) for g in groups]
+    assert [len(shards) for shards, _ in stored] == [min(n, world) for n in sizes]  # no empty shard is stored
     plan = StepPlan.of([GroupLabels(int(g.groups[0]), tuple(g.seeds.tolist()), tuple(g.rewards.tolist())) for g in groups], updates, world, 3)
+    assert plan.every_rank_needs() == [plan.needs(rank) for rank in range(world)]
     whole = TrainBatch.concat(groups).split_by_group(updates)  # what the single-process loop trains
     assert len(plan.parts) == len(whole)
     for rank in range(world):

@@ -61,10 +61,10 @@ def test_a_virtual_run_takes_the_modeled_time_and_trains_every_group_once(refere
     assert audit_log(run / "candidates", ITERATIONS, PROMPTS, SEEDS) == {"trained": ITERATIONS * PROMPTS, "dropped": 0, "lost": 0, "duplicated": 0}
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["policy_lag"] for r in rows] == ([0, 0, 0] if lag == 0 else [0, 1, 1])
-    # 6 prompts x 24 kept trained 6 times on 3 ranks: an eighth of the paper's 48-prompt step
-    # (about 250 s on 3 B200), not the milliseconds the test takes
-    assert all(25 < r["seconds"]["learn"] < 40 for r in rows), [r["seconds"] for r in rows]
-    assert runtime.clock > ITERATIONS * 25
+    # 6 prompts x 24 kept trained 6 times on flux1.yaml's 4 ranks: 15 s of B200 a group
+    # (solrl/standin/timing.py), 22.5 s a step, not the milliseconds the test takes
+    assert all(20 < r["seconds"]["learn"] < 30 for r in rows), [r["seconds"] for r in rows]
+    assert runtime.clock > ITERATIONS * 20
 
 
 FAULTS = {
@@ -116,7 +116,7 @@ def test_slices_come_back_as_the_whole_group_in_its_seed_order():
 
 def test_a_groups_seeds_go_to_several_workers_and_the_log_says_so(reference):
     _, run, _, runtime = reference
-    assert "explore: each group's 96 seeds in 4 tasks for 3 rollout workers" in runtime.lines
+    assert "explore: each group's 96 seeds in 4 tasks for 2 rollout workers" in runtime.lines
     log = read_log(run / "candidates").to_pylist()
     workers = {}
     for row in log:

@@ -36,10 +36,11 @@ class Stage:
     passes: int = 0  # with a `then`: how many of the last outputs go on (their traffic kind: "images")
 
 
-def stages(reward_pool: bool, learner_ranks: int) -> dict[str, Stage]:
-    """The stage table: a regenerated group is stored as one x0 shard per learner rank and its
-    conditioning (solrl.learner.plan), then its summary."""
-    kept = learner_ranks + 1
+def stages(reward_pool: bool, learner_ranks: int, k: int) -> dict[str, Stage]:
+    """The stage table: a regenerated group of k samples is stored as one x0 shard per learner
+    rank that gets rows of it (min(k, ranks)) and its conditioning (solrl.learner.plan), then its
+    summary."""
+    kept = min(learner_ranks, k) + 1
     if not reward_pool:  # samplers score their own samples
         return {
             "explore": Stage("rollout", "explore", 1, None, "explore", "explore_results"),

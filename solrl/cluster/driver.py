@@ -81,7 +81,7 @@ class Driver:
             raise
         c = self.config.cluster
         self.publisher = Publisher(self.runtime, lambda: pool_eval.samplers(self.pools), self.log)
-        self.dispatcher = Dispatcher(self.runtime, self.pools, stages("reward" in self.pools, c.learner_ranks), c.groups_per_task, self.log, self.traffic)
+        self.dispatcher = Dispatcher(self.runtime, self.pools, stages("reward" in self.pools, c.learner_ranks, self.config.selection.k), c.groups_per_task, self.log, self.traffic)
         self.dispatcher.poll_s = None if self.runtime.virtual else 0.5  # a virtual run has no control requests to answer
         return self
 

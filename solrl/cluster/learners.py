@@ -40,9 +40,9 @@ class StepInputs:
         plan = StepPlan.of([g.labels() for g in groups], updates, world, min(g.version for g in groups))
         parts = split_evenly(list(groups), len(plan.parts))
         refs, sizes = [], []
-        for rank in range(world):
+        for needs in plan.every_rank_needs():
             mine, size = [], {"samples": 0, "conditioning": 0}
-            for p, g, residue in plan.needs(rank):
+            for p, g, residue in needs:
                 regen = parts[p][g]
                 mine += [regen.shards[residue], regen.cond]
                 size["samples"] += regen.shard_bytes[residue]

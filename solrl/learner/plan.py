@@ -27,11 +27,12 @@ def shard_rows(rows: int, residue: int, world: int) -> range:
 
 
 def shards_of(batch: TrainBatch, world: int) -> tuple[list[torch.Tensor], Conditioning]:
-    """A one-prompt batch as it is stored for the learners: its x0 in `world` shards, and its
-    conditioning once."""
+    """A one-prompt batch as it is stored for the learners: its x0 in one shard per residue that
+    holds rows (min(rows, world) of them: with more ranks than rows, the rest get none of this
+    group), and its conditioning once."""
     if batch.cond_rows is None or len(batch.cond) != 1:
         raise ValueError(f"a regenerated group is stored with one conditioning row; this batch has {len(batch.cond)}")
-    return [batch.x0[torch.tensor(shard_rows(len(batch), j, world), dtype=torch.long)] for j in range(world)], batch.cond
+    return [batch.x0[torch.tensor(shard_rows(len(batch), j, world), dtype=torch.long)] for j in range(min(world, len(batch)))], batch.cond
 
 
 def kept_bytes(shards: Sequence[torch.Tensor], cond: Conditioning) -> dict:
@@ -73,6 +74,17 @@ class StepPlan:
                 residue = (rank - offset) % self.world
                 if shard_rows(len(group.seeds), residue, self.world):  # a group smaller than the group of ranks may skip some
                     out.append((p, g, residue))
+                offset += len(group.seeds)
+        return out
+
+    def every_rank_needs(self) -> list[list[tuple[int, int, int]]]:
+        """needs(rank) of every rank, in one pass over the groups (the driver's side)."""
+        out: list[list[tuple[int, int, int]]] = [[] for _ in range(self.world)]
+        for p, part in enumerate(self.parts):
+            offset = 0
+            for g, group in enumerate(part):
+                for residue in range(min(len(group.seeds), self.world)):
+                    out[(residue + offset) % self.world].append((p, g, residue))
                 offset += len(group.seeds)
         return out
 
