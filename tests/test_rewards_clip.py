@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 from transformers import AutoProcessor, CLIPModel
 
 from solrl.config import ConfigError, load_config
+from solrl.preflight import PreflightError, preflight
 from tiny_pipelines import build_clip
 from solrl.rewards.clip import AestheticReward, ClipReward, HPSv2, PickScore, ScoreHead
 from solrl.rewards.images import to_pil
@@ -168,5 +169,5 @@ def test_reward_errors_name_the_field(clip_dir, tmp_path):
         PickScore.from_pretrained(tmp_path)
     with pytest.raises(ConfigError, match="reward"):
         load_config(overrides=["reward=pickscorez"])
-    with pytest.raises(ConfigError, match="prompts='train'"):
-        load_config(overrides=[f"reward={{name: pickscore, path: {clip_dir}}}"])
+    with pytest.raises(PreflightError, match="prompts='train'"):  # the shapes captions, which a prompt-file reward cannot read
+        preflight(load_config(overrides=[f"reward={{name: pickscore, path: {clip_dir}}}"]))
