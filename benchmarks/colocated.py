@@ -23,15 +23,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import pathlib
 import tempfile
 
 from common import append_results, table
 from real_sizes import prompt_file
 from scale import group_seconds, stage_seconds
+from virtual_runs import stand_in_config, steady_period, timed_rows
 
-from solrl.cluster.driver import Driver
 from solrl.cluster.slices import explore_pieces
 from solrl.cluster.virtual import VirtualRuntime
 from solrl.config import load_config, shipped_config
@@ -91,19 +90,12 @@ def measure(args, pools: dict[str, tuple[int, str]]) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         prompts = prompt_file(pathlib.Path(tmp), "prompts.txt", GROUPS)
         gpus = {name: gpu for name, (_, gpu) in pools.items()}
-        config = load_config(
-            shipped_config(args.model),
-            [
-                f"prompts={prompts}", f"eval.prompts={prompts}", "eval.n=1", "eval.grid_rows=0", f"train.iterations={args.iterations}",
-                f"rollout.max_policy_lag={args.lag}", "cluster.control_port=null", "cluster.checkpoint_every=0", "cluster.snapshot_every=1000",
-                f"cluster.rollout_workers={pools['rollout'][0]}", f"cluster.regen_workers={pools['regen'][0]}", f"cluster.learner_ranks={pools['learner'][0]}",
-                f"cluster.stand_in={{model: {args.model}, jitter: {args.jitter}, pools: {json.dumps(gpus)}}}",
-            ],
+        config = stand_in_config(
+            args.model, prompts, args.iterations, f"rollout.max_policy_lag={args.lag}", f"cluster.rollout_workers={pools['rollout'][0]}",
+            f"cluster.regen_workers={pools['regen'][0]}", f"cluster.learner_ranks={pools['learner'][0]}",
+            f"cluster.stand_in={{model: {args.model}, jitter: {args.jitter}, pools: {json.dumps(gpus)}}}",
         )  # fmt: skip
-        rt = VirtualRuntime()
-        with Driver(config, pathlib.Path(tmp) / "run", log=lambda _: None, runtime=rt) as driver:
-            at = [rt.now() for _ in driver.iterate(lambda: False)]
-    return (at[-2] - at[0]) / (len(at) - 2)
+        return steady_period(timed_rows(config, pathlib.Path(tmp) / "run", VirtualRuntime())[1])
 
 
 def compare(args, fleet: dict[str, int]) -> dict:

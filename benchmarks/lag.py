@@ -13,40 +13,24 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import statistics
 import tempfile
 
 from common import append_results, table
 from real_sizes import prompt_file
+from virtual_runs import rollout_busy, stand_in_config, steady_period, timed_rows
 
-from solrl.cluster.driver import Driver
 from solrl.cluster.virtual import VirtualRuntime
-from solrl.config import load_config, shipped_config
 
 
 def measure(name: str, lag: int, iterations: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         prompts = prompt_file(pathlib.Path(tmp), "prompts.txt", 48)
-        config = load_config(
-            shipped_config(name),
-            [
-                f"prompts={prompts}", f"eval.prompts={prompts}", "eval.n=1", "eval.grid_rows=0", f"train.iterations={iterations}",
-                f"rollout.max_policy_lag={lag}", "cluster.control_port=null", "cluster.checkpoint_every=0", "cluster.snapshot_every=1000",
-                f"cluster.stand_in={{model: {name}}}",
-            ],
-        )  # fmt: skip
-        rt = VirtualRuntime()
-        rows, at = [], []
-        with Driver(config, pathlib.Path(tmp) / "run", log=lambda _: None, runtime=rt) as driver:
-            for row in driver.iterate(lambda: False):
-                rows.append(row)
-                at.append(rt.now())
+        config = stand_in_config(name, prompts, iterations, f"rollout.max_policy_lag={lag}", f"cluster.stand_in={{model: {name}}}")
+        rows, at, _, _ = timed_rows(config, pathlib.Path(tmp) / "run", VirtualRuntime())
     c = config.cluster
-    period = (at[-2] - at[0]) / (len(at) - 2)
-    gpus = c.rollout_workers + c.regen_workers + c.learner_ranks
-    busy = [v for r in rows[1:-1] for k, v in r["busy"].items() if k.startswith("rollout")]
+    period, gpus = steady_period(at), c.rollout_workers + c.regen_workers + c.learner_ranks
     return {
-        "config": name, "lag": lag, "gpus": gpus, "period_s": period, "rollout_busy": statistics.fmean(busy),
+        "config": name, "lag": lag, "gpus": gpus, "period_s": period, "rollout_busy": rollout_busy(rows),
         "samples_per_gpu_hour": rows[0]["regenerated"] * 3600 / (period * gpus), "max_policy_lag": max(r["policy_lag"] for r in rows),
         "dropped": sum(sum(r["dropped"].values()) for r in rows),
     }  # fmt: skip

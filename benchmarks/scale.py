@@ -29,13 +29,12 @@ import time
 
 from common import append_results, table
 from real_sizes import prompt_file
+from virtual_runs import rollout_busy, stand_in_config, steady_period, timed_rows
 
 from solrl.cluster import runtime as ray_runtime
-from solrl.cluster.driver import Driver
 from solrl.cluster.slices import explore_pieces
 from solrl.cluster.virtual import VirtualRuntime
 from solrl.config import load_config, shipped_config
-from solrl.cost import train_times
 from solrl.standin.timing import Clock
 
 
@@ -87,15 +86,11 @@ def point_config(folder: pathlib.Path, workers: int, args) -> tuple:
     pieces = explore_pieces(base.cluster.explore_split, groups, base.rollout.candidates, workers)
     regen, learners = split(workers, groups, k, pieces, per_group, args.lag, base.cluster.stand_in.jitter)
     prompts = prompt_file(folder, f"prompts-{groups}.txt", groups)
-    config = load_config(
-        shipped_config("flux1"),
-        [
-            f"prompts={prompts}", f"eval.prompts={prompts}", "eval.n=1", "eval.grid_rows=0", f"train.iterations={args.iterations}",
-            f"rollout.prompts_per_iteration={groups}", f"rollout.max_policy_lag={args.lag}", "cluster.control_port=null",
-            f"cluster.rollout_workers={workers}", f"cluster.regen_workers={regen}", f"cluster.learner_ranks={learners}",
-            "cluster.gpus_per_worker=0", "cluster.cpus_per_worker=0.05", "cluster.checkpoint_every=0", "cluster.snapshot_every=1000",
-            f"cluster.stand_in={{model: flux1, speedup: {args.speedup if args.mode_now == 'ray' else 1}}}", *args.set,
-        ],
+    speedup = args.speedup if args.mode_now == "ray" else 1
+    config = stand_in_config(
+        "flux1", prompts, args.iterations, f"rollout.prompts_per_iteration={groups}", f"rollout.max_policy_lag={args.lag}",
+        f"cluster.rollout_workers={workers}", f"cluster.regen_workers={regen}", f"cluster.learner_ranks={learners}", "cluster.gpus_per_worker=0",
+        "cluster.cpus_per_worker=0.05", f"cluster.stand_in={{model: flux1, speedup: {speedup}}}", *args.set,
     )  # fmt: skip
     scale = args.speedup if args.mode_now == "ray" else 1.0
     largest = max(stage_seconds(groups, k, pieces, (workers, regen, learners), per_group).values()) / scale
@@ -106,27 +101,18 @@ def measure(mode: str, workers: int, args) -> dict:
     args.mode_now = mode
     with tempfile.TemporaryDirectory() as tmp:
         config, shape = point_config(pathlib.Path(tmp), workers, args)
-        rt = VirtualRuntime() if mode == "virtual" else ray_runtime.RayRuntime()
         started = ray_runtime.start(config, object_store_bytes=4 * 1024**3) if mode == "ray" else False
         try:
-            driver = Driver(config, pathlib.Path(tmp) / "run", log=lambda _: None, runtime=rt)
-            with driver:
-                cpu0, worker0, calls0, wall0 = time.process_time(), getattr(rt, "worker_cpu", 0.0), rt.calls, time.perf_counter()
-                rows, at = [], []
-                for row in driver.iterate(lambda: False):
-                    rows.append(row)
-                    at.append(rt.now())
-                cpu = time.process_time() - cpu0 - (getattr(rt, "worker_cpu", 0.0) - worker0)
-                calls, wall = rt.calls - calls0, time.perf_counter() - wall0
+            wall = time.perf_counter()
+            rows, at, cpu, calls = timed_rows(config, pathlib.Path(tmp) / "run", VirtualRuntime() if mode == "virtual" else ray_runtime.RayRuntime())
+            wall = time.perf_counter() - wall
         finally:
             ray_runtime.stop(started)
-    steady = rows[1:-1]
-    period = (at[-2] - at[0]) / (len(at) - 2)
-    busy = [v for r in steady for k, v in r["busy"].items() if k.startswith("rollout")]
+    period = steady_period(at)
     return shape | {
-        "mode": mode, "workers": workers, "lag": args.lag, "period_s": period, "rollout_busy": statistics.fmean(busy),
+        "mode": mode, "workers": workers, "lag": args.lag, "period_s": period, "rollout_busy": rollout_busy(rows),
         "iteration_over_largest_stage": period / shape["largest_stage_s"], "driver_ms_per_task": 1000 * cpu / calls,
-        "publish_s": statistics.fmean(r["seconds"]["sync"] for r in steady), "tasks": calls, "wall_s": wall,
+        "publish_s": statistics.fmean(r["seconds"]["sync"] for r in rows[1:-1]), "tasks": calls, "wall_s": wall,
         "dropped": sum(sum(r["dropped"].values()) for r in rows), "max_policy_lag": max(r["policy_lag"] for r in rows),
     }  # fmt: skip
 

@@ -93,6 +93,7 @@ class Dispatcher:
         self.pending: dict = {}  # summary ref -> Task
         self.poll_s: float | None = 0.5  # how long collect waits before returning empty-handed (None: until a task ends)
         self.watch: list = []  # other refs whose end also wakes collect (a learner step's ranks)
+        self.woken = True  # whether a watched ref has ended since the caller last looked
 
     def put(self, stage: str, work: tuple, pieces: int = 1) -> None:
         """Queue fresh work: for explore, one job per slice of a prompt group (`pieces` a group,
@@ -134,7 +135,8 @@ class Dispatcher:
             starting = [w.ready for pool in self.pools.values() for w in pool.starting()]
             if not starting and not self.watch:
                 raise RuntimeError("no work in flight and the iteration is incomplete; every pool is empty or retiring")
-            self.runtime.wait(starting + self.watch, num_returns=1, timeout=0.5 if starting else self.poll_s)
+            ready, _ = self.runtime.wait(starting + self.watch, num_returns=1, timeout=0.5 if starting else self.poll_s)
+            self.woken = self.woken or any(ref in self.watch for ref in ready)
             return []
         # a timeout, so the driver also answers control requests while every task runs long
         ready, _ = self.runtime.wait([*self.pending, *self.watch], num_returns=1, timeout=self.poll_s)
@@ -142,6 +144,7 @@ class Dispatcher:
         for ref in ready:
             task = self.pending.pop(ref, None)
             if task is None:  # a watched ref: the caller looks at it
+                self.woken = True
                 continue
             w, stage = task.worker, self.stages[task.stage]
             w.task = None

@@ -144,9 +144,10 @@ class Driver:
     def _settled(self, launched: Launched | None) -> bool:
         """Whether a launched step has ended (or failed, which finish() recovers); the refs
         still running are what the pump also waits on."""
-        if launched is None or launched.step is None:
-            return launched is not None
+        if launched is None or launched.step is None or (self.dispatcher.watch and not self.dispatcher.woken):
+            return launched is not None and launched.step is None  # no ranks' result has come in since the last look
         done, self.dispatcher.watch = self.learners.progress(launched.step)
+        self.dispatcher.woken = done  # an ended step stays ended until _complete takes it
         return done
 
     def _publish(self, update_ref, nbytes: int, version: int) -> float:
@@ -157,7 +158,7 @@ class Driver:
     def _complete(self, launched: Launched) -> Iterator[dict]:
         """Finish a launched step: publish its weights, yield the iteration's row."""
         it, state = launched.iteration, launched.state
-        self.dispatcher.watch = []
+        self.dispatcher.watch, self.dispatcher.woken = [], True
         stats, timing = None, {"regen_done": launched.start, "learn": 0.0, "sync": 0.0}
         if launched.step is not None:
             stats, update_ref = self.learners.finish(launched.step, self.version, checkpoint_due(self.config, it))

@@ -13,12 +13,16 @@ remains of the process's CPU time is the scheduler's.
 
 from __future__ import annotations
 
+import operator
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from solrl.cluster.seam import WorkerDied
 from solrl.standin.actors import Died
+
+
+READY_AT = operator.attrgetter("ready_at")
 
 
 class VirtualRef:
@@ -105,7 +109,7 @@ class VirtualRuntime:
         if not refs:
             return [], []
         # num_returns=1 (the dispatcher's every wait) is a linear scan, not a sort
-        order = [min(refs, key=lambda r: r.ready_at)] if num_returns == 1 else sorted(refs, key=lambda r: r.ready_at)
+        order = [min(refs, key=READY_AT)] if num_returns == 1 else sorted(refs, key=READY_AT)
         target = order[min(num_returns, len(order)) - 1].ready_at
         if timeout is not None:
             target = min(target, self.clock + timeout)
