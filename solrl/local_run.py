@@ -23,7 +23,7 @@ from solrl.learner.trainer_state import load_trainer_state, trainer_state
 from solrl.learner.weight_sync import WeightUpdate, check_served
 from solrl.models.base import OLD, POLICY
 from solrl.run import execute
-from solrl.runs import iteration_row, make_groups
+from solrl.runs import IterationRow, iteration_row, make_groups
 from solrl.types import Candidates, PromptGroup, Selection, per_selection
 from solrl.workers.sampler import sampler_from_config
 from solrl.workers.selector import Selector
@@ -79,7 +79,7 @@ class LocalRun:
             if worker is not None:
                 check_served(name, worker.apply_update(update), self.version)
 
-    def iteration(self, it: int) -> dict:
+    def iteration(self, it: int) -> IterationRow:
         times = {}
         direct = self.regenerator is None
         start = time.perf_counter()
@@ -112,7 +112,7 @@ class LocalRun:
         times["sync"] = time.perf_counter() - start
         return iteration_row(it, self.version, candidates, selections, per_selection(batch.rewards, selections), times, stats)
 
-    def iterate(self, stop: Callable[[], bool]) -> Iterator[dict]:
+    def iterate(self, stop: Callable[[], bool]) -> Iterator[IterationRow]:
         for it in range(self.start_iteration, self.config.train.iterations):
             yield self.iteration(it)
             if stop():

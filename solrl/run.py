@@ -24,9 +24,9 @@ from solrl.evaluation import describe, run_report, write_grid
 from solrl.learner.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from solrl.report import write_report
 from solrl.run_folder import rows_before
-from solrl.runs import save_lora
+from solrl.runs import IterationRow, save_lora
 
-Subscriber = Callable[[dict], None]  # called with each iteration's metrics row, after it is written
+Subscriber = Callable[[IterationRow], None]  # called with each iteration's metrics row, after it is written
 
 
 class Engine(Protocol):
@@ -40,7 +40,7 @@ class Engine(Protocol):
     def grid(self, adapter: str | None):
         """The sample grid (a PIL image) of the base (None) or an adapter; None when eval.grid_rows is 0."""
 
-    def iterate(self, stop: Callable[[], bool]) -> Iterator[dict]:
+    def iterate(self, stop: Callable[[], bool]) -> Iterator[IterationRow]:
         """One metrics row per finished iteration, until train.iterations or `stop()` holds."""
 
     def adapter_states(self) -> dict[str, dict[str, torch.Tensor]]:

@@ -7,6 +7,7 @@ import json
 import pathlib
 import random
 from collections.abc import Sequence
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -118,6 +119,46 @@ def make_groups(config: RunConfig, prompts: Sequence[str], order: PromptOrder, i
     ]
 
 
+class IterationRow(TypedDict, total=False):
+    """One line of metrics.jsonl: what every engine reports of an iteration (iteration_row), what
+    the distributed engine adds (solrl.cluster.telemetry) and what the run adds (solrl.run)."""
+
+    iteration: int
+    version: int  # the policy version after the iteration's step
+    proxy_reward_mean: float
+    proxy_reward_max: float
+    selected_proxy_mean: float
+    bf16_reward_mean: float
+    bf16_reward_std: float
+    spearman: float  # explore preview against BF16, over each regenerated group's seeds
+    kendall: float
+    excluded_rewards: int
+    candidates: int
+    regenerated: int
+    seconds: dict[str, float]  # by stage
+    loss: float
+    policy_loss: float
+    kl: float
+    grad_norm: float
+    old_decay: float
+    # the distributed engine
+    iteration_seconds: float
+    busy: dict[str, float]  # by worker, over the interval since the previous row
+    queues: dict[str, int]
+    policy_lag: int
+    sync_bytes: int
+    dropped: dict[str, int]  # since the previous row, by reason
+    restarts: dict[str, int]
+    workers: dict[str, int]  # pool sizes
+    bytes: dict[str, int]  # moved between processes since the previous row, by kind
+    autoscale: dict[str, int]
+    # the run
+    eval: dict
+    modeled_cost: dict[str, float]
+    modeled_cost_total: dict[str, float]
+    elapsed: float
+
+
 def iteration_row(
     it: int,
     version: int,
@@ -126,7 +167,7 @@ def iteration_row(
     bf16: Sequence[Sequence[float]],
     seconds: dict[str, float],
     stats: dict[str, float],
-) -> dict:
+) -> IterationRow:
     """The metrics.jsonl row of one iteration; `bf16` holds each selection's BF16 rewards."""
     proxy_all = [r for c in candidates for r in c.proxy_rewards]
     every = torch.tensor([r for rs in bf16 for r in rs], dtype=torch.float64)

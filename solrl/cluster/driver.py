@@ -32,7 +32,7 @@ from solrl.config import RunConfig
 from solrl.evaluation import load_run_prompts, prompt_order
 from solrl.faults import FaultPlan
 from solrl.run import checkpoint_due, execute
-from solrl.runs import make_groups
+from solrl.runs import IterationRow, make_groups
 from solrl.workers.reward import candidates_from_rewards
 from solrl.workers.selector import Selector
 from solrl.workers.store import CandidateStore
@@ -155,7 +155,7 @@ class Driver:
         self.ledger.version = version
         return seconds
 
-    def _complete(self, launched: Launched) -> Iterator[dict]:
+    def _complete(self, launched: Launched) -> Iterator[IterationRow]:
         """Finish a launched step: publish its weights, yield the iteration's row."""
         it, state = launched.iteration, launched.state
         self.dispatcher.watch, self.dispatcher.woken = [], True
@@ -177,7 +177,7 @@ class Driver:
         yield row
         self.ledger.iterations.pop(it, None)
 
-    def iterate(self, stop: Callable[[], bool]) -> Iterator[dict]:
+    def iterate(self, stop: Callable[[], bool]) -> Iterator[IterationRow]:
         """Iterations until train.iterations or `stop()`: each queued when the lag bound allows,
         each step completed the moment it ends, while work keeps being handed out."""
         total, lag, per_step = self.config.train.iterations, self.config.rollout.max_policy_lag, self.config.train.updates_per_iteration

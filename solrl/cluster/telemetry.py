@@ -13,7 +13,7 @@ from solrl.cluster.ledger import IterationState
 from solrl.cluster.pools import WorkerPool
 from solrl.cluster.traffic import Traffic
 from solrl.cluster.v1 import control_pb2
-from solrl.runs import iteration_row
+from solrl.runs import IterationRow, iteration_row
 
 STAT_KEYS = ("loss", "policy_loss", "kl", "grad_norm", "old_decay")
 
@@ -37,7 +37,7 @@ class Telemetry:
         trained_at: int,
         dropped: dict[str, int],
         restarts: dict[str, int],
-    ) -> dict:
+    ) -> IterationRow:
         """`timing`: regen_done (when the iteration's last group was regenerated), learn and
         sync seconds; `trained_at`: the version the step trained from."""
         keys = list(state.regenerated)
