@@ -1,5 +1,5 @@
 """Per-GPU memory of the real workers for the shipped real-model configs, computed from the models'
-dimensions (solrl/standin/models.py; transformers built on the meta device to count what each
+dimensions (solrl/model_dims.py; transformers built on the meta device to count what each
 config quantizes) and what solrl's workers hold today. Computed, not measured: no GPU here.
 
     python benchmarks/worker_memory.py [--config configs/flux1.yaml ...]
@@ -29,8 +29,8 @@ import torch
 from common import append_results, table
 
 from solrl.config import load_config
+from solrl.model_dims import MODELS
 from solrl.quant.linear import gemm_features, skip_reason
-from solrl.standin.models import MODELS
 
 GB = 1e9
 PICKSCORE_PARAMS = 986_000_000

@@ -12,13 +12,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from solrl.cost import CostConfig
 from solrl.layout import ClusterConfig
+from solrl.model_dims import MODELS
 from solrl.models.base import LoraSpec, Precision
 from solrl.objectives.nft import NFTConfig
 from solrl.quant.linear import QuantRecipe
 from solrl.rewards.registry import RewardSpec, ShapesRewardSpec
 from solrl.sampling.loop import SamplingConfig
 from solrl.selection import Mode
-from solrl.standin.models import MODELS
 
 
 class _Strict(BaseModel):

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from solrl.autoscale import AutoscaleConfig
 from solrl.faults import parse_fault
-from solrl.standin.timing import StandInConfig
+from solrl.model_dims import StandInConfig
 
 
 def _describe(text: str, **constraints) -> Any:

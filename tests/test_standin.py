@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from solrl.config import load_config, shipped_config
+from solrl.model_dims import MODELS
 from solrl.standin.minimum import iteration_minimum, unit_sizes
-from solrl.standin.models import MODELS
 
 HEAVY = ("diffusers", "transformers", "peft", "torchao")
 

@@ -1,5 +1,5 @@
 """Real-size tensors for stand-in workers: latents, conditioning, images, the LoRA weight update and
-the learner state of a run config, in the real workers' shapes and dtypes (solrl/standin/models.py).
+the learner state of a run config, in the real workers' shapes and dtypes (solrl/model_dims.py).
 
 Contents are cheap fills (Ray copies bytes, whatever they hold); rewards are deterministic
 functions of (prompt, seed), with the explore preview a noisy copy of the BF16 reward, so
@@ -12,8 +12,8 @@ import random
 
 import torch
 
+from solrl.model_dims import COMPUTE, MODELS, ModelDims
 from solrl.models.base import Conditioning
-from solrl.standin.models import COMPUTE, MODELS, ModelDims
 
 PROXY_NOISE = 0.05  # spread of the explore preview's reward around the BF16 one
 

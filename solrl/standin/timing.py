@@ -23,32 +23,16 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field
 
 from solrl.cost import CostConfig, calls_per_image, train_times
+from solrl.model_dims import StandInModel
 
-StandInModel = Literal["flux1", "sd35", "sana"]
 PAPER_SECONDS = {"flux1": (79.0, 169.0), "sd35": (187.0, 427.0), "sana": (46.0, 76.0)}  # rollout, end to end
 PAPER_GPUS, PAPER_PROMPTS, PAPER_N, PAPER_K, PAPER_EXPLORE_STEPS, PAPER_STEPS, PAPER_TRAIN_TIMES = 8, 48, 96, 24, 6, 10, 6
 CALIBRATED_RESOLUTION = {"flux1": 512, "sd35": 512, "sana": 1024}
 GPU_SLOWDOWN = {"b200": 1.0, "h100": 2250 / 989, "h200": 2250 / 989}
 REWARD_SECONDS_PER_IMAGE = 0.0005
 HOST_TO_DEVICE_BYTES_PER_S = 25e9
-
-
-class StandInConfig(BaseModel):
-    """Which real model the stand-in workers carry the payloads of, and how their time is modeled."""
-
-    model_config = ConfigDict(extra="forbid")
-    model: StandInModel = Field(description="The model whose sizes the workers carry: flux1 (FLUX.1-dev), sd35 (SD3.5-Large), sana (SANA 1.6B).")
-    gpu: Literal["b200", "h100", "h200"] = Field(default="b200", description="The GPU each worker models (solrl/standin/timing.py).")
-    pools: dict[Literal["rollout", "regen", "reward", "learner"], Literal["b200", "h100", "h200"]] = Field(
-        default_factory=dict, description="The GPU of a pool's workers where it is not `gpu` (a mixed fleet), e.g. {learner: h100}."
-    )
-    speedup: float = Field(default=1.0, gt=0, description="Modeled durations are divided by this, so a benchmark fits minutes.")
-    jitter: float = Field(default=0.1, ge=0, lt=1, description="Each call's duration varies uniformly by up to this fraction.")
 
 
 @dataclass(frozen=True)

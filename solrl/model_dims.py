@@ -1,5 +1,7 @@
 """The real models' dimensions that decide what moves between processes: latents, each text
-encoder's conditioning, decoded images, the LoRA a config trains and the learner state around it.
+encoder's conditioning, decoded images, the LoRA a config trains and the learner state around it;
+and `cluster.stand_in`, the settings of the stand-in workers that carry them (solrl/standin/). A
+leaf module: the config validates against it without importing the stand-ins.
 
 Sources (diffusers 0.42 folders of each checkpoint):
 - FLUX.1-dev: transformer/config.json (24 heads x 128 = 3072 wide, 19 double-stream and 38
@@ -22,6 +24,9 @@ and checks the adapted modules and the counts against this table.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 # torch dtype names; "compute" is the sampler's compute dtype (bf16 on a GPU)
 COMPUTE = "compute"
@@ -127,3 +132,19 @@ MODELS: dict[str, ModelDims] = {
          "num_cross_attention_heads": 20, "num_layers": 20, "out_channels": 32, "patch_size": 1, "sample_size": 32},
     ),
 }
+
+
+StandInModel = Literal["flux1", "sd35", "sana"]
+
+
+class StandInConfig(BaseModel):
+    """Which real model the stand-in workers carry the payloads of, and how their time is modeled."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: StandInModel = Field(description="The model whose sizes the workers carry: flux1 (FLUX.1-dev), sd35 (SD3.5-Large), sana (SANA 1.6B).")
+    gpu: Literal["b200", "h100", "h200"] = Field(default="b200", description="The GPU each worker models (solrl/standin/timing.py).")
+    pools: dict[Literal["rollout", "regen", "reward", "learner"], Literal["b200", "h100", "h200"]] = Field(
+        default_factory=dict, description="The GPU of a pool's workers where it is not `gpu` (a mixed fleet), e.g. {learner: h100}."
+    )
+    speedup: float = Field(default=1.0, gt=0, description="Modeled durations are divided by this, so a benchmark fits minutes.")
+    jitter: float = Field(default=0.1, ge=0, lt=1, description="Each call's duration varies uniformly by up to this fraction.")
