@@ -56,7 +56,7 @@ class Runtime(Protocol):
 
     def reserve(self, bundles: list[dict]) -> Any:
         """Ask for resource bundles placed together (a learner group's ranks); the returned
-        reservation's `.ready` ref resolves once granted."""
+        reservation's `ready()` is a ref that resolves once they are granted."""
 
     def rendezvous(self, reservation) -> tuple[str, int]:
         """An address and free port on the host of a reservation's first bundle (rank 0)."""
