@@ -22,7 +22,7 @@ from solrl.learner.nft_trainer import NFTTrainer
 from solrl.learner.trainer_state import load_trainer_state, trainer_state
 from solrl.learner.weight_sync import WeightUpdate, check_served
 from solrl.models.base import OLD, POLICY
-from solrl.run import execute
+from solrl.run import eval_due, execute
 from solrl.runs import IterationRow, iteration_row, make_groups
 from solrl.types import Candidates, PromptGroup, Selection, per_selection
 from solrl.workers.sampler import sampler_from_config
@@ -114,13 +114,16 @@ class LocalRun:
 
     def iterate(self, stop: Callable[[], bool]) -> Iterator[IterationRow]:
         for it in range(self.start_iteration, self.config.train.iterations):
-            yield self.iteration(it)
+            row = self.iteration(it)
+            if eval_due(self.config, it):
+                row["eval"] = self.evaluate("ema")
+            yield row
             if stop():
                 return
 
     # -- checkpoints (written and resumed by solrl.run.Checkpoints) ---------------------------------
     def checkpoint_state(self, iteration: int) -> tuple[dict[str, torch.Tensor], dict]:
-        return trainer_state(self.policy, self.trainer), {"order": self.order.state()}
+        return trainer_state(self.policy, self.trainer), {"step": self.version, "order": self.order.state()}
 
     def restore(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
         load_trainer_state(self.policy, self.trainer, tensors, state["step"])

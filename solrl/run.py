@@ -14,6 +14,7 @@ import json
 import pathlib
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol
 
 import torch
@@ -41,7 +42,8 @@ class Engine(Protocol):
         """The sample grid (a PIL image) of the base (None) or an adapter; None when eval.grid_rows is 0."""
 
     def iterate(self, stop: Callable[[], bool]) -> Iterator[IterationRow]:
-        """One metrics row per finished iteration, until train.iterations or `stop()` holds."""
+        """One metrics row per finished iteration, until train.iterations or `stop()` holds; a row
+        after which eval_due() holds carries the EMA's eval under "eval"."""
 
     def adapter_states(self) -> dict[str, dict[str, torch.Tensor]]:
         """The trained 'policy', 'old' and 'ema' adapter states and the policy version."""
@@ -51,8 +53,8 @@ class Engine(Protocol):
 
     def checkpoint_state(self, iteration: int) -> tuple[dict[str, torch.Tensor], dict]:
         """What resumes the run after `iteration` (whose row was just written): the learner's
-        tensors (solrl.learner.trainer_state) and the engine's own state, e.g. the prompt order
-        before the next iteration's groups."""
+        tensors (solrl.learner.trainer_state) and the engine's own state: "step", the policy
+        version they are at, and e.g. the prompt order before the next iteration's groups."""
 
     def restore(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
         """Continue from a checkpoint's tensors and state (its step, iteration and engine state):
@@ -93,23 +95,42 @@ def checkpoint_due(config: RunConfig, iteration: int) -> bool:
 
 class Checkpoints:
     """A run's checkpoints (solrl.learner.checkpoint): after every cluster.checkpoint_every
-    iterations, when the engine asks for one, and when the run stops early; and the resume."""
+    iterations, when the engine asks for one, and when the run stops early; and the resume.
+
+    The engine hands over the state at once; the files are written and hashed on a thread, so the
+    engine goes on scheduling meanwhile. One is written at a time; the engine hears of each
+    (checkpointed) once it is whole on disk."""
 
     def __init__(self, engine: Engine, config: RunConfig, out: pathlib.Path):
         self.engine, self.config, self.out = engine, config, out
         self.last = -1  # the iteration the newest checkpoint resumes at
+        self.writer = ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
+        self.writing: tuple[Future, int] | None = None
 
     def after(self, iteration: int) -> None:
-        """Write one after `iteration` if it is due or asked for (and something was trained)."""
-        if self.engine.version > 0 and (checkpoint_due(self.config, iteration) or self.engine.checkpoint_wanted()):
+        """Write one after `iteration` if it is due, or asked for while none is being written
+        (and something was trained)."""
+        self.poll()
+        wanted = self.writing is None and self.engine.checkpoint_wanted()
+        if self.engine.version > 0 and (checkpoint_due(self.config, iteration) or wanted):
             self.write(iteration)
 
     def write(self, iteration: int) -> None:
         tensors, state = self.engine.checkpoint_state(iteration)
+        step = state.pop("step")
         state = state | {"iteration": iteration + 1, "rng": rng_state(), "config": json.loads(json.dumps(self.config.model_dump(mode="json")))}
-        path = save_checkpoint(self.out, self.engine.version, tensors, state)
+        self.wait()
+        self.writing = (self.writer.submit(save_checkpoint, self.out, step, tensors, state), iteration + 1)
         self.last = iteration + 1
-        self.engine.checkpointed(path, iteration + 1)
+
+    def poll(self, block: bool = False) -> None:
+        """Tell the engine of a checkpoint now on disk (waiting for the one being written if `block`)."""
+        if self.writing is not None and (block or self.writing[0].done()):
+            (future, iteration), self.writing = self.writing, None
+            self.engine.checkpointed(future.result(), iteration)
+
+    def wait(self) -> None:
+        self.poll(block=True)
 
     def resume(self, path: pathlib.Path, log: Callable[[str], None]) -> None:
         tensors, state = load_checkpoint(path)
@@ -152,8 +173,7 @@ def execute(
     iterations = engine.start_iteration
     for row in engine.iterate(time_up):
         iterations = row["iteration"] + 1
-        if eval_due(config, row["iteration"]):
-            row["eval"] = engine.evaluate("ema")
+        if "eval" in row:
             cost.eval(row["eval"])
         row["modeled_cost"] = cost.iteration(row)
         row["modeled_cost_total"] = cost.totals()
@@ -166,6 +186,7 @@ def execute(
         checkpoints.after(row["iteration"])
     if iterations < config.train.iterations and engine.version > 0 and checkpoints.last < iterations:
         checkpoints.write(iterations - 1)  # stopped early: a resume continues from here
+    checkpoints.wait()
     if iterations < config.train.iterations:
         reason = f"train.max_seconds={max_s} reached" if time_up() else "a stop was requested"
         log(f"stopping after {iterations} iterations: {reason}")

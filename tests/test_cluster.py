@@ -33,6 +33,7 @@ TINY = [
     "train.optim.lr=0.001",
     "deterministic=true",
     "rollout.max_policy_lag=0",  # the shipped lag is 1; exact equality holds only in lockstep
+    "eval.every=1",  # the EMA evaluated after iterations 1 and 2 as well, in slices among the pipeline's tasks
 ]
 
 
@@ -83,6 +84,8 @@ def test_distributed_run_equals_the_single_process_run(cluster, reference, tmp_p
     for row, local_row in zip(dist_rows, local_rows):
         for key in ("proxy_reward_mean", "bf16_reward_mean", "spearman", "loss"):
             assert row[key] == pytest.approx(local_row[key], abs=1e-6), key
+    assert [_figures(r["eval"]) for r in dist_rows[:2]] == [_figures(r["eval"]) for r in local_rows[:2]]  # 3 slices on 3 samplers, merged in plan order
+    assert "eval" not in dist_rows[2] and "eval" not in local_rows[2]  # the final eval's
 
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["version"] for r in rows] == [1, 2, 3]
@@ -177,14 +180,14 @@ FAULT_RUNS = {
             "regen-0:regenerate:2",  # a regeneration task; replaced by regen-1
             "rollout-2:apply_update:1",  # applying the first published weights
             "learner-1:backward:1",  # mid-backward of the first step
-            "regen-1:measure:1",  # born mid-run, its first eval slice (the third) is the final EMA eval's
+            "regen-1:measure:1",  # born mid-run, its first eval slice is a periodic eval's, a pipeline task: queued again
         ],
         [],
         {"rollout": 3, "regen": 2, "learner": 1},
     ),
     "reward_pool_publish_and_scaling": (  # the rollout pool also grows to 3 and shrinks to 1 meanwhile
         [
-            "reward-0:score:1",  # scoring the base eval for the samplers: replaced, and the eval redone
+            "reward-0:score:1",  # scoring the first explore previews (the shapes eval is the detector's, not the reward pool's)
             "reward-1:label:1",  # labelling regenerated images
             "reward-2:score:1",  # scoring explore previews
             "learner-0:publish:2",  # publishing step 2: no snapshot yet, so step 1 is redone from its inputs first

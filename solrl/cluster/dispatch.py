@@ -6,6 +6,8 @@ passes its last `passes` outputs on as the next stage's inputs (samplers that ho
 their images to the reward pool) and keeps the others for the caller (a regenerated group's
 shards and conditioning, which go to the learners without visiting the reward worker).
 
+Eval slices (solrl.cluster.eval_tasks) go to the samplers the stages left idle, after them.
+
 A task whose worker died is queued again at the front of its stage with the same inputs, which
 are still in the object store; a task whose inputs were lost (their node died) is redone from the
 stage that first made them.
@@ -17,11 +19,13 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from solrl.cluster.eval_tasks import EvalSlice
 from solrl.cluster.pools import Worker, WorkerPool
-from solrl.cluster.seam import InputLost, Runtime, WorkerDied
+from solrl.cluster.seam import HelperDied, InputLost, Runtime, WorkerDied
 from solrl.cluster.slices import slices
 from solrl.cluster.traffic import Traffic
 from solrl.learner.weight_sync import WeightSyncError
+from solrl.nbytes import SCORER_BYTES
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,9 @@ class Task:
     worker: Worker
     outputs: tuple
     version: int  # the policy version the worker runs it on (the newest it was sent)
+    pool: str
+    started: float = 0.0
+    scorer: Worker | None = None  # an eval slice's reward worker
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,7 @@ class Dispatcher:
     def __init__(self, runtime: Runtime, pools: dict[str, WorkerPool], stages: dict[str, Stage], groups_per_task: int, log: Callable[[str], None], traffic: Traffic):
         self.runtime, self.pools, self.stages, self.per_task, self.log, self.traffic = runtime, pools, stages, groups_per_task, log, traffic
         self.queues: dict[str, deque[Job]] = {name: deque() for name in stages}
+        self.evals: deque[EvalSlice] = deque()
         self.pending: dict = {}  # summary ref -> Task
         self.poll_s: float | None = 0.5  # how long collect waits before returning empty-handed (None: until a task ends)
         self.watch: list = []  # other refs whose end also wakes collect (a learner step's ranks)
@@ -126,7 +134,22 @@ class Dispatcher:
                 outputs = outputs if stage.returns > 1 else (outputs,)
                 w.task = outputs[-1]
                 w.first_task_at = w.first_task_at or self.runtime.now()
-                self.pending[outputs[-1]] = Task(name, job, w, outputs, w.serving)
+                self.pending[outputs[-1]] = Task(name, job, w, outputs, w.serving, stage.pool)
+        self._dispatch_evals()
+
+    def _dispatch_evals(self) -> None:
+        """Give eval slices to the samplers the stages left idle."""
+        for pool in ("rollout", "regen"):
+            for w in self.pools[pool].idle():
+                if not self.evals:
+                    return
+                piece = self.evals.popleft()
+                scorer = next(iter(self.pools["reward"].workers.values())) if "reward" in self.pools else None
+                ref = self.runtime.call(w.handle, "measure", piece.eval.adapter, list(piece.pairs), scorer and scorer.handle)
+                self.traffic.add_payload("eval", list(piece.pairs))
+                self.traffic.add("eval", piece.eval.adapter_bytes)
+                w.task = ref
+                self.pending[ref] = Task("eval", Job((piece,)), w, (ref,), w.serving, pool, self.runtime.now(), scorer)
 
     def collect(self) -> list[Done]:
         """Wait for one task to end; pass its outputs on or return them finished. A dead
@@ -146,8 +169,12 @@ class Dispatcher:
             if task is None:  # a watched ref: the caller looks at it
                 self.woken = True
                 continue
-            w, stage = task.worker, self.stages[task.stage]
+            w = task.worker
             w.task = None
+            if task.stage == "eval":
+                self._eval_done(task, ref)
+                continue
+            stage = self.stages[task.stage]
             try:
                 summary = self.runtime.get(ref)
             except WorkerDied:
@@ -170,8 +197,26 @@ class Dispatcher:
                 else:
                     done.append(Done(task.stage, task.job.work, outputs, summary, origin))
             if w.retiring:
-                self.pools[stage.pool].remove(w)
+                self.pools[task.pool].remove(w)
         return done
+
+    def _eval_done(self, task: Task, ref) -> None:
+        piece, w = task.job.work[0], task.worker
+        try:
+            measures = self.runtime.get(ref)
+        except WorkerDied:
+            self._worker_died(task)
+            return
+        except HelperDied:  # its reward worker died while scoring: replace it, redo the slice (same seeds)
+            self.evals.appendleft(piece)
+            self.pools["reward"].replace_dead(task.scorer, self.log)
+            return
+        self.traffic.add("eval", int(measures.pop(SCORER_BYTES, [0])[0]))
+        self.traffic.add_payload("eval", measures)
+        w.busy_seconds += self.runtime.now() - task.started
+        piece.finished(measures)
+        if w.retiring:
+            self.pools[task.pool].remove(w)
 
     def _redo(self, task: Task) -> None:
         origin = self.stages[task.stage].origin
@@ -179,9 +224,11 @@ class Dispatcher:
         self.queues[origin].extendleft(reversed(jobs))
 
     def _worker_died(self, task: Task) -> None:
-        pool, w = self.pools[self.stages[task.stage].pool], task.worker
+        pool, w = self.pools[task.pool], task.worker
         self.log(f"{w.name} died; re-queueing its {task.stage} work")
-        if task.job.inputs:  # a later stage: its inputs are still in the object store
+        if task.stage == "eval":
+            self.evals.appendleft(task.job.work[0])
+        elif task.job.inputs:  # a later stage: its inputs are still in the object store
             self.queues[task.stage].appendleft(task.job)
         else:
             self._redo(task)

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import pathlib
 from collections.abc import Callable, Iterator
+from typing import Self
 
 from solrl.autoscale import Autoscaler
 from solrl.cluster import pool_eval
 from solrl.cluster.dispatch import Dispatcher, Done, stages
+from solrl.cluster.engine_duties import EngineDuties
+from solrl.cluster.eval_tasks import Finished, HeldRows, PendingEval, eval_slices
 from solrl.cluster.learners import Launched
 from solrl.cluster.ledger import IterationState, Ledger, Regenerated
 from solrl.cluster.publish import Publisher
@@ -31,14 +34,14 @@ from solrl.cluster.traffic import Traffic
 from solrl.config import RunConfig
 from solrl.evaluation import load_run_prompts, prompt_order
 from solrl.faults import FaultPlan
-from solrl.run import checkpoint_due, execute
+from solrl.run import checkpoint_due, eval_due, execute
 from solrl.runs import IterationRow, make_groups
 from solrl.workers.reward import candidates_from_rewards
 from solrl.workers.selector import Selector
 from solrl.workers.store import CandidateStore
 
 
-class Driver:
+class Driver(EngineDuties):
     """Runs one distributed Sol-RL run; `on_iteration(driver, row)` is called after each."""
 
     def __init__(
@@ -67,12 +70,13 @@ class Driver:
         self.faults = FaultPlan(config.cluster.faults, "driver-0")
         self.autoscaler = Autoscaler(config.cluster.autoscale) if config.cluster.autoscale else None
         self.start_iteration, self.pieces = 0, 0  # pieces: explore tasks a group, as last logged
+        self.rows = HeldRows()  # rows waiting for their eval
 
     @property
     def version(self) -> int:
         return self.ledger.version
 
-    def __enter__(self) -> Driver:
+    def __enter__(self) -> Self:
         self.session.open()
         try:
             self.pools, self.learners = start_workers(self.runtime, self.config, self.log, self.session.starting_up, self.traffic)
@@ -172,10 +176,28 @@ class Driver:
             row["autoscale"] = {"rollout": decision.size - pools["rollout"].size}
             self.log(f"autoscale: {decision.reason}")
             self.scale("rollout", decision.size)
-        self.faults.reached("row")
-        self.store.flush()  # before the row: a checkpoint written after it holds this iteration's log
-        yield row
         self.ledger.iterations.pop(it, None)
+        self.store.flush()  # the log as of this iteration: a checkpoint after its row resumes from here
+        pending = self._start_eval(it)
+        finished = Finished(row, self.version, self.store.parts, pending, held=pending is not None or bool(self.rows.held))
+        if finished.held and (checkpoint_due(self.config, it) or self._wants_checkpoint()):
+            finished.saved = self.learners.checkpoint_state(self.version)  # the ranks move on before its row is written
+        self.rows.held.append(finished)
+        yield from self._rows()
+
+    def _start_eval(self, it: int) -> PendingEval | None:
+        """The periodic eval after `it`, as slices among the pipeline's tasks (eval.every)."""
+        if not eval_due(self.config, it):
+            return None
+        samplers = sum(len(pool.idle_or_busy()) for pool in pool_eval.samplers(self.pools))
+        pending, slices = eval_slices(self.config, *pool_eval.adapter(self.learners, self.version, "ema"), samplers)
+        self.dispatcher.evals.extend(slices)
+        return pending
+
+    def _rows(self) -> Iterator[IterationRow]:
+        for finished in self.rows.take():
+            self.faults.reached("row")
+            yield finished.row
 
     def iterate(self, stop: Callable[[], bool]) -> Iterator[IterationRow]:
         """Iterations until train.iterations or `stop()`: each queued when the lag bound allows,
@@ -189,48 +211,22 @@ class Driver:
                 self._queue_iteration(queued)
                 queued += 1
             state = self.ledger.iterations.get(it) if it < total and not halt else None
-            if state is None and inflight is None:
+            if state is None and inflight is None and not self.rows.held:
                 break
-            self._pump(lambda: self._settled(inflight) or (inflight is None and state is not None and state.complete))  # noqa: B023
+            launchable = lambda: inflight is None and state is not None and state.complete  # noqa: B023
+            self._pump(lambda: self._settled(inflight) or launchable() or self.rows.ready())  # noqa: B023
+            yield from self._rows()
             if self._settled(inflight):
                 yield from self._complete(inflight)
                 inflight, halt = None, halt or stop() or self.session.stopping
-                continue
-            launched, it = self._launch(it, state), it + 1
-            if lag > 0:
-                inflight = launched
-            else:
-                yield from self._complete(launched)
-                halt = halt or stop() or self.session.stopping
+            elif launchable():
+                launched, it = self._launch(it, state), it + 1
+                if lag > 0:
+                    inflight = launched
+                else:
+                    yield from self._complete(launched)
+                    halt = halt or stop() or self.session.stopping
         self.ledger.drop_unfinished()
-
-    # -- the engine's other duties (solrl.run) -----------------------------------------------------
-    def checkpoint_state(self, it: int) -> tuple[dict, dict]:
-        self.faults.reached("checkpoint")
-        tensors = self.runtime.get(self.learners.checkpoint_state(self.version))
-        return tensors, {"order": self.order_states.get(it + 1, self.order.state()), "log_parts": self.store.parts}
-
-    def restore(self, tensors: dict, state: dict) -> None:
-        self.learners.restore(tensors, state["step"])
-        self.ledger.version, self.start_iteration = state["step"], state["iteration"]
-        self.order.load_state(state["order"])
-        self.store.truncate(state.get("log_parts", 0))
-        self._publish(*self.learners.weight_update(), self.version)
-
-    def checkpoint_wanted(self) -> bool:
-        return bool(self.control.checkpoints) or self.session.stopping
-
-    def checkpointed(self, path: pathlib.Path, iteration: int) -> None:
-        self.session.checkpointed(path, iteration)
-
-    def adapter_states(self) -> dict:
-        return pool_eval.adapter_states(self.runtime, self.learners, self.version, self.traffic)
-
-    def evaluate(self, adapter: str | None) -> dict:
-        return pool_eval.evaluate(self.config, self.pools, *pool_eval.adapter(self.learners, self.version, adapter), self.log, self.traffic)
-
-    def grid(self, adapter: str | None):
-        return pool_eval.grid(self.config, self.pools, *pool_eval.adapter(self.learners, self.version, adapter), self.log, self.traffic)
 
     def _restarts(self) -> dict[str, int]:
         return {name: pool.restarts for name, pool in self.pools.items()} | {"learner": self.learners.generation}

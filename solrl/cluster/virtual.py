@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from solrl.cluster.seam import WorkerDied
 from solrl.standin.actors import Died
 
-
 READY_AT = operator.attrgetter("ready_at")
 
 

@@ -30,7 +30,7 @@ def trainer_state(policy, trainer: NFTTrainer) -> dict[str, torch.Tensor]:
     out.update({f"ema.{k}": full(e) for k, e in zip(params, trainer.ema, strict=True)})
     for key, p in params.items():
         for name, value in trainer.optimizer.state.get(p, {}).items():
-            out[f"optim.{key}.{name}"] = full(value) if value.dim() else value.detach().float().cpu().reshape(())
+            out[f"optim.{key}.{name}"] = full(value) if value.dim() else value.detach().float().cpu().reshape(()).clone()
     return out
 
 

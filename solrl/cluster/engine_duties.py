@@ -1,0 +1,47 @@
+"""What the distributed engine does for the run skeleton (solrl.run.Engine) besides iterating:
+checkpoints and resume, evals and grids on the sampler pools, the adapter states at the end.
+
+A mixin of solrl.cluster.driver.Driver, kept apart so the driver is scheduling only; it uses the
+driver's learner group, pools, ledger, candidate store, held rows and session.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+from solrl.cluster import pool_eval
+
+
+class EngineDuties:
+    def checkpoint_state(self, it: int) -> tuple[dict, dict]:
+        self.faults.reached("checkpoint")
+        last = self.rows.last  # iteration it's: its state was kept if later steps could end before its row
+        tensors = self.runtime.get(last.saved if last.saved is not None else self.learners.checkpoint_state(self.version))
+        return tensors, {"step": last.version, "order": self.order_states.get(it + 1, self.order.state()), "log_parts": last.log_parts}
+
+    def restore(self, tensors: dict, state: dict) -> None:
+        self.learners.restore(tensors, state["step"])
+        self.ledger.version, self.start_iteration = state["step"], state["iteration"]
+        self.order.load_state(state["order"])
+        self.store.truncate(state.get("log_parts", 0))
+        self._publish(*self.learners.weight_update(), self.version)
+
+    def _wants_checkpoint(self) -> bool:
+        return bool(self.control.checkpoints) or self.session.stopping
+
+    def checkpoint_wanted(self) -> bool:
+        last = self.rows.last  # a row held while later steps launched has a state only if it was taken then
+        return self._wants_checkpoint() and (last.saved is not None or not last.held)
+
+    def checkpointed(self, path: pathlib.Path, iteration: int) -> None:
+        self.session.checkpointed(path, iteration)
+
+    def adapter_states(self) -> dict:
+        return pool_eval.adapter_states(self.runtime, self.learners, self.version, self.traffic)
+
+    def evaluate(self, adapter: str | None) -> dict:
+        return pool_eval.evaluate(self.config, self.pools, *pool_eval.adapter(self.learners, self.version, adapter), self.log, self.traffic)
+
+    def grid(self, adapter: str | None):
+        return pool_eval.grid(self.config, self.pools, *pool_eval.adapter(self.learners, self.version, adapter), self.log, self.traffic)
+
