@@ -121,7 +121,7 @@ class Dispatcher:
         """Give every idle worker a task from its stages' queues."""
         for name, stage in self.stages.items():
             queue = self.queues[name]
-            for w in self.pools[stage.pool].idle():
+            for w in self.pools[stage.pool].idle() if queue else ():
                 if not queue:
                     break
                 jobs = [queue.popleft() for _ in range(min(self.per_task if name == "explore" else 1, len(queue)))]
@@ -132,14 +132,14 @@ class Dispatcher:
                     self.traffic.add("images", job.report["bytes"]["images"])
                 outputs = self.runtime.call(w.handle, stage.method, *job.inputs, payload, returns=stage.returns)
                 outputs = outputs if stage.returns > 1 else (outputs,)
-                w.task = outputs[-1]
+                self.pools[stage.pool].assign(w, outputs[-1])
                 w.first_task_at = w.first_task_at or self.runtime.now()
                 self.pending[outputs[-1]] = Task(name, job, w, outputs, w.serving, stage.pool)
         self._dispatch_evals()
 
     def _dispatch_evals(self) -> None:
         """Give eval slices to the samplers the stages left idle."""
-        for pool in ("rollout", "regen"):
+        for pool in ("rollout", "regen") if self.evals else ():
             for w in self.pools[pool].idle():
                 if not self.evals:
                     return
@@ -148,7 +148,7 @@ class Dispatcher:
                 ref = self.runtime.call(w.handle, "measure", piece.eval.adapter, list(piece.pairs), scorer and scorer.handle)
                 self.traffic.add_payload("eval", list(piece.pairs))
                 self.traffic.add("eval", piece.eval.adapter_bytes)
-                w.task = ref
+                self.pools[pool].assign(w, ref)
                 self.pending[ref] = Task("eval", Job((piece,)), w, (ref,), w.serving, pool, self.runtime.now(), scorer)
 
     def collect(self) -> list[Done]:
@@ -170,7 +170,7 @@ class Dispatcher:
                 self.woken = True
                 continue
             w = task.worker
-            w.task = None
+            self.pools[task.pool].release(w)
             if task.stage == "eval":
                 self._eval_done(task, ref)
                 continue

@@ -29,6 +29,7 @@ class Worker:
     ready: object = None  # ref that resolves once the actor has started; None once it has
     first_task_at: float | None = None  # when it was handed its first task
     serving: int = 0  # the policy version it was last sent (samplers): what its next task runs on
+    index: int = 0  # its place in spawn order
 
 
 @dataclass
@@ -47,11 +48,13 @@ class WorkerPool:
     update_version: int = 0
     restarts: int = 0
     history: list[Worker] = field(default_factory=list)  # every worker spawned, retired or not
+    free: dict[str, Worker] = field(default_factory=dict)  # started, staying, holding no task: the next task's takers
+    waiting: dict[str, Worker] = field(default_factory=dict)  # spawned, not started yet
     _ids: itertools.count = field(default_factory=itertools.count)
 
     def spawn(self) -> Worker:
-        c = self.config.cluster
-        name = f"{self.prefix}-{next(self._ids)}"
+        c, index = self.config.cluster, next(self._ids)
+        name = f"{self.prefix}-{index}"
         options = c.actor_options(self.prefix) | {"max_restarts": 0}
         threads = options["num_cpus"]
         classes, rt = worker_classes(self.config, self.runtime.virtual), self.runtime
@@ -63,19 +66,31 @@ class WorkerPool:
         if self.update is not None:
             rt.call(handle, "apply_update", self.update)
             self.traffic.add("weight_update", self.update_bytes)
-        self.workers[name] = Worker(name, handle, rt.now(), ready=ready, serving=self.update_version if self.update is not None else 0)
-        self.history.append(self.workers[name])
-        return self.workers[name]
+        w = Worker(name, handle, rt.now(), ready=ready, serving=self.update_version if self.update is not None else 0, index=index)
+        self.workers[name] = self.waiting[name] = w
+        self.history.append(w)
+        return w
 
     def starting(self) -> list[Worker]:
         """Workers whose actor has not started yet (waiting for resources, or importing)."""
-        waiting = [w for w in self.workers.values() if w.ready is not None]
-        if waiting:
-            done, _ = self.runtime.wait([w.ready for w in waiting], num_returns=len(waiting), timeout=0)
-            for w in waiting:
-                if w.ready in done:
-                    w.ready = None
-        return [w for w in waiting if w.ready is not None]
+        if self.waiting:
+            done, _ = self.runtime.wait([w.ready for w in self.waiting.values()], num_returns=len(self.waiting), timeout=0)
+            for w in [w for w in self.waiting.values() if w.ready in done]:
+                w.ready = None
+                del self.waiting[w.name]
+                self.release(w)
+        return list(self.waiting.values())
+
+    def assign(self, w: Worker, task) -> None:
+        """`w` now holds `task` (the ref the caller waits on)."""
+        w.task = task
+        self.free.pop(w.name, None)
+
+    def release(self, w: Worker) -> None:
+        """`w` holds no task any more: a taker again, unless it is retiring, gone or starting."""
+        w.task = None
+        if not w.retiring and w.ready is None and self.workers.get(w.name) is w:
+            self.free[w.name] = w
 
     def resize(self, size: int) -> None:
         """Grow by spawning; shrink by retiring idle workers first, then busy ones."""
@@ -86,11 +101,13 @@ class WorkerPool:
             self.spawn()
         for w in sorted(active, key=lambda w: w.task is not None)[: max(0, len(active) - size)]:
             w.retiring = True
+            self.free.pop(w.name, None)
             if w.task is None:
                 self.remove(w)
 
     def remove(self, w: Worker) -> None:
-        self.workers.pop(w.name, None)
+        for where in (self.workers, self.free, self.waiting):
+            where.pop(w.name, None)
         self.runtime.kill(w.handle)
 
     def replace(self, w: Worker) -> Worker:
@@ -109,14 +126,15 @@ class WorkerPool:
         self.replace(w)
 
     def idle(self) -> list[Worker]:
-        """Workers to hand a task to: started, free and staying (a task given to a worker still
-        waiting for resources would wait with it)."""
-        return [w for w in self.idle_or_busy() if w.task is None]
+        """Workers to hand a task to, in spawn order: started, free and staying (a task given to a
+        worker still waiting for resources would wait with it)."""
+        self.starting()
+        return sorted(self.free.values(), key=lambda w: w.index)
 
     def idle_or_busy(self) -> list[Worker]:
         """Started workers that stay: those a call can go to."""
-        waiting = {w.name for w in self.starting()}
-        return [w for w in self.workers.values() if not w.retiring and w.name not in waiting]
+        self.starting()
+        return [w for w in self.workers.values() if not w.retiring and w.ready is None]
 
     @property
     def size(self) -> int:

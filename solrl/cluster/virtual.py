@@ -107,15 +107,24 @@ class VirtualRuntime:
         refs = list(refs)
         if not refs:
             return [], []
-        # num_returns=1 (the dispatcher's every wait) is a linear scan, not a sort
-        order = [min(refs, key=READY_AT)] if num_returns == 1 else sorted(refs, key=READY_AT)
-        target = order[min(num_returns, len(order)) - 1].ready_at
-        if timeout is not None:
-            target = min(target, self.clock + timeout)
-        self.clock = max(self.clock, target)
+        if num_returns == 1:  # the dispatcher's every wait: a scan for the first, and one copy
+            first = min(refs, key=READY_AT)
+            self._advance(first.ready_at, timeout)
+            if first.ready_at > self.clock:
+                return [], refs
+            i = refs.index(first)
+            return [first], refs[:i] + refs[i + 1 :]
+        order = sorted(refs, key=READY_AT)
+        self._advance(order[min(num_returns, len(order)) - 1].ready_at, timeout)
         ready = [r for r in order if r.ready_at <= self.clock][:num_returns]
         chosen = set(map(id, ready))
         return ready, [r for r in refs if id(r) not in chosen]
+
+    def _advance(self, target: float, timeout: float | None) -> None:
+        """The clock moved to `target`, or by `timeout` if that comes first (never back)."""
+        if timeout is not None:
+            target = min(target, self.clock + timeout)
+        self.clock = max(self.clock, target)
 
     def get(self, refs, timeout: float | None = None):
         many = isinstance(refs, list)
