@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from solrl.config import ModelConfig
-from solrl.models.lora_policy import DiffusersPolicy
 from solrl.rewards.registry import build_reward, resolve_device
+
+if TYPE_CHECKING:  # the model stack (peft, transformers) loads only where a policy is built
+    from solrl.models.lora_policy import DiffusersPolicy
 
 __all__ = ["build_policy", "build_reward"]
 

@@ -239,7 +239,8 @@ def test_a_pooled_reward_scores_as_the_reward_itself(cluster):
     """The callable a reward-less sampler evaluates with asks a RewardActor, and gets the numbers
     the reward computes in-process."""
     from solrl.workers.reward import reward_worker_from_config
-    from solrl.cluster.actors import RewardActor, _PooledReward
+    from solrl.cluster.reward_actor import RewardActor
+    from solrl.cluster.sampler_actor import _PooledReward
     from solrl.toy.captions import parse_caption
     from solrl.toy.render import render_batch
 
@@ -252,6 +253,38 @@ def test_a_pooled_reward_scores_as_the_reward_itself(cluster):
         ray.kill(actor)
     expected = reward_worker_from_config(cluster).score(images, prompts)
     assert pooled.dtype == torch.float32 and torch.equal(pooled, expected) and expected.max() > 0
+
+
+def test_each_role_imports_only_what_it_uses(cluster):
+    """A worker process loads its own role's modules: the reward worker no diffusion stack, a
+    sampler no trainer, a learner rank no sampler or eval code (transformers itself loads FSDP,
+    so a sampler has that)."""
+    import socket
+
+    from solrl.cluster.learner_actor import LearnerActor
+    from solrl.cluster.reward_actor import RewardActor
+    from solrl.cluster.sampler_actor import SamplerActor
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    spawn = lambda cls, *args: ray.remote(cls).options(num_cpus=0.25).remote(*args)  # noqa: E731
+    actors = {
+        "reward": spawn(RewardActor, cluster, "reward-test"),
+        "sampler": spawn(SamplerActor, cluster, "explore", "rollout-test"),
+        "learner": spawn(LearnerActor, cluster, 0, 1, "127.0.0.1", port),
+    }
+    try:
+        loaded = dict(zip(actors, ray.get([a.info.remote() for a in actors.values()])))
+    finally:
+        for actor in actors.values():
+            ray.kill(actor)
+    loaded = {role: set(info["heavy_modules"]) for role, info in loaded.items()}
+    assert loaded["reward"] == set(), loaded
+    assert {"diffusers", "peft", "solrl.workers.sampler", "solrl.evaluation"} <= loaded["sampler"], loaded
+    assert not {"solrl.learner.rank", "solrl.learner.nft_trainer"} & loaded["sampler"], loaded
+    assert {"diffusers", "peft", "torch.distributed.fsdp", "solrl.learner.rank"} <= loaded["learner"], loaded
+    assert not {"solrl.workers.sampler", "solrl.evaluation"} & loaded["learner"], loaded
 
 
 def test_the_embedded_cluster_runs_with_token_auth_set_by_us(cluster):

@@ -51,7 +51,9 @@ def _public(cls) -> dict[str, list[str]]:
 
 
 def test_a_stand_in_answers_every_call_its_real_worker_does():
-    from solrl.cluster.actors import LearnerActor, RewardActor, SamplerActor
+    from solrl.cluster.learner_actor import LearnerActor
+    from solrl.cluster.reward_actor import RewardActor
+    from solrl.cluster.sampler_actor import SamplerActor
     from solrl.standin.actors import StandInLearner, StandInReward, StandInSampler
 
     for real, stand_in in ((SamplerActor, StandInSampler), (RewardActor, StandInReward), (LearnerActor, StandInLearner)):

@@ -1,5 +1,5 @@
 """The seam every model-bearing worker is built from: the actor classes of a run's pools and
-learner group, the real ones (solrl/cluster/actors.py) or, with `cluster.stand_in`, stand-ins
+learner group, the real ones (solrl/cluster/{sampler,reward,learner}_actor.py) or, with `cluster.stand_in`, stand-ins
 of a real model's sizes and timings (solrl/standin/actors.py). Imported only here, so a stand-in
 run's processes never load a model stack."""
 
@@ -26,6 +26,8 @@ def worker_classes(config, virtual: bool = False) -> WorkerClasses:
         from solrl.standin.actors import StandInLearner, StandInReward, StandInSampler
 
         return WorkerClasses(StandInSampler, StandInReward, StandInLearner)
-    from solrl.cluster.actors import LearnerActor, RewardActor, SamplerActor
+    from solrl.cluster.learner_actor import LearnerActor
+    from solrl.cluster.reward_actor import RewardActor
+    from solrl.cluster.sampler_actor import SamplerActor
 
     return WorkerClasses(SamplerActor, RewardActor, LearnerActor)

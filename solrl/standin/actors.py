@@ -1,4 +1,4 @@
-"""Stand-ins for the model-bearing Ray actors (solrl/cluster/actors.py): the same methods, the same
+"""Stand-ins for the model-bearing Ray actors (solrl/cluster/{sampler,reward,learner}_actor.py): the same methods, the same
 record types back, every tensor at the real model's size, every call as long as the modeled GPU
 time (solrl/standin/timing.py). They import torch's tensors and nothing of a model stack, so
 dozens of them fit one machine. `cluster.stand_in` picks them (solrl/cluster/worker_classes.py).
