@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import pathlib
 import platform
@@ -53,6 +54,12 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def with_json_lines(headers: Sequence[str], rows: list[list], points: list[dict], digits: int = 4) -> str:
+    """A markdown table, then one JSON line a measured point (floats rounded to `digits`)."""
+    lines = (json.dumps({k: round(v, digits) if isinstance(v, float) else v for k, v in p.items()}) for p in points)
+    return table(headers, rows) + "\n\n" + "\n".join(lines)
 
 
 def append_results(title: str, body: str, notes: str = "") -> None:

@@ -58,7 +58,7 @@ def main() -> None:
         phase = (row["iteration"] + 1) // per
         if (row["iteration"] + 1) % per or phase >= len(sizes) or sizes[phase] == sizes[phase - 1]:
             return
-        before = set(driver.pools["rollout"].workers)
+        before = {name for name, w in driver.pools["rollout"].workers.items() if not w.spare}  # a spare taken counts as new
         address = driver.session.control_server.address
 
         def call() -> None:  # the driver's own thread answers the control service, so call from another
@@ -86,10 +86,12 @@ def main() -> None:
     for size, called, before in calls:
         new = [w for w in seen["rollout"].history if w.name not in before and w.first_task_at]
         if new:
-            latencies.append(f"to {size}: {min(w.first_task_at for w in new) - called:.1f} s")
+            latencies.append({"to": size, "scale_to_first_task_s": round(min(w.first_task_at for w in new) - called, 2), "spares": config.cluster.spare_rollout_workers})
     body = table(["phase", "rollout workers", "sizes seen in rows", "iterations", "mean iteration s", "candidates/s (explore)"], body_rows)
-    body += "\n\nScale call to the new worker's first task: " + (", ".join(latencies) or "no grow")
-    append_results(f"Elastic rollout pool {args.sizes} ({per} iterations a phase)", body)
+    said = ", ".join(f"to {p['to']}: {p['scale_to_first_task_s']:.1f} s" for p in latencies) or "no grow"
+    body += f"\n\nScale call to the new worker's first task: {said}\n\n" + "\n".join(json.dumps(p) for p in latencies)
+    spares = f", {config.cluster.spare_rollout_workers} spare rollout worker(s)" if config.cluster.spare_rollout_workers else ""
+    append_results(f"Elastic rollout pool {args.sizes} ({per} iterations a phase{spares})", body)
 
 
 def autoscaled(args: argparse.Namespace) -> None:

@@ -15,12 +15,11 @@ commit to price the eval as a barrier: the pools drained while it ran.)
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import statistics
 import tempfile
 
-from common import append_results, table
+from common import append_results, with_json_lines
 from real_sizes import prompt_file
 from virtual_runs import stand_in_config
 
@@ -64,7 +63,7 @@ def main() -> None:
          *(("", "") if without is None else (f"{p['added_s_per_iteration']:.1f}", f"{100 * p['eval_cost']:+.1f} %"))]
         for p in points
     ]  # fmt: skip
-    body = table(headers, rows) + "\n\n" + "\n".join(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in p.items()}) for p in points)
+    body = with_json_lines(headers, rows, points)
     notes = f"the shipped {args.config} pools at lag 1, stand-in stage tables on B200, {args.iterations} iterations on the virtual clock"
     append_results("Periodic evals among the pipeline's tasks (benchmarks/eval_overlap.py)", body, notes)
 

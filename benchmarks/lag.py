@@ -11,11 +11,10 @@ lag within 2 % of the best throughput (fresher samples cost nothing then).
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import tempfile
 
-from common import append_results, table
+from common import append_results, with_json_lines
 from real_sizes import prompt_file
 from virtual_runs import rollout_busy, stand_in_config, steady_period, timed_rows
 
@@ -55,7 +54,7 @@ def main() -> None:
          p["max_policy_lag"], p["dropped"], "yes" if p["recommended"] else ""]
         for p in points
     ]  # fmt: skip
-    body = table(headers, rows) + "\n\n" + "\n".join(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in p.items()}) for p in points)
+    body = with_json_lines(headers, rows, points)
     notes = f"the shipped configs' pools and 48 x 96, stand-in stage tables on B200, {args.iterations} iterations on the virtual clock, jitter 0.1"
     append_results("Policy lag for the real-model configs (benchmarks/lag.py)", body, notes)
 

@@ -20,14 +20,13 @@ each rollout worker `--groups-per-worker` prompt groups an iteration; `--strong`
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import pathlib
 import statistics
 import tempfile
 import time
 
-from common import append_results, table
+from common import append_results, with_json_lines
 from real_sizes import prompt_file
 from virtual_runs import rollout_busy, stand_in_config, steady_period, timed_rows
 
@@ -143,7 +142,7 @@ def main() -> None:
          f"{p['driver_ms_per_task']:.2f}", f"{p['publish_s']:.3f}", p["dropped"], p["max_policy_lag"]]
         for p in points
     ]  # fmt: skip
-    body = table(headers, rows) + "\n\n" + "\n".join(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in p.items()}) for p in points)
+    body = with_json_lines(headers, rows, points)
     notes = (
         f"FLUX.1 stand-ins (stage table: solrl/standin/timing.py, 8 x B200 calibration), lag {args.lag}, {args.iterations} iterations, "
         f"{'the shipped 48 x 96' if args.strong else f'{args.groups_per_worker} groups of 96 seeds per rollout worker'}; "

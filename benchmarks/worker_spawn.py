@@ -10,13 +10,12 @@ Prints a table and one JSON line per role.
 from __future__ import annotations
 
 import argparse
-import json
 import socket
 import statistics
 import time
 
 import psutil
-from common import append_results, table
+from common import append_results, with_json_lines
 
 from solrl.cluster import runtime
 from solrl.cluster.worker_classes import worker_classes
@@ -73,7 +72,7 @@ def main() -> None:
         [p["role"], f"{p['spawn_to_ready_s']:.2f}", f"{p['min_s']:.2f}", f"{p['rss_mb']:.0f}", "n/a" if p["heavy_modules"] is None else ", ".join(p["heavy_modules"]) or "-"]
         for p in points
     ]  # fmt: skip
-    body = table(headers, rows) + "\n\n" + "\n".join(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in p.items()}) for p in points)
+    body = with_json_lines(headers, rows, points, 3)
     notes = f"configs/shapes.yaml's actors, one at a time on an embedded Ray cluster, {args.repeats} spawns a role; the spawn includes Ray starting the process"
     append_results("Worker spawn to ready by role (benchmarks/worker_spawn.py)", body, notes)
 

@@ -22,6 +22,13 @@ class ClusterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     rollout_workers: int = _describe("NVFP4 explore workers.", default=2, ge=1)
+    spare_rollout_workers: int = _describe(
+        "Rollout workers kept started and idle beside the pool, holding the current weights: a scale-up, or the replacement of a "
+        "dead rollout worker, takes one and it works at once instead of waiting for a process to start (0: none). Each reserves "
+        "resources like any rollout worker.",
+        default=0,
+        ge=0,
+    )
     regen_workers: int = _describe("BF16 regeneration workers.", default=1, ge=1)
     reward_workers: int = _describe(
         "0: every sampler scores its own images. N > 0: the reward lives only in a pool of N reward workers, "
@@ -119,7 +126,7 @@ class ClusterConfig(BaseModel):
     def resources(self) -> dict[str, float]:
         """Logical CPUs, GPUs and custom resources the run's actors reserve."""
         total: dict[str, float] = {"CPU": 0.0, "GPU": 0.0}
-        for n, each in self.demands().values():
+        for pool, (n, each) in self.demands().items():
             for key, value in each.items():
-                total[key] = total.get(key, 0.0) + n * value
+                total[key] = total.get(key, 0.0) + (n + (self.spare_rollout_workers if pool == "rollout" else 0)) * value
         return total

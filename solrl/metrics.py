@@ -49,6 +49,7 @@ class RunMetrics:
         self.restarts = Counter("solrl_worker_restarts", "Workers replaced after dying", ["pool"], registry=r)
         self.starting = Gauge("solrl_workers_starting", "Workers spawned but not started (waiting for resources, or starting up)", ["pool"], registry=r)
         self.pool_workers = Gauge("solrl_pool_workers", "Workers serving in each pool at the end of the last iteration", ["pool"], registry=r)
+        self.pool_spares = Gauge("solrl_pool_spare_workers", "Spare workers kept started beside each pool (cluster.spare_rollout_workers)", ["pool"], registry=r)
         self.modeled_cost = Counter(
             "solrl_modeled_cost_bf16_calls", "Modeled GPU cost of the model calls made, in BF16 calls (solrl/cost.py)", ["purpose"], registry=r
         )
@@ -107,6 +108,8 @@ class RunMetrics:
             self.restarts.labels(pool).inc(n)
         for pool, n in row.get("workers", {}).items():
             self.pool_workers.labels(pool).set(n)
+        for pool, n in row.get("spares", {}).items():
+            self.pool_spares.labels(pool).set(n)
         for purpose, cost in row.get("modeled_cost", {}).items():
             self.modeled_cost.labels(purpose).inc(cost)
         for kind, n in row.get("bytes", {}).items():

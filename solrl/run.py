@@ -98,19 +98,20 @@ class Checkpoints:
     iterations, when the engine asks for one, and when the run stops early; and the resume.
 
     The engine hands over the state at once; the files are written and hashed on a thread, so the
-    engine goes on scheduling meanwhile. One is written at a time; the engine hears of each
-    (checkpointed) once it is whole on disk."""
+    engine goes on scheduling meanwhile, and the thread tells the engine (checkpointed) once they
+    are whole on disk. One is written at a time."""
 
     def __init__(self, engine: Engine, config: RunConfig, out: pathlib.Path):
         self.engine, self.config, self.out = engine, config, out
         self.last = -1  # the iteration the newest checkpoint resumes at
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
-        self.writing: tuple[Future, int] | None = None
+        self.writing: Future | None = None
 
     def after(self, iteration: int) -> None:
         """Write one after `iteration` if it is due, or asked for while none is being written
         (and something was trained)."""
-        self.poll()
+        if self.writing is not None and self.writing.done():
+            self.wait()  # raises what the write raised
         wanted = self.writing is None and self.engine.checkpoint_wanted()
         if self.engine.version > 0 and (checkpoint_due(self.config, iteration) or wanted):
             self.write(iteration)
@@ -120,17 +121,17 @@ class Checkpoints:
         step = state.pop("step")
         state = state | {"iteration": iteration + 1, "rng": rng_state(), "config": json.loads(json.dumps(self.config.model_dump(mode="json")))}
         self.wait()
-        self.writing = (self.writer.submit(save_checkpoint, self.out, step, tensors, state), iteration + 1)
-        self.last = iteration + 1
 
-    def poll(self, block: bool = False) -> None:
-        """Tell the engine of a checkpoint now on disk (waiting for the one being written if `block`)."""
-        if self.writing is not None and (block or self.writing[0].done()):
-            (future, iteration), self.writing = self.writing, None
-            self.engine.checkpointed(future.result(), iteration)
+        def save() -> None:
+            self.engine.checkpointed(save_checkpoint(self.out, step, tensors, state), iteration + 1)
+
+        self.writing, self.last = self.writer.submit(save), iteration + 1
 
     def wait(self) -> None:
-        self.poll(block=True)
+        """Until the checkpoint being written is on disk (raising what its write raised)."""
+        if self.writing is not None:
+            writing, self.writing = self.writing, None
+            writing.result()
 
     def resume(self, path: pathlib.Path, log: Callable[[str], None]) -> None:
         tensors, state = load_checkpoint(path)

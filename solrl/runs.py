@@ -150,6 +150,7 @@ class IterationRow(TypedDict, total=False):
     dropped: dict[str, int]  # since the previous row, by reason
     restarts: dict[str, int]
     workers: dict[str, int]  # pool sizes
+    spares: dict[str, int]  # spare workers kept beside a pool (cluster.spare_rollout_workers)
     bytes: dict[str, int]  # moved between processes since the previous row, by kind
     autoscale: dict[str, int]
     # the run

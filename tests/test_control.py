@@ -1,7 +1,8 @@
 """The control service on its own (real gRPC server and client, the driver's side played by a
-thread that takes requests as the driver's loop does): the token is required, Scale waits for
-the driver to apply it and carries its refusals back, Checkpoint answers once one is written,
-Stop sets the flag, and binding off loopback without TLS is refused before anything listens."""
+thread that takes requests as the driver's loop does): the token is required, Scale answers once
+the driver applied it, or as pending while the driver is busy elsewhere, and refuses what cannot
+be applied at once; Checkpoint likewise; Stop sets the flag; binding off loopback without TLS is
+refused before anything listens."""
 
 import threading
 
@@ -51,17 +52,39 @@ def test_calls_need_the_token(served):
 def test_scale_checkpoint_status_and_stop(served):
     control, server, sizes = served
     client = ControlClient(server.address, token=TOKEN, timeout_s=10)
-    assert client.scale("rollout", 5) == 5 and sizes["rollout"] == 5
-    with pytest.raises(grpc.RpcError) as err:
-        client.scale("learner", 2)
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "pool 'learner' is unknown" in err.value.details()
+    reply = client.scale("rollout", 5)
+    assert (reply.size, reply.applied) == (5, True) and sizes["rollout"] == 5
+    for pool, size, why in (("learner", 2, "pool 'learner' is unknown"), ("rollout", 0, "needs at least 1 worker")):
+        with pytest.raises(grpc.RpcError) as err:
+            client.scale(pool, size)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and why in err.value.details()
     reply = client.checkpoint()
-    assert (reply.path, reply.iteration) == ("/runs/x/checkpoints/step-000003", 3)
+    assert (reply.path, reply.iteration, reply.written) == ("/runs/x/checkpoints/step-000003", 3, True)
     control.publish(control_pb2.RunStatus(state="running", iteration=3, iterations=10, out="/runs/x"))
     status = client.status()
     assert (status.state, status.iteration, status.out) == ("running", 3, "/runs/x")
     assert not control.stop_requested.is_set()
     assert client.stop() == "stopping" and control.stop_requested.is_set()
+
+
+def test_requests_are_answered_while_the_driver_is_busy_and_shown_pending():
+    """No driver loop takes requests (the run is starting its workers, or evaluating): Scale and
+    Checkpoint are still answered, as accepted and pending, and GetStatus lists them until the
+    driver applies them."""
+    control = Control()
+    server = ControlServer(control, "127.0.0.1", 0, TOKEN, None, None, "127.0.0.1")
+    try:
+        client = ControlClient(server.address, token=TOKEN, timeout_s=10)
+        scaled, checkpoint = client.scale("rollout", 3), client.checkpoint()
+        assert (scaled.size, scaled.applied) == (3, False) and not checkpoint.written and checkpoint.path == ""
+        assert list(client.status().pending) == ["scale rollout to 3", "checkpoint"]
+        sizes = {}
+        control.answer(lambda pool, size: sizes.update({pool: size}))  # the driver gets to them
+        assert sizes == {"rollout": 3} and list(client.status().pending) == ["checkpoint"]
+        control.checkpointed("/runs/x/checkpoints/step-000001", 1)
+        assert list(client.status().pending) == []
+    finally:
+        server.stop()
 
 
 def test_a_request_left_when_the_run_ends_fails_cleanly():

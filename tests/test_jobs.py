@@ -1,6 +1,6 @@
 """The users' verbs on a real Ray cluster: `ray start --head` with token authentication, started
 here as a subprocess on loopback and torn down after. A short shapes run is submitted through
-the job server, its rollout pool scaled 2 -> 3 -> 5 -> 1 while it runs (two of the five wait for room), stopped with a checkpoint and
+the job server, its rollout pool scaled 2 -> 3 while it still starts (acknowledged at once, applied once it can), then -> 5 -> 1 while it runs (two of the five wait for room), stopped with a checkpoint and
 resumed; the candidate log then shows every (iteration, group) trained exactly once. Control
 calls without the token are refused, and a run the cluster has no room for fails with the
 resources it waited for. A real Prometheus, run with deploy/prometheus's config, scrapes a
@@ -135,16 +135,23 @@ def _submit_scale_stop(head, tmp_path, metrics_port: int, token: str) -> pathlib
         run = _status(address, env, job)["run"]
         return run if run and run["state"] == "running" and int(run["iteration"]) >= iteration else None
 
+    def scaled(size: int) -> None:  # acknowledged at once, applied as soon as the run can
+        said = solrl(env, "scale", job, "--address", address, "--rollout", str(size)).stdout.strip()
+        assert said in (f"rollout: {size} workers", f"rollout: {size} workers requested; pending until the run can apply it (`solrl status` shows it)"), said
+        _wait_for(lambda: {p["name"]: p["size"] for p in _status(address, env, job)["run"]["pools"]}.get("rollout") == size, 300, f"status at {size} rollout workers")
+
+    # scaled while the run still starts its workers and evaluates the base model
+    starting = _wait_for(lambda: _status(address, env, job)["run"], 300, "the run's control service")
+    assert starting["state"] == "starting" and int(starting["iteration"]) == 0, starting
+    scaled(3)
     run = _wait_for(lambda: running_at(1), 300, "the run's first iteration")
-    assert {p["name"]: p["size"] for p in run["pools"]} == {"rollout": 2, "regen": 1}
-    assert run["out"] == str(out) and run["last_checkpoint"]
+    assert {p["name"]: p["size"] for p in run["pools"]} == {"rollout": 3, "regen": 1}
+    assert run["out"] == str(out) and run["last_checkpoint"] and not run.get("pending")
 
     # 5 rollout workers do not fit the head's 2 CPUs: two wait for room while the run goes on
-    for size in (3, 5, 1):
+    for size in (5, 1):
         seen = len(_rows(out))  # rows from here on may show the new size
-        assert solrl(env, "scale", job, "--address", address, "--rollout", str(size)).stdout.strip() == f"rollout: {size} workers"
-        run = _status(address, env, job)["run"]
-        assert {p["name"]: p["size"] for p in run["pools"]}["rollout"] == size
+        scaled(size)
         if size == 5:
             _wait_for(lambda: len(_status(address, env, job)["run"]["waiting_for"]) == 2, 120, "two rollout workers waiting for room")
             assert all(w.startswith("waiting for {CPU: 0.5} for rollout-") for w in _status(address, env, job)["run"]["waiting_for"])

@@ -151,3 +151,27 @@ def test_periodic_evals_run_among_the_pipelines_tasks_and_checkpoints_stay_exact
     shutil.copytree(runs[1], resumed)
     Driver(config, resumed, log=lambda _: None, runtime=VirtualRuntime(), resume=states[3]).run()
     assert _selected(resumed).equals(_selected(runs[1]))
+
+
+def test_spare_rollout_workers_take_a_replacement_and_a_scale_up(tmp_path):
+    """cluster.spare_rollout_workers=1: the spare stands in for a killed rollout worker, another
+    spare for the scale-up after the first row; a new spare starts behind each, none takes a task
+    while spare, and none counts in the pool's size or busy ratios."""
+    config = _config(tmp_path, "rollout.max_policy_lag=1", "cluster.spare_rollout_workers=1", f"cluster.faults={json.dumps(['rollout-0:explore:2'])}")
+    rows, lines = [], []
+
+    def on_row(driver, row):
+        rows.append(row)
+        if row["iteration"] == 0:
+            driver.scale("rollout", 3)
+
+    driver = Driver(config, tmp_path / "run", log=lines.append, runtime=VirtualRuntime(), on_iteration=on_row)
+    report = driver.run()
+    assert report["restarts"]["rollout"] == 1
+    assert audit_log(tmp_path / "run" / "candidates", ITERATIONS, PROMPTS, SEEDS) == {"trained": ITERATIONS * PROMPTS, "dropped": 0, "lost": 0, "duplicated": 0}
+    history = {w.name: w for w in driver.pools["rollout"].history}
+    assert list(history) == ["rollout-0", "rollout-1", "rollout-2", "rollout-3", "rollout-4"]  # 2 + a spare; a spare behind each taken one
+    assert history["rollout-2"].first_task_at is not None and history["rollout-3"].first_task_at is not None
+    assert history["rollout-4"].spare and history["rollout-4"].first_task_at is None
+    assert [r["workers"]["rollout"] for r in rows] == [2, 3, 3] and all(r["spares"] == {"rollout": 1} for r in rows)
+    assert "rollout-4" not in {k for r in rows for k in r["busy"]}

@@ -82,9 +82,13 @@ ROWS: dict[str, list[PanelSpec]] = {
         ),
         PanelSpec(
             "Pool sizes",
-            "Workers serving in each pool, and those spawned but still waiting to start",
+            "Workers serving in each pool, those spawned but still waiting to start, and spares kept started beside it",
             "short",
-            (q(f"solrl_pool_workers{RUN}", "{{pool}}"), q(f"solrl_workers_starting{RUN}", "{{pool}} starting")),
+            (
+                q(f"solrl_pool_workers{RUN}", "{{pool}}"),
+                q(f"solrl_workers_starting{RUN}", "{{pool}} starting"),
+                q(f"solrl_pool_spare_workers{RUN}", "{{pool}} spares"),
+            ),
         ),
         PanelSpec("Queue depths", "Work waiting in the driver's queues", "short", (q(f"solrl_queue_depth{RUN}", "{{queue}}"),)),
         PanelSpec(

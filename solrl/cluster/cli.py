@@ -65,7 +65,7 @@ def _status(args: argparse.Namespace) -> int:
                 try:
                     run = jobs.status_dict(control.status())
                 except grpc.RpcError as exc:  # e.g. the run is shutting down, or binds where we cannot reach
-                    problem = str(jobs.unreachable(control.address, f"{exc.code().name}: {exc.details()}"))
+                    problem = str(_control_error(jobs, control.address, exc))
                 finally:
                     control.close()
     except jobs.JobError as exc:
@@ -97,6 +97,12 @@ def _logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _control_error(jobs, address: str, exc: grpc.RpcError):
+    """Not reachable (nothing answers at the address) told apart from reachable but not answering."""
+    detail = f"{exc.code().name}: {exc.details()}"
+    return jobs.not_answering(address, detail) if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED else jobs.unreachable(address, detail)
+
+
 def _with_control(args: argparse.Namespace, act) -> int:
     from solrl.cluster import jobs
 
@@ -108,7 +114,7 @@ def _with_control(args: argparse.Namespace, act) -> int:
         except grpc.RpcError as exc:
             if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.FAILED_PRECONDITION):
                 return _fail(f"the run refused: {exc.code().name}: {exc.details()}")
-            raise jobs.unreachable(control.address, f"{exc.code().name}: {exc.details()}") from None
+            raise _control_error(jobs, control.address, exc) from None
         finally:
             control.close()
     except jobs.JobError as exc:
@@ -124,7 +130,8 @@ def _scale(args: argparse.Namespace) -> int:
 
     def act(client, control) -> int:
         for pool, n in sizes.items():
-            print(f"{pool}: {control.scale(pool, n)} workers")
+            reply = control.scale(pool, n)
+            print(f"{pool}: {reply.size} workers" if reply.applied else f"{pool}: {reply.size} workers requested; pending until the run can apply it (`solrl status` shows it)")
         return 0
 
     return _with_control(args, act)

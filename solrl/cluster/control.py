@@ -2,9 +2,12 @@
 
 The driver's loop is single-threaded; the gRPC server's threads never touch its pools. A call
 queues a request that the driver takes between tasks (`Control.take`), and GetStatus answers
-from the snapshot the driver last published. So a Scale is applied where the driver would
-resize anyway, a Checkpoint is written after the iteration in progress, and a Stop ends the run
-the way train.max_seconds does, with a checkpoint of its last iteration.
+from the snapshot the driver last published, plus the requests still pending. So a Scale is
+applied where the driver would resize anyway, a Checkpoint is written after the iteration in
+progress, and a Stop ends the run the way train.max_seconds does, with a checkpoint of its last
+iteration. Every call is answered within ACK_S, whatever the driver is doing (starting its
+workers, evaluating): with the result if the driver got to it by then, else as accepted and
+pending; a request that cannot be applied (an unknown pool) is refused at once.
 
 Every call needs the bearer token: SOLRL_CONTROL_TOKEN, or, unset, the Ray cluster's own auth
 token, which anyone allowed to submit jobs to the cluster already holds.
@@ -28,6 +31,7 @@ from solrl.grpc_auth import SecureServer, bearer, client_channel
 TOKEN_ENV = "SOLRL_CONTROL_TOKEN"
 SERVICE = "solrl.cluster.v1.ControlService"
 ENDPOINT_TAG = "SOLRL_CONTROL"  # the run's log line a client reads the endpoint from
+ACK_S = 1.0  # how long a call waits for the driver before answering "accepted, pending"
 
 
 def control_token() -> str | None:
@@ -47,22 +51,40 @@ class Request:
     kind: str  # scale | checkpoint
     args: tuple
     reply: Future
+    label: str  # how RunStatus.pending shows it
 
 
 class Control:
-    """What the service and the driver share: queued requests, the stop flag, the last status."""
+    """What the service and the driver share: queued requests, the stop flag, the last status.
+    `pools`: the pools a Scale may name."""
 
-    def __init__(self):
+    def __init__(self, pools: tuple[str, ...] = ("rollout", "regen")):
+        self.pools = pools
         self._requests: queue.SimpleQueue[Request] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._status = control_pb2.RunStatus(state="starting")
+        self._pending: list[Request] = []  # accepted, not applied yet
         self.stop_requested = threading.Event()
-        self.checkpoints: list[Future] = []  # replies waiting for the next checkpoint
+        self.checkpoints: list[Request] = []  # requests waiting for the next checkpoint
 
     def ask(self, kind: str, *args) -> Future:
-        reply: Future = Future()
-        self._requests.put(Request(kind, args, reply))
-        return reply
+        """Queue a request (refused at once if it cannot be applied); its reply comes once applied."""
+        if kind == "scale":
+            pool, size = args
+            if pool not in self.pools:
+                raise ValueError(f"pool {pool!r} is unknown; use one of {sorted(self.pools)}")
+            if size < 1:
+                raise ValueError(f"a {pool} pool needs at least 1 worker, got {size}")
+        request = Request(kind, args, Future(), f"scale {args[0]} to {args[1]}" if kind == "scale" else "checkpoint")
+        with self._lock:
+            self._pending.append(request)
+        request.reply.add_done_callback(lambda _: self._applied(request))
+        self._requests.put(request)
+        return request.reply
+
+    def _applied(self, request: Request) -> None:
+        with self._lock:
+            self._pending = [r for r in self._pending if r is not request]
 
     def take(self) -> list[Request]:
         """The requests queued since the last call (the driver's thread calls this)."""
@@ -77,7 +99,8 @@ class Control:
         """Apply the queued Scale requests; Checkpoint requests wait for the next checkpoint."""
         for request in self.take():
             if request.kind == "checkpoint":
-                self.checkpoints.append(request.reply)
+                with self._lock:
+                    self.checkpoints.append(request)
                 continue
             try:
                 scale(*request.args)
@@ -86,17 +109,18 @@ class Control:
                 request.reply.set_exception(exc)
 
     def checkpointed(self, path: str, iteration: int) -> None:
-        for reply in self.checkpoints:
-            reply.set_result((path, iteration))
-        self.checkpoints = []
+        """A checkpoint is on disk (called from the thread that wrote it)."""
+        with self._lock:
+            answered, self.checkpoints = self.checkpoints, []
+        for request in answered:
+            request.reply.set_result((path, iteration))
 
     def close(self, reason: str) -> None:
         """The run is over: fail whatever still waits."""
-        for request in self.take():
+        with self._lock:
+            left, self.checkpoints = [*self.take(), *self.checkpoints], []
+        for request in left:
             request.reply.set_exception(RuntimeError(reason))
-        for reply in self.checkpoints:
-            reply.set_exception(RuntimeError(reason))
-        self.checkpoints = []
 
     def publish(self, status: control_pb2.RunStatus) -> None:
         with self._lock:
@@ -104,7 +128,9 @@ class Control:
 
     def status(self) -> control_pb2.RunStatus:
         with self._lock:
-            return control_pb2.RunStatus.FromString(self._status.SerializeToString())
+            status = control_pb2.RunStatus.FromString(self._status.SerializeToString())
+            status.pending.extend(r.label for r in self._pending)
+            return status
 
 
 class _Servicer(control_pb2_grpc.ControlServiceServicer):
@@ -115,23 +141,28 @@ class _Servicer(control_pb2_grpc.ControlServiceServicer):
         return self.control.status()
 
     def Scale(self, request, context):
-        return self._wait(context, self.control.ask("scale", request.pool, request.size), lambda r: control_pb2.ScaleResponse(pool=request.pool, size=r))
+        pending = control_pb2.ScaleResponse(pool=request.pool, size=request.size, applied=False)
+        return self._answer(context, lambda: self.control.ask("scale", request.pool, request.size), lambda r: control_pb2.ScaleResponse(pool=request.pool, size=r, applied=True), pending)
 
     def Checkpoint(self, request, context):
-        return self._wait(context, self.control.ask("checkpoint"), lambda r: control_pb2.CheckpointResponse(path=r[0], iteration=r[1]))
+        done = lambda r: control_pb2.CheckpointResponse(path=r[0], iteration=r[1], written=True)
+        return self._answer(context, lambda: self.control.ask("checkpoint"), done, control_pb2.CheckpointResponse(written=False))
 
     def Stop(self, request, context):
         self.control.stop_requested.set()
         return control_pb2.StopResponse(state="stopping")
 
     @staticmethod
-    def _wait(context, reply: Future, respond):
+    def _answer(context, ask: Callable[[], Future], respond, pending):
+        """The result if the driver applies the request within ACK_S (or the caller's deadline),
+        else `pending`: accepted, applied as soon as the run can."""
         try:
-            result = reply.result(timeout=context.time_remaining())
-        except ValueError as exc:  # the driver refused it, e.g. an unknown pool
+            reply = ask()
+            result = reply.result(timeout=min(ACK_S, context.time_remaining() or ACK_S))
+        except ValueError as exc:  # it cannot be applied, e.g. an unknown pool
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except TimeoutError:
-            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the driver did not take the request in time; it is still queued")
+            return pending
         except RuntimeError as exc:  # the run ended first
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         return respond(result)
@@ -195,8 +226,8 @@ class ControlClient:
     def status(self) -> control_pb2.RunStatus:
         return self.stub.GetStatus(control_pb2.GetStatusRequest(), timeout=self.timeout_s, metadata=self.metadata)
 
-    def scale(self, pool: str, size: int) -> int:
-        return self.stub.Scale(control_pb2.ScaleRequest(pool=pool, size=size), timeout=self.timeout_s, metadata=self.metadata).size
+    def scale(self, pool: str, size: int) -> control_pb2.ScaleResponse:
+        return self.stub.Scale(control_pb2.ScaleRequest(pool=pool, size=size), timeout=self.timeout_s, metadata=self.metadata)
 
     def checkpoint(self) -> control_pb2.CheckpointResponse:
         return self.stub.Checkpoint(control_pb2.CheckpointRequest(), timeout=self.timeout_s, metadata=self.metadata)

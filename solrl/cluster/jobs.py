@@ -124,6 +124,10 @@ def unreachable(address: str, detail: str) -> JobError:
     return JobError(f"cannot reach the run's control service at {address}: {detail}{hint}")
 
 
+def not_answering(address: str, detail: str) -> JobError:
+    return JobError(f"the run's control service at {address} is reachable but did not answer in time ({detail}); the run may be overloaded: try again, or see `solrl logs`")
+
+
 def status_dict(status) -> dict:
     """A RunStatus as plain JSON-able data."""
     from google.protobuf.json_format import MessageToDict
@@ -137,13 +141,15 @@ def describe_status(job_id: str, job: str, run: dict | None) -> str:
     if run is None:
         return "\n".join(lines)
     lines.append(f"run: {run['state']}, iteration {run['iteration']}/{run['iterations']}, policy version {run['version']}, out {run['out']}")
-    pools = [f"{p['name']} {p['size']} (busy {p['busy']:.2f}, queued {p['queued']}, restarts {p['restarts']})" for p in run["pools"]]
+    spares = lambda p: f" + {p['spares']} spare" if p.get("spares") else ""
+    pools = [f"{p['name']} {p['size']}{spares(p)} (busy {p['busy']:.2f}, queued {p['queued']}, restarts {p['restarts']})" for p in run["pools"]]
     lines.append("pools: " + ", ".join(pools) + f", learner restarts {run['learner_restarts']}")
     lines.append(
         f"candidates/s {run['candidates_per_second']:.2f}, policy lag {run['policy_lag']}, proxy Spearman {run['spearman']}, "
         f"last checkpoint {run['last_checkpoint'] or 'none yet'}"
     )
     lines += [f"  {w}" for w in run["waiting_for"]]
+    lines += [f"  pending: {r}" for r in run.get("pending", [])]
     return "\n".join(lines)
 
 

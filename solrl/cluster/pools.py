@@ -3,6 +3,8 @@
 Pools are pulled from: the driver hands a task to any idle worker. Growing a pool spawns workers
 that receive the current weights before their first task (actor calls run in order); shrinking
 retires workers, which finish the task they hold and are then killed. A dead worker is replaced.
+A pool may keep spare workers (cluster.spare_rollout_workers): started, sent every weight update,
+given no task; a grow or a replacement takes a spare first and starts a new spare behind it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class Worker:
     first_task_at: float | None = None  # when it was handed its first task
     serving: int = 0  # the policy version it was last sent (samplers): what its next task runs on
     index: int = 0  # its place in spawn order
+    spare: bool = False  # kept started and idle for the next grow or replacement
 
 
 @dataclass
@@ -50,9 +53,10 @@ class WorkerPool:
     history: list[Worker] = field(default_factory=list)  # every worker spawned, retired or not
     free: dict[str, Worker] = field(default_factory=dict)  # started, staying, holding no task: the next task's takers
     waiting: dict[str, Worker] = field(default_factory=dict)  # spawned, not started yet
+    spares: int = 0  # spare workers to keep
     _ids: itertools.count = field(default_factory=itertools.count)
 
-    def spawn(self) -> Worker:
+    def spawn(self, spare: bool = False) -> Worker:
         c, index = self.config.cluster, next(self._ids)
         name = f"{self.prefix}-{index}"
         options = c.actor_options(self.prefix) | {"max_restarts": 0}
@@ -66,7 +70,7 @@ class WorkerPool:
         if self.update is not None:
             rt.call(handle, "apply_update", self.update)
             self.traffic.add("weight_update", self.update_bytes)
-        w = Worker(name, handle, rt.now(), ready=ready, serving=self.update_version if self.update is not None else 0, index=index)
+        w = Worker(name, handle, rt.now(), ready=ready, serving=self.update_version if self.update is not None else 0, index=index, spare=spare)
         self.workers[name] = self.waiting[name] = w
         self.history.append(w)
         return w
@@ -87,18 +91,19 @@ class WorkerPool:
         self.free.pop(w.name, None)
 
     def release(self, w: Worker) -> None:
-        """`w` holds no task any more: a taker again, unless it is retiring, gone or starting."""
+        """`w` holds no task any more: a taker again, unless it is retiring, gone, starting or a spare."""
         w.task = None
-        if not w.retiring and w.ready is None and self.workers.get(w.name) is w:
+        if not w.retiring and not w.spare and w.ready is None and self.workers.get(w.name) is w:
             self.free[w.name] = w
 
     def resize(self, size: int) -> None:
         """Grow by spawning; shrink by retiring idle workers first, then busy ones."""
         if size < 1:
             raise ValueError(f"a {self.role} pool needs at least 1 worker, got {size}")
-        active = [w for w in self.workers.values() if not w.retiring]
+        active = [w for w in self.workers.values() if not w.retiring and not w.spare]
         for _ in range(size - len(active)):
-            self.spawn()
+            self._take_spare() or self.spawn()
+        self.fill_spares()
         for w in sorted(active, key=lambda w: w.task is not None)[: max(0, len(active) - size)]:
             w.retiring = True
             self.free.pop(w.name, None)
@@ -111,10 +116,29 @@ class WorkerPool:
         self.runtime.kill(w.handle)
 
     def replace(self, w: Worker) -> Worker:
-        """Kill (if still alive) and forget `w`, and spawn a fresh worker in its place."""
+        """Kill (if still alive) and forget `w`, and put a spare, else a fresh worker, in its place."""
         self.remove(w)
         self.restarts += 1
-        return self.spawn()
+        if w.spare:
+            return self.spawn(spare=True)
+        taken = self._take_spare() or self.spawn()
+        self.fill_spares()
+        return taken
+
+    def fill_spares(self) -> None:
+        for _ in range(self.spares - sum(w.spare for w in self.workers.values())):
+            self.spawn(spare=True)
+
+    def _take_spare(self) -> Worker | None:
+        """A spare made a worker of the pool (a started one first), or None."""
+        spares = sorted((w for w in self.workers.values() if w.spare), key=lambda w: (w.ready is not None, w.index))
+        if not spares:
+            return None
+        w = spares[0]
+        w.spare = False
+        if w.ready is None:
+            self.release(w)
+        return w
 
     def replace_dead(self, w: Worker, log: Callable[[str], None]) -> None:
         """Replace a worker found dead, once, unless the pool has used up cluster.max_restarts."""
@@ -134,11 +158,15 @@ class WorkerPool:
     def idle_or_busy(self) -> list[Worker]:
         """Started workers that stay: those a call can go to."""
         self.starting()
-        return [w for w in self.workers.values() if not w.retiring and w.ready is None]
+        return [w for w in self.workers.values() if not w.retiring and not w.spare and w.ready is None]
 
     @property
     def size(self) -> int:
-        return sum(not w.retiring for w in self.workers.values())
+        return sum(not w.retiring and not w.spare for w in self.workers.values())
+
+    @property
+    def spare_count(self) -> int:
+        return sum(w.spare for w in self.workers.values())
 
     def shutdown(self) -> None:
         for w in list(self.workers.values()):

@@ -32,7 +32,8 @@ class Session:
         self.metrics = RunMetrics()
         self.metrics.prime({pool: n for pool, (n, _) in config.cluster.demands().items()}, config.rollout.max_policy_lag)
         self.server = MetricsServer(self.metrics, metrics_port, metrics_host, metrics_token) if metrics_port is not None else None
-        self.control, self.control_server = Control(), None
+        pools = ("rollout", "regen", "reward") if config.cluster.reward_workers else ("rollout", "regen")
+        self.control, self.control_server = Control(pools), None
         self.view: LiveView | None = None
         self.status_at = 0.0  # time.monotonic() of the newest status
         self.last_checkpoint = ""  # the newest checkpoint's folder

@@ -89,7 +89,7 @@ def start_workers(
     pools = {}
     for name, (n, _) in c.demands().items():
         if name in ROLES:
-            pools[name] = WorkerPool(config, runtime, ROLES[name], name, traffic)
+            pools[name] = WorkerPool(config, runtime, ROLES[name], name, traffic, spares=c.spare_rollout_workers if name == "rollout" else 0)
             pools[name].resize(n)
     learners = LearnerGroup(runtime, config, traffic, log)
     waits = {w.name: (w.ready, c.worker_resources(name)) for name, pool in pools.items() for w in pool.workers.values()}

@@ -60,7 +60,8 @@ class Telemetry:
         busy = {}
         for pool in pools.values():
             for w in pool.workers.values():
-                busy[w.name] = round(min(1.0, w.busy_seconds / interval), 3) if interval > 0 else 0.0
+                if not w.spare:  # a spare takes no task: its idling is by design
+                    busy[w.name] = round(min(1.0, w.busy_seconds / interval), 3) if interval > 0 else 0.0
                 w.busy_seconds = 0.0
         row.update(
             iteration_seconds=round(now - state.started, 3),
@@ -71,6 +72,7 @@ class Telemetry:
             dropped=self.delta("dropped", dropped),
             restarts=self.delta("restarts", restarts),
             workers={name: pool.size for name, pool in pools.items()},
+            spares={name: pool.spare_count for name, pool in pools.items() if pool.spares},
             bytes=self.traffic.delta(),
         )
         self.last = row | {"candidates_per_second": row["candidates"] / interval if interval > 0 else 0.0}
@@ -86,7 +88,8 @@ class Telemetry:
             busy = [b for b in busy if b is not None]
             pool_status.append(
                 control_pb2.PoolStatus(
-                    name=name, size=pool.size, busy=sum(busy) / len(busy) if busy else 0.0, restarts=restarts.get(name, 0), queued=queues.get(queue_of[name], 0)
+                    name=name, size=pool.size, busy=sum(busy) / len(busy) if busy else 0.0, restarts=restarts.get(name, 0), queued=queues.get(queue_of[name], 0),
+                    spares=pool.spare_count,
                 )
             )
         spearman = last.get("spearman", math.nan)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esolrl/cluster/v1/control.proto\x12\x10solrl.cluster.v1\"\x12\n\x10GetStatusRequest\"X\n\nPoolStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\r\x12\x0c\n\x04\x62usy\x18\x03 \x01(\x01\x12\x10\n\x08restarts\x18\x04 \x01(\r\x12\x0e\n\x06queued\x18\x05 \x01(\r\"\x99\x02\n\tRunStatus\x12\r\n\x05state\x18\x01 \x01(\t\x12\x11\n\titeration\x18\x02 \x01(\x03\x12\x12\n\niterations\x18\x03 \x01(\x03\x12\x0f\n\x07version\x18\x04 \x01(\x03\x12+\n\x05pools\x18\x05 \x03(\x0b\x32\x1c.solrl.cluster.v1.PoolStatus\x12\x1d\n\x15\x63\x61ndidates_per_second\x18\x06 \x01(\x01\x12\x12\n\npolicy_lag\x18\x07 \x01(\x03\x12\x10\n\x08spearman\x18\x08 \x01(\x01\x12\x17\n\x0flast_checkpoint\x18\t \x01(\t\x12\x13\n\x0bwaiting_for\x18\n \x03(\t\x12\x0b\n\x03out\x18\x0b \x01(\t\x12\x18\n\x10learner_restarts\x18\x0c \x01(\r\"*\n\x0cScaleRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\r\"+\n\rScaleResponse\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\r\"\x13\n\x11\x43heckpointRequest\"5\n\x12\x43heckpointResponse\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x11\n\titeration\x18\x02 \x01(\x03\"\r\n\x0bStopRequest\"\x1d\n\x0cStopResponse\x12\r\n\x05state\x18\x01 \x01(\t2\xc8\x02\n\x0e\x43ontrolService\x12L\n\tGetStatus\x12\".solrl.cluster.v1.GetStatusRequest\x1a\x1b.solrl.cluster.v1.RunStatus\x12H\n\x05Scale\x12\x1e.solrl.cluster.v1.ScaleRequest\x1a\x1f.solrl.cluster.v1.ScaleResponse\x12W\n\nCheckpoint\x12#.solrl.cluster.v1.CheckpointRequest\x1a$.solrl.cluster.v1.CheckpointResponse\x12\x45\n\x04Stop\x12\x1d.solrl.cluster.v1.StopRequest\x1a\x1e.solrl.cluster.v1.StopResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1esolrl/cluster/v1/control.proto\x12\x10solrl.cluster.v1\"\x12\n\x10GetStatusRequest\"h\n\nPoolStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\r\x12\x0c\n\x04\x62usy\x18\x03 \x01(\x01\x12\x10\n\x08restarts\x18\x04 \x01(\r\x12\x0e\n\x06queued\x18\x05 \x01(\r\x12\x0e\n\x06spares\x18\x06 \x01(\r\"\xaa\x02\n\tRunStatus\x12\r\n\x05state\x18\x01 \x01(\t\x12\x11\n\titeration\x18\x02 \x01(\x03\x12\x12\n\niterations\x18\x03 \x01(\x03\x12\x0f\n\x07version\x18\x04 \x01(\x03\x12+\n\x05pools\x18\x05 \x03(\x0b\x32\x1c.solrl.cluster.v1.PoolStatus\x12\x1d\n\x15\x63\x61ndidates_per_second\x18\x06 \x01(\x01\x12\x12\n\npolicy_lag\x18\x07 \x01(\x03\x12\x10\n\x08spearman\x18\x08 \x01(\x01\x12\x17\n\x0flast_checkpoint\x18\t \x01(\t\x12\x13\n\x0bwaiting_for\x18\n \x03(\t\x12\x0b\n\x03out\x18\x0b \x01(\t\x12\x18\n\x10learner_restarts\x18\x0c \x01(\r\x12\x0f\n\x07pending\x18\r \x03(\t\"*\n\x0cScaleRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\r\"<\n\rScaleResponse\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\r\x12\x0f\n\x07\x61pplied\x18\x03 \x01(\x08\"\x13\n\x11\x43heckpointRequest\"F\n\x12\x43heckpointResponse\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x11\n\titeration\x18\x02 \x01(\x03\x12\x0f\n\x07written\x18\x03 \x01(\x08\"\r\n\x0bStopRequest\"\x1d\n\x0cStopResponse\x12\r\n\x05state\x18\x01 \x01(\t2\xc8\x02\n\x0e\x43ontrolService\x12L\n\tGetStatus\x12\".solrl.cluster.v1.GetStatusRequest\x1a\x1b.solrl.cluster.v1.RunStatus\x12H\n\x05Scale\x12\x1e.solrl.cluster.v1.ScaleRequest\x1a\x1f.solrl.cluster.v1.ScaleResponse\x12W\n\nCheckpoint\x12#.solrl.cluster.v1.CheckpointRequest\x1a$.solrl.cluster.v1.CheckpointResponse\x12\x45\n\x04Stop\x12\x1d.solrl.cluster.v1.StopRequest\x1a\x1e.solrl.cluster.v1.StopResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,21 +34,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSTATUSREQUEST']._serialized_start=52
   _globals['_GETSTATUSREQUEST']._serialized_end=70
   _globals['_POOLSTATUS']._serialized_start=72
-  _globals['_POOLSTATUS']._serialized_end=160
-  _globals['_RUNSTATUS']._serialized_start=163
-  _globals['_RUNSTATUS']._serialized_end=444
-  _globals['_SCALEREQUEST']._serialized_start=446
-  _globals['_SCALEREQUEST']._serialized_end=488
-  _globals['_SCALERESPONSE']._serialized_start=490
-  _globals['_SCALERESPONSE']._serialized_end=533
-  _globals['_CHECKPOINTREQUEST']._serialized_start=535
-  _globals['_CHECKPOINTREQUEST']._serialized_end=554
-  _globals['_CHECKPOINTRESPONSE']._serialized_start=556
-  _globals['_CHECKPOINTRESPONSE']._serialized_end=609
-  _globals['_STOPREQUEST']._serialized_start=611
-  _globals['_STOPREQUEST']._serialized_end=624
-  _globals['_STOPRESPONSE']._serialized_start=626
-  _globals['_STOPRESPONSE']._serialized_end=655
-  _globals['_CONTROLSERVICE']._serialized_start=658
-  _globals['_CONTROLSERVICE']._serialized_end=986
+  _globals['_POOLSTATUS']._serialized_end=176
+  _globals['_RUNSTATUS']._serialized_start=179
+  _globals['_RUNSTATUS']._serialized_end=477
+  _globals['_SCALEREQUEST']._serialized_start=479
+  _globals['_SCALEREQUEST']._serialized_end=521
+  _globals['_SCALERESPONSE']._serialized_start=523
+  _globals['_SCALERESPONSE']._serialized_end=583
+  _globals['_CHECKPOINTREQUEST']._serialized_start=585
+  _globals['_CHECKPOINTREQUEST']._serialized_end=604
+  _globals['_CHECKPOINTRESPONSE']._serialized_start=606
+  _globals['_CHECKPOINTRESPONSE']._serialized_end=676
+  _globals['_STOPREQUEST']._serialized_start=678
+  _globals['_STOPREQUEST']._serialized_end=691
+  _globals['_STOPRESPONSE']._serialized_start=693
+  _globals['_STOPRESPONSE']._serialized_end=722
+  _globals['_CONTROLSERVICE']._serialized_start=725
+  _globals['_CONTROLSERVICE']._serialized_end=1053
 # @@protoc_insertion_point(module_scope)

@@ -67,14 +67,17 @@ class ControlServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Scale(self, request, context):
-        """Resize a worker pool; a shrink lets workers finish the task they hold.
+        """Resize a worker pool; a shrink lets workers finish the task they hold. Answered within a
+        second at any moment of the run: applied, or accepted and pending (RunStatus.pending) until
+        the run can apply it (while it starts its workers, or evaluates the base model).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Checkpoint(self, request, context):
-        """Write a checkpoint after the iteration in progress; answers once it is on disk.
+        """Write a checkpoint after the iteration in progress. Answered within a second: the checkpoint
+        if it is on disk by then, or accepted and pending until it is (RunStatus.last_checkpoint).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
