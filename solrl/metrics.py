@@ -56,14 +56,16 @@ class RunMetrics:
         self.bytes_moved = Counter("solrl_bytes_moved", "Bytes that crossed between processes, by kind (docs/architecture.md)", ["kind"], registry=r)
         self.autoscale = Counter("solrl_autoscale_decisions", "Pool resizes made by cluster.autoscale", ["pool", "direction"], registry=r)
 
-    def prime(self, pools: dict[str, int], max_policy_lag: int) -> None:
-        """Export every known label set before the first iteration (pool sizes as configured, counts
-        at zero), so a dashboard or an alert sees "no restarts yet" as 0, not as a missing series."""
+    def prime(self, pools: dict[str, int], max_policy_lag: int, spares: dict[str, int] | None = None) -> None:
+        """Export every known label set before the first iteration (pool sizes and spares as
+        configured, counts at zero), so a dashboard or an alert sees "no restarts yet" as 0, not as
+        a missing series."""
         self.policy_lag_bound.set(max_policy_lag)
         for pool, size in pools.items():
             self.restarts.labels(pool)
             self.starting.labels(pool)
             self.pool_workers.labels(pool).set(size)
+            self.pool_spares.labels(pool).set((spares or {}).get(pool, 0))
         for reason in DROP_REASONS:
             self.dropped.labels(reason)
         for direction in ("up", "down"):

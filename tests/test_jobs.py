@@ -28,6 +28,7 @@ import yaml
 pytest.importorskip("ray.job_submission", reason="the cluster verbs need ray[default] (pip install 'solrl[cluster]')")
 
 from solrl.cluster.control import ControlClient, parse_announcement
+from solrl.cluster.jobs import status_dict
 from solrl.workers.store import audit_log
 from tiny_runs import TINY_RUN
 
@@ -77,13 +78,13 @@ def _dashboard_up(port: int) -> bool:
         return False
 
 
-def _wait_for(check, timeout: float, what: str):
+def _wait_for(check, timeout: float, what: str, every: float = 0.5):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = check()
         if value:
             return value
-        time.sleep(0.5)
+        time.sleep(every)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
@@ -131,18 +132,25 @@ def _submit_scale_stop(head, tmp_path, metrics_port: int, token: str) -> pathlib
     job = solrl(env | {"SOLRL_METRICS_TOKEN": token}, "submit", "--address", address, "--out", str(out), *metrics, *sets).stdout.strip()
     assert job.startswith("solrl-")
 
+    # the CLI finds the run's control service (what a user does); the waits below then ask it
+    # directly, without a CLI process each time, which would take the run's CPU
+    starting = _wait_for(lambda: _status(address, env, job)["run"], 300, "the run's control service")
+    endpoint = parse_announcement(solrl(env, "logs", job, "--address", address).stdout)["address"]
+
+    def run_status() -> dict:
+        return status_dict(ControlClient(endpoint, token=env["RAY_AUTH_TOKEN"], timeout_s=10).status())  # the run's control token: the Ray token
+
     def running_at(iteration):
-        run = _status(address, env, job)["run"]
-        return run if run and run["state"] == "running" and int(run["iteration"]) >= iteration else None
+        run = run_status()
+        return run if run["state"] == "running" and int(run["iteration"]) >= iteration else None
 
     def scaled(size: int) -> None:  # acknowledged at once, applied as soon as the run can
         said = solrl(env, "scale", job, "--address", address, "--rollout", str(size)).stdout.strip()
         assert said in (f"rollout: {size} workers", f"rollout: {size} workers requested; pending until the run can apply it (`solrl status` shows it)"), said
-        _wait_for(lambda: {p["name"]: p["size"] for p in _status(address, env, job)["run"]["pools"]}.get("rollout") == size, 300, f"status at {size} rollout workers")
+        _wait_for(lambda: {p["name"]: p["size"] for p in run_status()["pools"]}.get("rollout") == size, 300, f"status at {size} rollout workers")
 
     # scaled while the run still starts its workers and evaluates the base model
-    starting = _wait_for(lambda: _status(address, env, job)["run"], 300, "the run's control service")
-    assert starting["state"] == "starting" and int(starting["iteration"]) == 0, starting
+    assert int(starting["iteration"]) == 0, starting
     scaled(3)
     run = _wait_for(lambda: running_at(1), 300, "the run's first iteration")
     assert {p["name"]: p["size"] for p in run["pools"]} == {"rollout": 3, "regen": 1}
@@ -153,13 +161,13 @@ def _submit_scale_stop(head, tmp_path, metrics_port: int, token: str) -> pathlib
         seen = len(_rows(out))  # rows from here on may show the new size
         scaled(size)
         if size == 5:
-            _wait_for(lambda: len(_status(address, env, job)["run"]["waiting_for"]) == 2, 120, "two rollout workers waiting for room")
-            assert all(w.startswith("waiting for {CPU: 0.5} for rollout-") for w in _status(address, env, job)["run"]["waiting_for"])
+            _wait_for(lambda: len(run_status()["waiting_for"]) == 2, 120, "two rollout workers waiting for room")
+            waiting = _status(address, env, job)["run"]["waiting_for"]  # and `solrl status` says so
+            assert len(waiting) == 2 and all(w.startswith("waiting for {CPU: 0.5} for rollout-") for w in waiting), waiting
         row = _wait_for(lambda s=seen, n=size: [r for r in _rows(out)[s:] if r["workers"]["rollout"] == n], 300, f"a metrics row at {size} rollout workers")
         assert row[0]["workers"]["rollout"] == size
 
     # the control service wants the token: none, or a wrong one, is refused
-    endpoint = parse_announcement(solrl(env, "logs", job, "--address", address).stdout)["address"]
     for bad_token in ("", "wrong"):
         with pytest.raises(grpc.RpcError) as err:
             ControlClient(endpoint, token=bad_token, timeout_s=10).scale("rollout", 5)
@@ -180,7 +188,7 @@ def _resume_and_audit(head, out: pathlib.Path) -> None:
     address, env = head
     done = len(_rows(out))
     again = solrl(env, "submit", "--address", address, "--resume", str(out), "--set", f"train.iterations={done + 1}").stdout.strip()
-    _wait_for(lambda: _status(address, env, again)["status"] in ("SUCCEEDED", "FAILED", "STOPPED"), 300, "the resumed run to end")
+    _wait_for(lambda: _status(address, env, again)["status"] in ("SUCCEEDED", "FAILED", "STOPPED"), 300, "the resumed run to end", every=3)
     assert _status(address, env, again)["status"] == "SUCCEEDED", solrl(env, "logs", again, "--address", address).stdout[-3000:]
     rows = _rows(out)
     assert [r["iteration"] for r in rows] == list(range(done + 1))
@@ -195,7 +203,7 @@ def test_a_run_the_cluster_has_no_room_for_fails_naming_what_it_waited_for(head,
     address, env = head
     sets = [a for s in [*TINY, _one_eval_caption(tmp_path), "cluster.cpus_per_worker=1", "cluster.pool_resources={}", "cluster.startup_timeout_s=5"] for a in ("--set", s)]
     job = solrl(env, "submit", "--address", address, *sets).stdout.strip()
-    _wait_for(lambda: _status(address, env, job)["status"] in ("SUCCEEDED", "FAILED", "STOPPED"), 240, "the job to give up")
+    _wait_for(lambda: _status(address, env, job)["status"] in ("SUCCEEDED", "FAILED", "STOPPED"), 240, "the job to give up", every=3)
     assert _status(address, env, job)["status"] == "FAILED"
     logs = solrl(env, "logs", job, "--address", address, "--follow", timeout=60).stdout  # returns once the job has ended
     assert "this run reserves {CPU: 4}" in logs and "missing {CPU: 2}" in logs
