@@ -63,8 +63,8 @@ def head(tmp_path_factory):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # --block: the head takes its processes down with it
         try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:  # it waits on its workers' graceful exit; nothing here needs that
+            proc.wait(2)
+        except subprocess.TimeoutExpired:  # it waits on its workers' graceful exit (10 s here); nothing here needs that
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
         _wait_for(lambda: not _dashboard_up(port), 30, "the head's GCS to go")
