@@ -86,12 +86,18 @@ def main() -> None:
     for size, called, before in calls:
         new = [w for w in seen["rollout"].history if w.name not in before and w.first_task_at]
         if new:
-            latencies.append({"to": size, "scale_to_first_task_s": round(min(w.first_task_at for w in new) - called, 2), "spares": config.cluster.spare_rollout_workers})
+            first = min(new, key=lambda w: w.first_task_at)
+            took = {k: round(v, 2) for k, v in first.took.items()}  # its start-up stages (solrl.cluster.startup.advance)
+            latencies.append({"to": size, "scale_to_first_task_s": round(first.first_task_at - called, 2), "spares": config.cluster.spare_rollout_workers, "stages_s": took})
     body = table(["phase", "rollout workers", "sizes seen in rows", "iterations", "mean iteration s", "candidates/s (explore)"], body_rows)
-    said = ", ".join(f"to {p['to']}: {p['scale_to_first_task_s']:.1f} s" for p in latencies) or "no grow"
+    said = ", ".join(f"to {p['to']}: {p['scale_to_first_task_s']:.1f} s ({_stages(p['stages_s'])})" for p in latencies) or "no grow"
     body += f"\n\nScale call to the new worker's first task: {said}\n\n" + "\n".join(json.dumps(p) for p in latencies)
     spares = f", {config.cluster.spare_rollout_workers} spare rollout worker(s)" if config.cluster.spare_rollout_workers else ""
     append_results(f"Elastic rollout pool {args.sizes} ({per} iterations a phase{spares})", body)
+
+
+def _stages(took: dict[str, float]) -> str:
+    return "; ".join(f"{k} {v:.1f} s" for k, v in took.items()) or "a spare, started before"
 
 
 def autoscaled(args: argparse.Namespace) -> None:

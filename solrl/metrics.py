@@ -47,7 +47,7 @@ class RunMetrics:
         self.loss = Gauge("solrl_loss", "DiffusionNFT loss of the last iteration", registry=r)
         self.dropped = Counter("solrl_dropped_records", "Records dropped and why", ["reason"], registry=r)
         self.restarts = Counter("solrl_worker_restarts", "Workers replaced after dying", ["pool"], registry=r)
-        self.starting = Gauge("solrl_workers_starting", "Workers spawned but not started (waiting for resources, or starting up)", ["pool"], registry=r)
+        self.starting = Gauge("solrl_workers_starting", "Workers starting: waiting for resources, importing and building their model, or receiving weights", ["pool"], registry=r)
         self.pool_workers = Gauge("solrl_pool_workers", "Workers serving in each pool at the end of the last iteration", ["pool"], registry=r)
         self.pool_spares = Gauge("solrl_pool_spare_workers", "Spare workers kept started beside each pool (cluster.spare_rollout_workers)", ["pool"], registry=r)
         self.modeled_cost = Counter(

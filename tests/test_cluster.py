@@ -7,10 +7,12 @@ run of tests/test_jobs.py.) Each run is tiny; the cluster is started once for th
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pyarrow.compute as pc
@@ -228,6 +230,28 @@ def test_a_run_with_workers_killed_in_every_phase_equals_the_uninterrupted_run(c
     if "reward_workers" in str(extra):
         rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
         assert "score" in rows[0]["queues"] and any(name.startswith("reward-") for name in rows[0]["busy"])
+
+
+def test_a_run_the_cluster_has_no_room_for_fails_naming_what_it_waited_for(cluster, tmp_path, capsys):
+    """`solrl train` (in-process, on this cluster) with workers reserving more than the cluster
+    has: it logs what is missing, waits cluster.startup_timeout_s, then exits 1 naming each worker
+    and what it waits for, and leaves no worker behind. (Submitted as a job, the same message ends
+    the job: the CLI's exit code is the job's.)"""
+    from ray._private.state import actors
+
+    from solrl.cli import main
+
+    sets = [*TINY, f"eval.prompts={cluster.eval.prompts}", "cluster.cpus_per_worker=64", "cluster.pool_resources={}", "cluster.startup_timeout_s=3"]
+    assert main(["train", "--out", str(tmp_path / "run"), *[a for s in sets for a in ("--set", s)]]) == 1
+    said = capsys.readouterr()
+    assert "this run reserves {CPU: 320}" in said.out and "missing {CPU: " in said.out, said.out
+    assert "did not start within cluster.startup_timeout_s=3" in said.err, said.err
+    assert re.search(r"rollout-\d+: waiting for resources \{CPU: 64\}", said.err) and "learner group: waiting for resources {CPU: 128}" in said.err, said.err
+    gone = lambda: not actors(actor_state_name="PENDING_CREATION") and not actors(actor_state_name="ALIVE")
+    deadline = time.monotonic() + 30
+    while not gone() and time.monotonic() < deadline:  # ray.kill is asynchronous
+        time.sleep(0.2)
+    assert gone(), actors()
 
 
 def test_a_fault_spec_names_its_form():

@@ -10,12 +10,17 @@ import shutil
 
 import pyarrow.compute as pc
 import pytest
+import torch
 
 from solrl.cluster.driver import Driver
+from solrl.cluster.pools import WorkerPool
 from solrl.cluster.slices import Partial, explore_pieces, slices
+from solrl.cluster.startup import advance
+from solrl.cluster.traffic import Traffic
 from solrl.cluster.virtual import VirtualRuntime
 from solrl.config import ConfigError, load_config, shipped_config
 from solrl.learner.checkpoint import load_checkpoint
+from solrl.learner.weight_sync import WeightUpdate
 from solrl.types import Candidates, PromptGroup
 from solrl.workers.store import audit_log, read_log
 
@@ -175,3 +180,21 @@ def test_spare_rollout_workers_take_a_replacement_and_a_scale_up(tmp_path):
     assert history["rollout-4"].spare and history["rollout-4"].first_task_at is None
     assert [r["workers"]["rollout"] for r in rows] == [2, 3, 3] and all(r["spares"] == {"rollout": 1} for r in rows)
     assert "rollout-4" not in {k for r in rows for k in r["busy"]}
+
+
+def test_a_starting_worker_says_what_it_waits_for_and_how_long_each_stage_took(tmp_path):
+    """A worker spawned after a weight update goes resources -> imports -> weights -> ready;
+    status lines say which (with the version and size of the weights), and the ready line in the
+    log says how long each stage took, on the virtual clock."""
+    config = _config(tmp_path)
+    runtime, lines = VirtualRuntime(), []
+    pool = WorkerPool(config, runtime, "explore", "rollout", Traffic())
+    update = WeightUpdate.build(3, {"w": torch.ones(4)})
+    pool.update, pool.update_bytes, pool.update_version = runtime.put(update), 2_500_000, 3
+    w = pool.spawn()
+    assert advance({"rollout": pool}, lines.append) == {"rollout": ["rollout-0: receiving weights v3 (2.5 MB) for 0 s"]}
+    assert w.phase == "weights" and not lines  # placed and started at once on the virtual clock
+    runtime.wait([w.updated])  # the clock moves to the apply's end
+    assert advance({"rollout": pool}, lines.append) == {"rollout": []} and w.phase == "ready"
+    assert len(lines) == 1 and lines[0].startswith("rollout-0 is ready ") and "receiving weights " in lines[0], lines
+    assert set(w.took) == {"resources", "weights"} and w.took["weights"] > 0

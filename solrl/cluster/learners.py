@@ -83,6 +83,7 @@ class LearnerGroup:
         self._adapters: tuple[int, dict, int] | None = None  # (version, rank 0's adapter refs, bytes of one)
         c = config.cluster
         self.snapshot_every = c.snapshot_every or c.checkpoint_every or DEFAULT_SNAPSHOT_EVERY
+        self.ranks: list = []  # none until launch(): a run that never got its reservation has none to kill
         self.reserve()
 
     def reserve(self):

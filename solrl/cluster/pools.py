@@ -33,6 +33,11 @@ class Worker:
     serving: int = 0  # the policy version it was last sent (samplers): what its next task runs on
     index: int = 0  # its place in spawn order
     spare: bool = False  # kept started and idle for the next grow or replacement
+    # start-up (solrl.cluster.startup.advance): resources -> imports -> weights -> ready
+    updated: object = None  # ref of the newest weight update sent while it starts
+    phase: str = "resources"
+    phase_at: float = 0.0  # when it entered `phase`
+    took: dict[str, float] = field(default_factory=dict)  # seconds in each start-up phase passed
 
 
 @dataclass
@@ -66,11 +71,10 @@ class WorkerPool:
             handle = rt.spawn(classes.reward, options, self.config, name, threads)
         else:
             handle = rt.spawn(classes.sampler, options, self.config, self.role, name, threads)
-        ready = rt.call(handle, "info")
+        w = Worker(name, handle, rt.now(), ready=rt.call(handle, "info"), index=index, spare=spare, phase_at=rt.now())
         if self.update is not None:
-            rt.call(handle, "apply_update", self.update)
+            w.updated, w.serving = rt.call(handle, "apply_update", self.update), self.update_version
             self.traffic.add("weight_update", self.update_bytes)
-        w = Worker(name, handle, rt.now(), ready=ready, serving=self.update_version if self.update is not None else 0, index=index, spare=spare)
         self.workers[name] = self.waiting[name] = w
         self.history.append(w)
         return w

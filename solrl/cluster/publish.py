@@ -31,8 +31,9 @@ class Publisher:
         for pool in self.samplers():
             pool.update, pool.update_bytes, pool.update_version = update_ref, nbytes, version  # workers spawned from now on apply it first
             for w in list(pool.workers.values()):
-                self.pending.append((pool, w, self.runtime.call(w.handle, "apply_update", update_ref), version))
-                w.serving = version
+                ref = self.runtime.call(w.handle, "apply_update", update_ref)
+                self.pending.append((pool, w, ref, version))
+                w.serving, w.updated = version, ref if w.phase != "ready" else None
                 pool.traffic.add("weight_update", nbytes)
         return self.runtime.now() - start
 

@@ -66,3 +66,7 @@ class Runtime(Protocol):
 
     def resources(self) -> tuple[dict[str, float], dict[str, float]]:
         """The cluster's (total, available) resources."""
+
+    def placed(self, workers: Sequence) -> list[bool | None]:
+        """For each worker not started yet: whether it has its resources and a process (False:
+        it waits for resources; None: the runtime cannot tell)."""

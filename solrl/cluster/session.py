@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 
 from solrl.cluster.control import Control, serve_control
-from solrl.cluster.startup import starting
+from solrl.cluster.startup import advance
 from solrl.cluster.telemetry import Telemetry
 from solrl.cluster.v1.control_pb2 import RunStatus
 from solrl.cluster.view import LiveView
@@ -84,7 +84,7 @@ class Session:
         if time.monotonic() - self.status_at < every_s:
             return
         self.status_at = time.monotonic()
-        waiting = starting(pools)
+        waiting = advance(pools, self.log)
         for pool, lines in waiting.items():
             self.metrics.starting.labels(pool).set(len(lines))
         fields = {

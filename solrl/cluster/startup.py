@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from solrl.cluster.learners import LearnerGroup
-from solrl.cluster.pools import WorkerPool
+from solrl.cluster.pools import Worker, WorkerPool
 from solrl.cluster.seam import Runtime
 from solrl.cluster.traffic import Traffic
 from solrl.config import RunConfig
@@ -47,9 +47,11 @@ def await_ready(
     log: Callable[[str], None],
     on_waiting: Callable[[list[str]], None] = lambda _: None,
     log_every_s: float = 10.0,
+    explain: Callable[[dict], list[str]] | None = None,
 ) -> None:
     """Wait until every named ref is ready; `waits`: name -> (ref, what it reserves). Says what is
-    still pending (log, every `log_every_s`; `on_waiting`, every second)."""
+    still pending (log, every `log_every_s`; `on_waiting`, every second): `explain(pending)`'s
+    lines, or what each pending one reserves."""
     start = last_log = runtime.now()  # the first line after log_every_s: starting a worker takes seconds anyway
     pending = dict(waits)
     while pending:
@@ -58,7 +60,7 @@ def await_ready(
         pending = {name: (ref, res) for name, (ref, res) in pending.items() if ref not in ready}
         if not pending:
             break
-        lines = [f"waiting for {describe(res)} for {name}" for name, (_, res) in pending.items()]
+        lines = explain(pending) if explain else [f"{name}: waiting for resources {describe(res)}" for name, (_, res) in pending.items()]
         on_waiting(lines)
         now = runtime.now()
         if now - start >= timeout_s:
@@ -94,17 +96,62 @@ def start_workers(
     learners = LearnerGroup(runtime, config, traffic, log)
     waits = {w.name: (w.ready, c.worker_resources(name)) for name, pool in pools.items() for w in pool.workers.values()}
     waits["learner group"] = (learners.ready, {k: v * c.learner_ranks for k, v in c.worker_resources("learner").items()})
+
+    def explain(pending: dict) -> list[str]:
+        lines = [line for lines in advance(pools).values() for line in lines]
+        return lines + [f"learner group: waiting for resources {describe(waits['learner group'][1])}"] * ("learner group" in pending)
+
     try:
-        await_ready(runtime, waits, c.startup_timeout_s, log, on_waiting)
+        await_ready(runtime, waits, c.startup_timeout_s, log, on_waiting, explain=explain)
     except StartupTimeout:
         for pool in pools.values():
             pool.shutdown()
         learners.shutdown()
         raise
+    advance(pools)  # those that started since the last look are ready now, not first seen so later
     learners.launch()
     return pools, learners
 
 
-def starting(pools: dict[str, WorkerPool]) -> dict[str, list[str]]:
-    """pool -> 'waiting for {resources} for NAME' for each worker not started yet (e.g. after a scale-up)."""
-    return {name: [f"waiting for {describe(p.config.cluster.worker_resources(name))} for {w.name}" for w in p.starting()] for name, p in pools.items()}
+STAGES = {"resources": "waiting for resources", "imports": "importing and building its model", "weights": "receiving weights"}
+
+
+def advance(pools: dict[str, WorkerPool], log: Callable[[str], None] | None = None) -> dict[str, list[str]]:
+    """Move each starting worker through its start-up (resources -> imports -> weights -> ready)
+    and say, per pool, what each one still waits for. With `log`, a worker that becomes ready
+    says how long each stage took (scale-ups and replacements: what a user waits on)."""
+    lines = {}
+    for name, pool in pools.items():
+        pool.starting()
+        rt, now = pool.runtime, pool.runtime.now()
+        warming = [w for w in pool.workers.values() if w.phase != "ready" and not w.retiring]
+        unstarted = [w for w in warming if w.ready is not None]
+        placed = dict(zip(map(id, unstarted), rt.placed([w.handle for w in unstarted]), strict=True)) if unstarted else {}
+        updates = [w.updated for w in warming if w.ready is None and w.updated is not None]
+        applied = set(rt.wait(updates, num_returns=len(updates), timeout=0)[0]) if updates else set()
+        for w in warming:
+            if w.ready is not None:
+                phase = "imports" if placed[id(w)] else "resources"
+            else:
+                phase = "weights" if w.updated is not None and w.updated not in applied else "ready"
+            if phase != w.phase:
+                w.took[w.phase] = w.took.get(w.phase, 0.0) + now - w.phase_at
+                w.phase, w.phase_at = phase, now
+                if phase == "ready" and log is not None:
+                    log(_ready_line(w, now))
+        resources = describe(pool.config.cluster.worker_resources(name))
+        lines[name] = [_waiting_line(w, now, resources, pool.update_bytes) for w in warming if w.phase != "ready"]
+    return lines
+
+
+def _waiting_line(w: Worker, now: float, resources: str, update_bytes: int) -> str:
+    detail = {"resources": f" {resources}", "imports": "", "weights": f" v{w.serving} ({update_bytes / 1e6:.1f} MB)"}[w.phase]
+    return f"{w.name}: {STAGES[w.phase]}{detail} for {now - w.phase_at:.0f} s"
+
+
+def _ready_line(w: Worker, now: float) -> str:
+    took = dict(w.took)
+    if "imports" not in took and "resources" in took:  # placed and started between two looks
+        took["waiting for resources, starting and importing"] = took.pop("resources")
+    stages = ", ".join(f"{STAGES.get(k, k)} {v:.1f} s" for k, v in took.items())
+    return f"{w.name} is ready {now - w.spawned_at:.1f} s after it was spawned ({stages})"

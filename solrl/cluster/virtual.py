@@ -159,6 +159,9 @@ class VirtualRuntime:
     def release(self, reservation) -> None:
         pass
 
+    def placed(self, workers) -> list[bool | None]:
+        return [True] * len(workers)  # a virtual worker never waits for resources
+
     def resources(self) -> tuple[dict[str, float], dict[str, float]]:
         unbounded = {"CPU": float("inf"), "GPU": float("inf"), "memory": float("inf")}
         return unbounded, unbounded
