@@ -97,6 +97,11 @@ class TrainConfig(_Strict):
     optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimizer.")
     micro_batch: int | None = _describe("Rows per forward/backward (None: the whole batch).", default=None, ge=1)
     updates_per_iteration: int = _describe("Optimizer steps per iteration, each on an equal share of the prompt groups (the method: 1).", default=1, ge=1)
+    keep_best: bool = _describe(
+        "With periodic evals (eval.every) and eval.validation: lora/ holds the adapters of the eval with the best mean reward on "
+        "the validation prompts (the final eval reports that one) and lora/last/ the last; off: lora/ holds the last.",
+        default=True,
+    )
 
 
 class EvalConfig(_Strict):
@@ -108,6 +113,11 @@ class EvalConfig(_Strict):
     precision: Precision = _describe("Precision of the evaluated model.", default="fp32")
     seed: int = _describe("Seed of the eval images (the same before and after).", default=1234)
     every: int = _describe("Also evaluate the EMA every this many iterations (0: start and end only).", default=0, ge=0)
+    validation: str = _describe(
+        "Prompts the periodic evals also measure, to choose the adapter train.keep_best keeps: 'validation' (shipped shapes "
+        "captions: training captions that are not eval captions), a file of prompts disjoint from eval.prompts, or '' (none).",
+        default="validation",
+    )
     best_of: int = _describe("Shapes runs: seeds per caption of the base model's best-of preference (0: off).", default=32, ge=0)
     grid_rows: int = _describe("Captions in the run's before/after grid.png (0: no grid).", default=8, ge=0)
 
@@ -145,6 +155,12 @@ class RunConfig(_Strict):
         """The world (solrl.world) the run's reward reads prompts of."""
         worlds = {r.world for r in self.reward}
         return next((w for w in sorted(worlds) if w != "prompts"), "prompts")
+
+    @property
+    def keeps_best(self) -> bool:
+        """Whether the run keeps its best periodic eval's adapters (train.keep_best, which needs
+        eval.every and eval.validation)."""
+        return self.train.keep_best and self.eval.every > 0 and bool(self.eval.validation)
 
     @model_validator(mode="after")
     def _k_fits_n(self) -> RunConfig:

@@ -36,12 +36,28 @@ def prompt_order(config: RunConfig, prompts: Sequence[str]) -> PromptOrder:
     return PromptOrder(len(prompts), config.seed, strata)
 
 
-def eval_plan(config: RunConfig, base: bool = False) -> list[tuple[str, int]]:
+def eval_plan(config: RunConfig, base: bool = False, validation: bool = False) -> list[tuple[str, int]]:
     """(prompt, seed) of every image the run's eval samples: eval.n fixed seeds per eval prompt, and
-    for the base model of a world with a best-of figure eval.best_of of them (its first eval.n the same)."""
+    for the base model of a world with a best-of figure eval.best_of of them (its first eval.n the
+    same); with `validation`, of the eval.validation prompts instead (validation_prompts)."""
     ev, world = config.eval, world_of(config)
     best_of = ev.best_of if base and world.best_of else 0
-    return eval_pairs(world.load_prompts(ev.prompts), ev.n, ev.seed, best_of)
+    prompts = validation_prompts(config) if validation else world.load_prompts(ev.prompts)
+    return eval_pairs(prompts, ev.n, ev.seed, best_of)
+
+
+def validation_prompts(config: RunConfig) -> list[str]:
+    """eval.validation's prompts, which must share none with eval.prompts: the adapter
+    train.keep_best keeps is chosen on them, and the final eval reports it on the others."""
+    world, ev = world_of(config), config.eval
+    prompts = world.load_prompts(ev.validation)
+    shared = sorted(set(prompts) & set(world.load_prompts(ev.prompts)))
+    if shared:
+        raise ValueError(
+            f"eval.validation={ev.validation!r} shares {len(shared)} prompts with eval.prompts={ev.prompts!r} (e.g. {shared[0]!r}); "
+            "train.keep_best would choose on the prompts the final eval reports: pass validation prompts disjoint from them"
+        )
+    return prompts
 
 
 def measure_run(config: RunConfig, model: Sampleable, pairs: Sequence[tuple[str, int]], reward=None) -> dict[str, np.ndarray]:
@@ -74,10 +90,11 @@ def eval_copy(policy, config: RunConfig, adapter_state: dict | None = None) -> S
     return model
 
 
-def evaluate_run(config: RunConfig, model: Sampleable, reward=None, base: bool = False) -> dict:
+def evaluate_run(config: RunConfig, model: Sampleable, reward=None, base: bool = False, validation: bool = False) -> dict:
     """The run's eval of `model` (a merged inference copy), per config.eval; the `base` model's
-    shapes eval also draws eval.best_of seeds per caption for the best-of preference."""
-    pairs = eval_plan(config, base)
+    shapes eval also draws eval.best_of seeds per caption for the best-of preference. With
+    `validation`, on the eval.validation prompts."""
+    pairs = eval_plan(config, base, validation)
     return summarize_run(config, pairs, measure_run(config, model, pairs, reward), base)
 
 

@@ -22,7 +22,7 @@ from solrl.learner.nft_trainer import NFTTrainer
 from solrl.learner.trainer_state import load_trainer_state, trainer_state
 from solrl.learner.weight_sync import WeightUpdate, check_served
 from solrl.models.base import OLD, POLICY
-from solrl.run import eval_due, execute
+from solrl.run import Adapter, eval_due, execute
 from solrl.runs import IterationRow, iteration_row, make_groups
 from solrl.types import Candidates, PromptGroup, Selection, per_selection
 from solrl.workers.sampler import sampler_from_config
@@ -59,15 +59,20 @@ class LocalRun:
     def adapter_states(self) -> dict[str, dict[str, torch.Tensor]]:
         return {"policy": self.policy.adapter_state(POLICY), "old": self.policy.adapter_state(OLD), "ema": self.trainer.ema_state()}
 
-    def eval_model(self, adapter: str | None):
-        """A merged copy in eval precision: the base (None), or with the 'ema', 'policy' or 'old' adapter."""
-        return eval_copy(self.policy, self.config, None if adapter is None else self.adapter_states()[adapter])
+    def eval_model(self, adapter: Adapter):
+        """A merged copy in eval precision: the base (None), or with the 'ema', 'policy' or 'old'
+        adapter, or an adapter state."""
+        state = self.adapter_states()[adapter] if isinstance(adapter, str) else adapter
+        return eval_copy(self.policy, self.config, state)
 
-    def evaluate(self, adapter: str | None) -> dict:
-        return evaluate_run(self.config, self.eval_model(adapter), self.explorer.reward, base=adapter is None)
+    def evaluate(self, adapter: Adapter, validation: bool = False) -> dict:
+        return evaluate_run(self.config, self.eval_model(adapter), self.explorer.reward, base=adapter is None, validation=validation)
 
-    def grid(self, adapter: str | None):
+    def grid(self, adapter: Adapter):
         return run_grid(self.config, self.eval_model(adapter)) if self.config.eval.grid_rows else None
+
+    def evaluated_states(self) -> tuple[dict[str, dict[str, torch.Tensor]], int]:
+        return self.adapter_states(), self.version  # the row was just given out: nothing has trained since its eval
 
     def totals(self) -> dict:
         return {}
@@ -117,6 +122,8 @@ class LocalRun:
             row = self.iteration(it)
             if eval_due(self.config, it):
                 row["eval"] = self.evaluate("ema")
+                if self.config.keeps_best:
+                    row["validation"] = self.evaluate("ema", validation=True)
             yield row
             if stop():
                 return

@@ -8,7 +8,7 @@ import pathlib
 import socket
 
 from solrl.config import RunConfig
-from solrl.evaluation import load_run_prompts, world_of
+from solrl.evaluation import load_run_prompts, validation_prompts, world_of
 from solrl.metrics import LOOPBACK, TOKEN_ENV
 
 
@@ -30,6 +30,12 @@ def preflight(config: RunConfig, metrics_port: int | None = None, metrics_host: 
         raise PreflightError(str(exc)) from None
     prompts = _prompts(config, "prompts", config.prompts)
     _prompts(config, "eval.prompts", config.eval.prompts)
+    if config.keeps_best:
+        _prompts(config, "eval.validation", config.eval.validation)
+        try:
+            validation_prompts(config)
+        except ValueError as exc:
+            raise PreflightError(str(exc)) from None
     k = config.rollout.prompts_per_iteration
     if k > len(prompts):
         raise PreflightError(

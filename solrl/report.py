@@ -47,11 +47,15 @@ def _figure(title: str):
 
 
 def _eval_points(rows: list[dict], report: dict) -> list[tuple[int, dict]]:
-    """(iterations trained, eval result): the base, any evals during the run, the final EMA."""
+    """(iterations trained, eval result): the base, any evals during the run, the final EMA (the
+    kept one, at its iteration, and the last one, when train.keep_best kept an earlier one)."""
     points = [(0, report["base_eval"])] if "base_eval" in report else []
     points += [(r["iteration"] + 1, r["eval"]) for r in rows if "eval" in r]
+    last = report.get("iterations", len(rows))
     if "final_eval" in report:
-        points.append((report.get("iterations", len(rows)), report["final_eval"]))
+        points.append((report["kept"]["iteration"] if "kept" in report else last, report["final_eval"]))
+    if "final_eval_last" in report:
+        points.append((last, report["final_eval_last"]))
     return points
 
 
@@ -66,6 +70,10 @@ def reward_figure(rows: list[dict], report: dict) -> str:
         if shown:
             its, values, errs = zip(*shown)
             ax.errorbar(its, values, yerr=errs, fmt=marker, capsize=3, label=f"held-out {field} (± s.e.)")
+    validation = [(r["iteration"] + 1, r["validation"]["reward"], r["validation"].get("reward_se", 0.0)) for r in rows if "validation" in r]
+    if validation:  # what train.keep_best chooses by
+        its, values, errs = zip(*validation)
+        ax.errorbar(its, values, yerr=errs, fmt="^", capsize=3, color="tab:green", label="validation reward (± s.e.)")
     ax.set_xlabel("iterations trained")
     ax.legend(fontsize=8)
     return _png(fig)
@@ -147,10 +155,12 @@ def _fmt(result: dict | None, field: str) -> str:
 
 
 def _summary(report: dict, rows: list[dict]) -> str:
+    kept = f", kept: iteration {report['kept']['iteration']}" if "kept" in report else ""
     evals = [
         ("base model", report.get("base_eval")),
-        ("trained (EMA)", report.get("final_eval")),
-        ("trained (raw policy)", report.get("final_eval_policy")),
+        (f"trained (EMA{kept})", report.get("final_eval")),
+        (f"trained (raw policy{kept})", report.get("final_eval_policy")),
+        ("last (EMA)", report.get("final_eval_last")),
     ]
     fields = [f for f in EVAL_FIELDS if any(e and f in e for _, e in evals)]
     head = "".join(f"<th>{f}</th>" for f in fields)
@@ -159,6 +169,7 @@ def _summary(report: dict, rows: list[dict]) -> str:
         "iterations": report.get("iterations", len(rows)),
         "run seconds": report.get("seconds"),
         "training seconds": report.get("train_seconds"),
+        "adapters kept (train.keep_best: the best validation reward)": report.get("kept"),
         "preference gap closed (EMA)": report.get("preference_gap_closed"),
         "accuracy change": report.get("accuracy_change"),
         "accuracy change s.e. (paired)": report.get("accuracy_change_se"),

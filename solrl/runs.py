@@ -80,13 +80,14 @@ class PromptOrder:
         self.drawn = {k: int(v) for k, v in state["drawn"].items()}
 
 
-def save_lora(directory: pathlib.Path, states: dict[str, dict[str, torch.Tensor]], model: ModelConfig, version: int) -> None:
+def save_lora(directory: pathlib.Path, states: dict[str, dict[str, torch.Tensor]], model: ModelConfig, version: int, kept: dict | None = None) -> None:
     """One safetensors file per adapter (policy, old, ema) plus the LoRA shape, and the EMA adapter
-    (the one evaluated) in diffusers' format under diffusers/ for `pipe.load_lora_weights`."""
+    (the one evaluated) in diffusers' format under diffusers/ for `pipe.load_lora_weights`;
+    `kept`: which periodic eval train.keep_best chose them by, recorded beside the shape."""
     directory.mkdir(parents=True, exist_ok=True)
     for name, state in states.items():
         save_file({k: v.contiguous() for k, v in state.items()}, str(directory / LORA_FILES[name]))
-    meta = {"version": version, "base_model": model.path or "shipped", "kind": model.kind}
+    meta = {"version": version, "base_model": model.path or "shipped", "kind": model.kind} | ({"kept": kept} if kept else {})
     (directory / "adapter_config.json").write_text(json.dumps({**model.lora.model_dump(), **meta}, indent=2) + "\n")
     if "ema" in states:
         export_diffusers_lora(directory / "diffusers", states["ema"], model.lora, model.kind)

@@ -72,6 +72,11 @@ class PromptFileWorld:
                     f"{field}={value!r} names the shipped shapes captions, which only the shapes reward reads; "
                     f"set {field} to a text file of prompts (one per line)"
                 )
+        if config.keeps_best and config.eval.validation in ("train", "eval", "validation"):
+            raise ValueError(
+                f"eval.validation={config.eval.validation!r} names shipped shapes captions, which only the shapes reward reads; set "
+                "eval.validation to a text file of prompts disjoint from eval.prompts, or train.keep_best=false (lora/ then holds the last adapters)"
+            )
         if config.prompt_sampling == "by_task":
             raise ValueError("prompt_sampling='by_task' needs shapes captions (their task); use 'uniform'")
 

@@ -30,10 +30,12 @@ PROMPTS, SEEDS, ITERATIONS = 6, 96, 3
 def _config(tmp_path, *extra):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("".join(f"prompt number {i}, a photo\n" for i in range(12)))
+    validation = tmp_path / "validation.txt"  # train.keep_best chooses on these (none an eval prompt)
+    validation.write_text("".join(f"validation prompt {i}\n" for i in range(4)))
     return load_config(
         shipped_config("flux1"),
         [
-            f"prompts={prompts}", f"eval.prompts={prompts}", "eval.n=1", "eval.grid_rows=0", f"train.iterations={ITERATIONS}",
+            f"prompts={prompts}", f"eval.prompts={prompts}", f"eval.validation={validation}", "eval.n=1", "eval.grid_rows=0", f"train.iterations={ITERATIONS}",
             f"rollout.prompts_per_iteration={PROMPTS}", "cluster.control_port=null", "cluster.stand_in={model: flux1}",
             "cluster.checkpoint_every=0", "cluster.snapshot_every=2", *extra,
         ],
@@ -141,7 +143,9 @@ def test_periodic_evals_run_among_the_pipelines_tasks_and_checkpoints_stay_exact
         Driver(config, runs[every], log=lambda _: None, runtime=runtime, on_iteration=lambda d, r: at.append(runtime.now())).run()  # noqa: B023
         spans[every] = at[-1] - at[0]
     rows = [json.loads(line) for line in (runs[1] / "metrics.jsonl").read_text().splitlines()]
-    assert ["eval" in r for r in rows] == [True, True, True, False]
+    assert ["eval" in r for r in rows] == ["validation" in r for r in rows] == [True, True, True, False]
+    # the stand-in's reward ignores the policy: every validation eval ties, and the first is kept
+    assert json.loads((runs[1] / "eval.json").read_text())["kept"]["iteration"] == 1
     figures = lambda e: {k: v for k, v in e.items() if k != "images_per_s"}  # noqa: E731 (the final eval is cut otherwise)
     final = figures(json.loads((runs[1] / "eval.json").read_text())["final_eval"])
     assert all(figures(r["eval"]) == final for r in rows[:3])  # the stand-in's reward ignores the version: every slice back, in plan order

@@ -20,7 +20,7 @@ from solrl.autoscale import Autoscaler
 from solrl.cluster import pool_eval
 from solrl.cluster.dispatch import Dispatcher, Done, stages
 from solrl.cluster.engine_duties import EngineDuties
-from solrl.cluster.eval_tasks import Finished, HeldRows, PendingEval, eval_slices
+from solrl.cluster.eval_tasks import Finished, HeldRows, eval_slices
 from solrl.cluster.learners import Launched
 from solrl.cluster.ledger import IterationState, Ledger, Regenerated
 from solrl.cluster.publish import Publisher
@@ -178,21 +178,25 @@ class Driver(EngineDuties):
             self.scale("rollout", decision.size)
         self.ledger.iterations.pop(it, None)
         self.store.flush()  # the log as of this iteration: a checkpoint after its row resumes from here
-        pending = self._start_eval(it)
-        finished = Finished(row, self.version, self.store.parts, pending, held=pending is not None or bool(self.rows.held))
+        finished = Finished(row, self.version, self.store.parts, held=eval_due(self.config, it) or bool(self.rows.held))
+        self._start_evals(it, finished)
         if finished.held and (checkpoint_due(self.config, it) or self._wants_checkpoint()):
             finished.saved = self.learners.checkpoint_state(self.version)  # the ranks move on before its row is written
         self.rows.held.append(finished)
         yield from self._rows()
 
-    def _start_eval(self, it: int) -> PendingEval | None:
-        """The periodic eval after `it`, as slices among the pipeline's tasks (eval.every)."""
+    def _start_evals(self, it: int, finished: Finished) -> None:
+        """The periodic eval after `it` (eval.every), and on the validation prompts when the run
+        keeps its best, as slices among the pipeline's tasks."""
         if not eval_due(self.config, it):
-            return None
+            return
         samplers = sum(len(pool.idle_or_busy()) for pool in pool_eval.samplers(self.pools))
-        pending, slices = eval_slices(self.config, *pool_eval.adapter(self.learners, self.version, "ema"), samplers)
-        self.dispatcher.evals.extend(slices)
-        return pending
+        ema = pool_eval.adapter(self.learners, self.version, "ema")
+        for key in ("eval", "validation") if self.config.keeps_best else ("eval",):
+            finished.evals[key], slices = eval_slices(self.config, *ema, samplers, validation=key == "validation")
+            self.dispatcher.evals.extend(slices)
+        if self.config.keeps_best:
+            finished.adapters = self.learners.adapters(self.version)
 
     def _rows(self) -> Iterator[IterationRow]:
         for finished in self.rows.take():

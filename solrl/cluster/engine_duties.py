@@ -39,9 +39,21 @@ class EngineDuties:
     def adapter_states(self) -> dict:
         return pool_eval.adapter_states(self.runtime, self.learners, self.version, self.traffic)
 
-    def evaluate(self, adapter: str | None) -> dict:
-        return pool_eval.evaluate(self.config, self.pools, *pool_eval.adapter(self.learners, self.version, adapter), self.log, self.traffic)
+    def _adapter(self, adapter) -> tuple[object, int]:
+        """A ref to `adapter` (a learner adapter's name, or an adapter state) and its bytes; (None, 0): the base."""
+        if isinstance(adapter, dict):
+            return self.runtime.put(adapter), sum(t.numel() * t.element_size() for t in adapter.values())
+        return pool_eval.adapter(self.learners, self.version, adapter)
 
-    def grid(self, adapter: str | None):
-        return pool_eval.grid(self.config, self.pools, *pool_eval.adapter(self.learners, self.version, adapter), self.log, self.traffic)
+    def evaluate(self, adapter, validation: bool = False) -> dict:
+        return pool_eval.evaluate(self.config, self.pools, *self._adapter(adapter), self.log, self.traffic, validation)
+
+    def grid(self, adapter):
+        return pool_eval.grid(self.config, self.pools, *self._adapter(adapter), self.log, self.traffic)
+
+    def evaluated_states(self) -> tuple[dict, int]:
+        last = self.rows.last  # the row just given out: its evals measured these adapters
+        refs, nbytes = last.adapters
+        self.traffic.add("checkpoint", nbytes, receivers=len(refs))
+        return dict(zip(refs, self.runtime.get(list(refs.values())), strict=True)), last.version
 

@@ -49,12 +49,13 @@ class EvalSlice:
         self.eval.measures[self.index] = measures
 
 
-def eval_slices(config: RunConfig, adapter, adapter_bytes: int, samplers: int) -> tuple[PendingEval, list[EvalSlice]]:
-    """An eval of `adapter` and its slices: one a sampler at least, and none of more images than a
-    quarter of a regeneration task's samples (selection.k), so a regeneration never waits long
-    behind one. (FLUX.1's table on the virtual clock, 6 prompts an iteration, eval.every=1: the
-    evals added 1.5 % to the run with slices of k/4, 4.6 % with slices of k, 19 % as a barrier.)"""
-    pairs = eval_plan(config, base=False)
+def eval_slices(config: RunConfig, adapter, adapter_bytes: int, samplers: int, validation: bool = False) -> tuple[PendingEval, list[EvalSlice]]:
+    """An eval of `adapter` (on the validation prompts with `validation`) and its slices: one a
+    sampler at least, and none of more images than a quarter of a regeneration task's samples
+    (selection.k), so a regeneration never waits long behind one. (FLUX.1's table on the virtual
+    clock, 6 prompts an iteration, eval.every=1: the evals added 1.5 % to the run with slices of
+    k/4, 4.6 % with slices of k, 19 % as a barrier.)"""
+    pairs = eval_plan(config, base=False, validation=validation)
     n = min(len(pairs), max(samplers, -(-len(pairs) // max(1, config.selection.k // 4))))
     pending = PendingEval(config, pairs, adapter, adapter_bytes, n)
     return pending, [EvalSlice(pending, i, tuple(pairs[len(pairs) * i // n : len(pairs) * (i + 1) // n])) for i in range(n)]
@@ -68,9 +69,10 @@ class Finished:
     row: dict
     version: int
     log_parts: int
-    eval: PendingEval | None = None
+    evals: dict[str, PendingEval] = field(default_factory=dict)  # row key ('eval', 'validation') -> its eval
     held: bool = False  # whether later steps could launch before the row was given out
     saved: object = None  # then: the learner state's ref at `version`, for a checkpoint after the row
+    adapters: tuple[dict, int] | None = None  # refs of the adapter states the evals measured, and the bytes of one (train.keep_best may keep them)
 
 
 class HeldRows:
@@ -81,11 +83,11 @@ class HeldRows:
         self.last: Finished | None = None  # the row given out last
 
     def ready(self) -> bool:
-        return bool(self.held) and (self.held[0].eval is None or self.held[0].eval.done)
+        return bool(self.held) and all(e.done for e in self.held[0].evals.values())
 
     def take(self) -> Iterator[Finished]:
         while self.ready():
             self.last = finished = self.held.popleft()
-            if finished.eval is not None:
-                finished.row["eval"] = finished.eval.summary()
+            for key, pending in finished.evals.items():
+                finished.row[key] = pending.summary()
             yield finished

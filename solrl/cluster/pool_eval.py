@@ -19,11 +19,13 @@ def samplers(pools: dict[str, WorkerPool]) -> tuple[WorkerPool, WorkerPool]:
     return (pools["rollout"], pools["regen"])
 
 
-def evaluate(config: RunConfig, pools: dict[str, WorkerPool], adapter, adapter_bytes: int, log: Callable[[str], None], traffic: Traffic) -> dict:
+def evaluate(
+    config: RunConfig, pools: dict[str, WorkerPool], adapter, adapter_bytes: int, log: Callable[[str], None], traffic: Traffic, validation: bool = False
+) -> dict:
     """The run's eval of `adapter` (a ref to an adapter state of `adapter_bytes`, fetched by each
-    sampler that evaluates; None: the base model)."""
+    sampler that evaluates; None: the base model), on the validation prompts with `validation`."""
     base = adapter is None
-    pairs = eval_plan(config, base)
+    pairs = eval_plan(config, base, validation)
     while True:
         scorer = next(iter(pools["reward"].workers.values())) if "reward" in pools else None
         n = sum(len(pool.idle_or_busy()) for pool in samplers(pools))

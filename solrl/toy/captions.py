@@ -149,9 +149,28 @@ def split_captions(seed: int = 0) -> tuple[list[str], list[str]]:
     return train, evaluation
 
 
+VALIDATION_PER_TASK = 8  # at most; at least 2, about a quarter of the task's train-only captions
+
+
+def validation_captions(train: list[str], evaluation: list[str], seed: int = 0) -> list[str]:
+    """The shipped 'validation' set: a few training captions of each task that are not eval
+    captions (so single_object, whose captions are shared, has none). Periodic evals measure it
+    to choose the checkpoint train.keep_best keeps, so the held-out figures are never selected on."""
+    rng, held = random.Random(seed), set(evaluation)
+    chosen = []
+    for task in all_captions():
+        pool = [c for c in train if c not in held and parse_caption(c).task == task]
+        if pool:
+            chosen += rng.sample(pool, min(len(pool), VALIDATION_PER_TASK, max(2, round(len(pool) / 4))))
+    return chosen
+
+
+SHIPPED = ("train", "eval", "validation")
+
+
 def load_prompts(name: str) -> list[str]:
-    """Captions of the shipped set 'train' or 'eval', or of a text file (one caption a line)."""
-    if name in ("train", "eval"):
+    """Captions of the shipped set 'train', 'eval' or 'validation', or of a text file (one caption a line)."""
+    if name in SHIPPED:
         text = resources.files("solrl.toy").joinpath("prompts", f"{name}.txt").read_text()
     else:
         with open(name) as f:

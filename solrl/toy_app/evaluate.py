@@ -30,11 +30,14 @@ from solrl.toy.detector import judge
 Pairs = Sequence[tuple[str, int]]
 
 
-def measure(model: Sampleable, pairs: Pairs, sampling: SamplingConfig, batch_size: int = 256) -> dict[str, np.ndarray]:
-    """Per image: caption score, strict pass (0 / 1) and size preference; and sampling seconds."""
+def measure(model: Sampleable, pairs: Pairs, sampling: SamplingConfig, batch_size: int = 256, reward=None) -> dict[str, np.ndarray]:
+    """Per image: caption score, strict pass (0 / 1) and size preference, and with `reward` (a run's
+    reward callable) that reward; and sampling seconds."""
     images, seconds = generate(model, pairs, sampling, batch_size)
-    score, passed, size = judge(images, [p for p, _ in pairs])
-    return {"score": score.double().numpy(), "passed": passed.double().numpy(), "preference": size.double().numpy(), "seconds": np.array([seconds])}
+    prompts = [p for p, _ in pairs]
+    score, passed, size = judge(images, prompts)
+    measures = {"score": score.double().numpy(), "passed": passed.double().numpy(), "preference": size.double().numpy(), "seconds": np.array([seconds])}
+    return measures | ({"reward": reward(images, prompts).double().numpy()} if reward is not None else {})
 
 
 def summarize(pairs: Pairs, measures: dict[str, np.ndarray], n: int, best_of: int = 0) -> dict:
@@ -49,6 +52,9 @@ def summarize(pairs: Pairs, measures: dict[str, np.ndarray], n: int, best_of: in
         mean, se = stratified_mean(values, strata)
         figures |= {name: round(mean, 4), f"{name}_se": round(se, 4)}
     per = {t: [i for i, x in enumerate(tasks) if x == t] for t in TASKS if t in tasks}
+    if "reward" in measures:  # the run's own reward, what train.keep_best chooses by
+        mean, se = stratified_mean(measures["reward"][first], tasks)
+        figures |= {"reward": round(mean, 4), "reward_se": round(se, 4)}
     figures["per_task"] = {t: round(float(passed[idx].mean()), 4) for t, idx in per.items()}
     figures["per_task_score"] = {t: round(float(score[idx].mean()), 4) for t, idx in per.items()}
     # each caption's pass rate, so two evals on the same plan can be compared caption by caption

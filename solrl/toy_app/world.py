@@ -12,7 +12,7 @@ import numpy as np
 from solrl.models.base import Sampleable
 from solrl.sampling import SamplingConfig
 from solrl.sampling.eval_images import Pairs
-from solrl.toy.captions import load_prompts, parse_caption
+from solrl.toy.captions import SHIPPED, load_prompts, parse_caption
 from solrl.toy_app.evaluate import accuracy_change, gap_closed, measure, summarize
 
 
@@ -23,8 +23,8 @@ class ShapesWorld:
         pass  # every setting runs; captions are validated as they load
 
     def load_prompts(self, name: str) -> list[str]:
-        if name not in ("train", "eval") and not pathlib.Path(name).is_file():
-            raise FileNotFoundError(f"{name!r} is neither 'train', 'eval' nor a caption file; pass one of those")
+        if name not in SHIPPED and not pathlib.Path(name).is_file():
+            raise FileNotFoundError(f"{name!r} is neither {', '.join(map(repr, SHIPPED))} nor a caption file; pass one of those")
         captions = load_prompts(name)
         if not captions:
             raise ValueError(f"caption file {name!r} holds no captions; write one caption per line")
@@ -34,7 +34,7 @@ class ShapesWorld:
         return [parse_caption(p).task for p in prompts]
 
     def measure(self, model: Sampleable, pairs: Pairs, sampling: SamplingConfig, reward) -> dict[str, np.ndarray]:
-        return measure(model, pairs, sampling)  # the detector's verdicts, whatever the training reward
+        return measure(model, pairs, sampling, reward=reward)  # the detector's verdicts, and the run's own reward
 
     def summarize(self, pairs: Pairs, measures: dict[str, np.ndarray], n: int, best_of: int) -> dict:
         return {"metric": "accuracy", **summarize(pairs, measures, n, best_of)}
