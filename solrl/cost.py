@@ -4,7 +4,9 @@ A CPU run cannot show what NVFP4 saves on a GPU (emulated NVFP4 is slower than f
 run also accounts what it did in GPU terms: each sample through the model once is one call, priced
 by the precision it ran at (CostConfig: BF16 = 1, NVFP4 = 1/2.16 from the paper's SD3.5-L B200
 rollout times, FP8 = 1/1.6 for H100), and each trained sample-time as `train_per_sample_time`
-BF16 calls (forward and backward of the policy). The unit is "BF16 calls": multiply by a
+BF16 calls: NFTTrainer's old and reference velocities (no gradient), the policy's, and its backward
+at about two forwards, 5 in all (`TRAIN_FORWARDS` is counted against the trainer in
+tests/test_cost.py, as `calls_per_image` is against the solvers). The unit is "BF16 calls": multiply by a
 measured seconds-per-call of a GPU to get GPU seconds. fp32 is priced as BF16, since the CPU's
 fp32 stands in for a GPU's BF16.
 
@@ -23,6 +25,8 @@ if TYPE_CHECKING:  # the metrics endpoint and the cluster verbs import this modu
     from solrl.sampling.loop import SamplingConfig
 
 PURPOSES = ("explore", "regenerate", "train", "eval")
+TRAIN_FORWARDS = 3  # model calls per trained sample-time: the old policy, the reference (base), the policy
+BACKWARD_IN_FORWARDS = 2.0  # a backward pass costs about two forward passes
 
 
 class CostConfig(BaseModel):
@@ -34,7 +38,11 @@ class CostConfig(BaseModel):
         description="Cost of one model call per precision, in BF16 calls (nvfp4 1/2.16: the paper's SD3.5-L B200 rollouts; "
         "fp8 1/1.6: H100). Replace with ratios measured by benchmarks/gpu_rollout.py where you have them.",
     )
-    train_per_sample_time: float = Field(default=3.0, gt=0, description="BF16 calls per trained sample-time (policy forward and backward).")
+    train_per_sample_time: float = Field(
+        default=TRAIN_FORWARDS + BACKWARD_IN_FORWARDS,
+        gt=0,
+        description="BF16 calls per trained sample-time: the old and reference forwards (no gradient), the policy's forward and its backward (about two forwards).",
+    )
 
     def price(self, precision: str) -> float:
         if precision not in self.per_call:
