@@ -15,6 +15,7 @@ from solrl.layout import ClusterConfig
 from solrl.model_dims import MODELS
 from solrl.models.base import LoraSpec, Precision
 from solrl.objectives.nft import NFTConfig
+from solrl.precision_control import PrecisionControl
 from solrl.quant.linear import QuantRecipe
 from solrl.rewards.registry import RewardSpec, ShapesRewardSpec
 from solrl.sampling.loop import SamplingConfig
@@ -64,6 +65,12 @@ class RolloutConfig(_Strict):
     regenerate_precision: Precision = _describe("Precision of the regeneration copy.", default="bf16")
     compute_dtype: Literal["auto", "fp32", "bf16"] = _describe("Dtype of the samplers' arithmetic ('auto': bf16 on GPU, fp32 on CPU).", default="auto")
     quant: QuantRecipe = Field(default_factory=QuantRecipe, description="What the low-precision copies quantize, in which format, on which backend.")
+    precision_control: PrecisionControl | None = _describe(
+        "Explore precision chosen online: audit a few random seeds per group against BF16 and move along a ladder "
+        "(NVFP4 -> FP8 -> BF16) when their rank agreement stays below a floor, back when it recovers (docs/method.md; --local only). "
+        "None: explore_precision throughout.",
+        default=None,
+    )
     max_policy_lag: int = _describe(
         "Policy versions explore may run ahead of training: 0 is synchronous; 1 explores the next iteration while the "
         "learners train this one (the distributed run; --local is always synchronous). Older records are dropped and counted.",
@@ -173,6 +180,13 @@ class RunConfig(_Strict):
             raise ValueError(
                 f"train.updates_per_iteration={self.train.updates_per_iteration} exceeds "
                 f"rollout.prompts_per_iteration={self.rollout.prompts_per_iteration}; each update needs a whole prompt group"
+            )
+        control = self.rollout.precision_control
+        if control is not None and self.rollout.mode != "sol":
+            raise ValueError("rollout.precision_control audits previews against their regenerations; it needs rollout.mode='sol'")
+        if control is not None and self.rollout.explore_precision not in control.ladder:
+            raise ValueError(
+                f"rollout.explore_precision={self.rollout.explore_precision!r} is not on rollout.precision_control.ladder={control.ladder}; add it there"
             )
         if self.cluster.explore_split > self.rollout.candidates:
             raise ValueError(

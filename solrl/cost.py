@@ -75,12 +75,16 @@ class CostMeter:
     def iteration(self, row: dict) -> dict[str, float]:
         rollout = self.config.rollout
         trained = row["regenerated"]  # in direct mode: the explored samples trained on
+        audit = row.get("audit", {})  # rollout.precision_control: the precision explore ran at, and what the audit drew
+        explore_calls, regenerate_calls = calls_per_image(rollout.explore), calls_per_image(rollout.regenerate)
         spent = {
-            "explore": row["candidates"] * calls_per_image(rollout.explore) * self.cost.price(rollout.explore_precision),
-            "regenerate": 0.0 if rollout.mode == "direct" else trained * calls_per_image(rollout.regenerate) * self.cost.price(rollout.regenerate_precision),
+            "explore": row["candidates"] * explore_calls * self.cost.price(audit.get("precision", rollout.explore_precision)),
+            "regenerate": 0.0 if rollout.mode == "direct" else (trained + audit.get("regenerated", 0)) * regenerate_calls * self.cost.price(rollout.regenerate_precision),
             "train": trained * train_times(self.config) * self.cost.train_per_sample_time,
             "eval": self.pending_eval,
         }
+        if "cheaper" in audit:  # the audit's previews at the next cheaper precision
+            spent["explore"] += audit["previewed"] * explore_calls * self.cost.price(audit["cheaper"])
         self.pending_eval = 0.0
         for purpose, value in spent.items():
             self.total[purpose] += value

@@ -18,6 +18,7 @@ from solrl.builders import build_policy
 from solrl.config import RunConfig
 from solrl.determinism import single_threaded
 from solrl.evaluation import eval_copy, evaluate_run, load_run_prompts, prompt_order, run_grid
+from solrl.explore_audit import ExploreAudit
 from solrl.learner.nft_trainer import NFTTrainer
 from solrl.learner.trainer_state import load_trainer_state, trainer_state
 from solrl.learner.weight_sync import WeightUpdate, check_served
@@ -40,7 +41,9 @@ class LocalRun:
         self.policy = build_policy(config.model)
         self.prompts = load_run_prompts(config, config.prompts)
         self.order = prompt_order(config, self.prompts)
-        self.explorer = sampler_from_config(config, "explore", self.policy)
+        # rollout.precision_control: explore's precision moves with the audited agreement (solrl.explore_audit)
+        self.audit = ExploreAudit(config, self.policy, log) if config.rollout.precision_control else None
+        self.explorer = self.audit.explorer(config.rollout.explore_precision, None) if self.audit else sampler_from_config(config, "explore", self.policy)
         # direct mode trains on the explored samples: there is no regeneration pool
         self.regenerator = sampler_from_config(config, "regenerate", self.policy) if config.rollout.mode == "sol" else None
         self.trainer = NFTTrainer.for_run(self.policy, config.train, config.rollout.regenerate, config.seed)
@@ -77,9 +80,12 @@ class LocalRun:
     def totals(self) -> dict:
         return {}
 
+    def _update(self) -> WeightUpdate:
+        return WeightUpdate.build(self.version, self.policy.adapter_state(OLD))
+
     def _sync(self) -> None:
         """The samplers serve the current rollout policy."""
-        update = WeightUpdate.build(self.version, self.policy.adapter_state(OLD))
+        update = self._update()
         for name, worker in (("explore", self.explorer), ("regenerate", self.regenerator)):
             if worker is not None:
                 check_served(name, worker.apply_update(update), self.version)
@@ -104,6 +110,7 @@ class LocalRun:
         else:
             batch = self.regenerator.regenerate(selections)
         times["regenerate"] = time.perf_counter() - start
+        audit = self._audit(it, candidates, selections, batch) if self.audit is not None else None
         start = time.perf_counter()
         # deterministic: take the distributed learner group's step (its ranks' rows, one thread)
         world = self.config.cluster.learner_ranks if self.config.deterministic else 1
@@ -115,7 +122,17 @@ class LocalRun:
         start = time.perf_counter()
         self._sync()
         times["sync"] = time.perf_counter() - start
-        return iteration_row(it, self.version, candidates, selections, per_selection(batch.rewards, selections), times, stats)
+        row = iteration_row(it, self.version, candidates, selections, per_selection(batch.rewards, selections), times, stats)
+        return row | ({"audit": audit} if audit is not None else {})
+
+    def _audit(self, it: int, candidates, selections, batch) -> dict:
+        """The explore audit on the policy that explored (before the step); a move switches the
+        explore sampler, which the step's sync then brings up to date."""
+        start = time.perf_counter()
+        audit = self.audit.run(it, candidates, selections, per_selection(batch.rewards, selections), self.regenerator, self._update())
+        if "switch" in audit:
+            self.explorer = self.audit.explorer(self.audit.control.precision, None)
+        return audit | {"seconds": round(time.perf_counter() - start, 3)}
 
     def iterate(self, stop: Callable[[], bool]) -> Iterator[IterationRow]:
         for it in range(self.start_iteration, self.config.train.iterations):
@@ -130,12 +147,16 @@ class LocalRun:
 
     # -- checkpoints (written and resumed by solrl.run.Checkpoints) ---------------------------------
     def checkpoint_state(self, iteration: int) -> tuple[dict[str, torch.Tensor], dict]:
-        return trainer_state(self.policy, self.trainer), {"step": self.version, "order": self.order.state()}
+        precision = {"precision": self.audit.control.state()} if self.audit else {}
+        return trainer_state(self.policy, self.trainer), {"step": self.version, "order": self.order.state()} | precision
 
     def restore(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
         load_trainer_state(self.policy, self.trainer, tensors, state["step"])
         self.start_iteration = state["iteration"]
         self.order.load_state(state["order"])
+        if self.audit is not None and "precision" in state:
+            self.audit.control.load_state(state["precision"])
+            self.explorer = self.audit.explorer(self.audit.control.precision, None)
         self._sync()
 
     def checkpoint_wanted(self) -> bool:

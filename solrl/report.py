@@ -129,6 +129,12 @@ def fidelity_figure(rows: list[dict]) -> str:
     x = [r["iteration"] + 1 for r in rows]
     ax.plot(x, [r.get("spearman") for r in rows], ".-", label="Spearman")
     ax.plot(x, [r.get("kendall") for r in rows], ".-", label="Kendall")
+    audited = [r for r in rows if "audit" in r]  # rollout.precision_control: random seeds, not the selected ones
+    if audited:
+        ax.plot([r["iteration"] + 1 for r in audited], [r["audit"]["spearman"] for r in audited], "^-", label="Spearman, audited seeds")
+        for r in (r for r in audited if "switch" in r["audit"]):
+            ax.axvline(r["iteration"] + 1.5, color="tab:red", alpha=0.5)
+            ax.annotate(f"{r['audit']['switch']['from']} -> {r['audit']['switch']['to']}", (r["iteration"] + 1.5, -0.95), fontsize=7, rotation=90)
     ax.set_ylim(-1.05, 1.05)
     ax.set_xlabel("iteration")
     ax.legend(fontsize=8)

@@ -270,3 +270,39 @@ def test_keep_best_keeps_the_adapters_of_the_best_validation_eval_across_a_resum
         for which in ("policy", "old", "ema"):
             a, b = load_lora(whole / folder, which)[0], load_lora(resumed / folder, which)[0]
             assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), (folder, which)
+
+
+def test_explore_precision_moves_with_the_audited_agreement_and_resumes_where_it_was(tmp_path):
+    """rollout.precision_control (floor 0.95, patience 1): each row's audit holds the precision explore
+    ran at, the audited Spearman and the cheaper rung's; its moves are what the controller makes
+    of those figures; the audit's extra regenerations are priced, never trained; and a run resumed
+    from its checkpoint explores at the precision it had reached, with the same figures."""
+    from solrl.cost import calls_per_image
+    from solrl.precision_control import PrecisionController
+
+    prompts = tmp_path / "eval.txt"
+    prompts.write_text("a red circle\n")
+    control = "rollout.precision_control={floor: 0.95, patience: 1, recover: 0.95, recover_patience: 1, audit: 4}"
+    sets = [*TINY_RUN, "rollout.candidates=8", f"eval.prompts={prompts}", "eval.grid_rows=0", control]
+    config = load_config(overrides=[*sets, "train.iterations=5"])
+    lines = []
+    LocalRun(config, tmp_path / "whole", log=lines.append).run()
+    rows = rows_of(tmp_path / "whole")
+    replay, precision = PrecisionController(config.rollout.precision_control, "nvfp4"), "nvfp4"
+    for row in rows:
+        audit = row["audit"]
+        assert audit["precision"] == precision == replay.precision and row["regenerated"] == 6  # 3 groups x k=2 trained, whatever was audited
+        move = replay.observe(row["iteration"], audit["spearman"], audit.get("cheaper_spearman"))
+        assert ("switch" in audit) == (move is not None) and (move is None or audit["switch"]["to"] == move.target)
+        precision = move.target if move else precision
+        explore = config.rollout.explore
+        priced = 3 * 8 * calls_per_image(explore) * config.cost.price(audit["precision"])
+        priced += audit.get("previewed", 0) * calls_per_image(explore) * config.cost.price(audit.get("cheaper", "bf16"))
+        assert row["modeled_cost"]["explore"] == pytest.approx(priced, abs=1e-3)
+    switches = [line for line in lines if line.startswith("explore precision ")]
+    assert switches and len(switches) == sum("switch" in r["audit"] for r in rows)
+    assert (tmp_path / "whole" / "report.html").is_file() and not [line for line in lines if "report.html not written" in line]  # it draws the moves
+    LocalRun(load_config(overrides=[*sets, "train.iterations=3"]), tmp_path / "split", log=lambda _: None).run()
+    LocalRun(config, tmp_path / "split", log=lambda _: None).run(resume=tmp_path / "split")
+    again = rows_of(tmp_path / "split")
+    assert [r["audit"] | {"seconds": 0} for r in again] == [r["audit"] | {"seconds": 0} for r in rows]

@@ -54,8 +54,9 @@ class Driver(EngineDuties):
         runtime: Runtime | None = None,
         **session,  # metrics_port, metrics_host, metrics_token, live (solrl.cluster.session)
     ):
-        if config.rollout.mode != "sol":
-            raise ValueError("rollout.mode='direct' runs only with --local; the distributed run always regenerates")
+        for name, used in (("rollout.mode='direct'", config.rollout.mode != "sol"), ("rollout.precision_control", config.rollout.precision_control)):
+            if used:  # the distributed run always regenerates, and audits no previews yet
+                raise ValueError(f"{name} runs only with --local (the single-process engine)")
         runtime = runtime or RayRuntime()
         self.config, self.out, self.on_iteration, self.resume, self.runtime = config, pathlib.Path(out), on_iteration, resume, runtime
         self.session = Session(config, self.out, log, **session)
@@ -231,12 +232,6 @@ class Driver(EngineDuties):
                     yield from self._complete(launched)
                     halt = halt or stop() or self.session.stopping
         self.ledger.drop_unfinished()
-
-    def _restarts(self) -> dict[str, int]:
-        return {name: pool.restarts for name, pool in self.pools.items()} | {"learner": self.learners.generation}
-
-    def totals(self) -> dict:
-        return {"restarts": self._restarts(), "dropped": dict(self.ledger.dropped), "duplicates": self.store.duplicates, "bytes_moved": dict(self.traffic.total)}
 
     def run(self) -> dict:
         """The whole run (solrl.run.execute with this engine); returns eval.json's report."""

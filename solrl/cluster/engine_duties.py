@@ -36,6 +36,12 @@ class EngineDuties:
     def checkpointed(self, path: pathlib.Path, iteration: int) -> None:
         self.session.checkpointed(path, iteration)
 
+    def _restarts(self) -> dict[str, int]:
+        return {name: pool.restarts for name, pool in self.pools.items()} | {"learner": self.learners.generation}
+
+    def totals(self) -> dict:
+        return {"restarts": self._restarts(), "dropped": dict(self.ledger.dropped), "duplicates": self.store.duplicates, "bytes_moved": dict(self.traffic.total)}
+
     def adapter_states(self) -> dict:
         return pool_eval.adapter_states(self.runtime, self.learners, self.version, self.traffic)
 

@@ -1,0 +1,68 @@
+"""The explore audit and the precision moves it causes, for an engine that holds its samplers in
+process (solrl.local_run): rollout.precision_control (solrl.precision_control has the rule).
+
+Each iteration, after the selected seeds are regenerated: every group's audit seeds (drawn at
+random) get their BF16 rewards (the selected ones from the training batch, the others from a
+regeneration made only for the audit, never trained on), and, while explore runs above the
+cheapest rung, previews at the next cheaper rung. The figures go into the metrics row under
+"audit" (with the images the audit drew, which solrl.cost prices), and a move switches the explore
+sampler's precision before the next iteration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from solrl.config import RunConfig
+from solrl.learner.weight_sync import WeightUpdate
+from solrl.precision_control import PrecisionController, audit_agreement, audit_seeds
+from solrl.types import Candidates, PromptGroup, Selection, per_selection
+from solrl.workers.sampler import SamplerWorker, sampler_from_config
+
+
+def with_explore_precision(config: RunConfig, precision: str) -> RunConfig:
+    return config.model_copy(update={"rollout": config.rollout.model_copy(update={"explore_precision": precision})})
+
+
+class ExploreAudit:
+    def __init__(self, config: RunConfig, policy, log: Callable[[str], None]):
+        self.config, self.policy, self.log = config, policy, log
+        self.control = PrecisionController(config.rollout.precision_control, config.rollout.explore_precision)
+        self.samplers: dict[str, SamplerWorker] = {}  # explore samplers by precision, built when first needed
+
+    def explorer(self, precision: str, update: WeightUpdate | None) -> SamplerWorker:
+        """The explore sampler at `precision`, serving `update` (the current rollout policy)."""
+        if precision not in self.samplers:
+            self.samplers[precision] = sampler_from_config(with_explore_precision(self.config, precision), "explore", self.policy)
+        sampler = self.samplers[precision]
+        if update is not None and sampler.version != update.version:
+            sampler.apply_update(update)
+        return sampler
+
+    def run(
+        self, iteration: int, candidates: Sequence[Candidates], selections: Sequence[Selection], bf16: list[list[float]], regenerator: SamplerWorker, update: WeightUpdate
+    ) -> dict:
+        """The audit of one iteration: its figures for the metrics row, and the move (if any) applied
+        to the controller. `bf16`: the selected seeds' rewards, per selection."""
+        n, seed = self.config.rollout.precision_control.audit, self.config.seed
+        drawn = [audit_seeds(c.group.seeds, n, (seed, iteration, c.group.prompt_id)) for c in candidates]
+        known = [dict(zip(s.seeds, r, strict=True)) for s, r in zip(selections, bf16, strict=True)]
+        missing = [Selection(c.group, tuple(x for x in d if x not in k), ()) for c, d, k in zip(candidates, drawn, known, strict=True)]
+        extra = [(i, s) for i, s in enumerate(missing) if s.seeds]  # audited seeds the selector left: regenerated for the audit only
+        if extra:
+            batch = regenerator.regenerate([s for _, s in extra])
+            for (i, sel), rewards in zip(extra, per_selection(batch.rewards, [s for _, s in extra]), strict=True):
+                known[i].update(zip(sel.seeds, rewards, strict=True))
+        truth = [[k[x] for x in d] for k, d in zip(known, drawn, strict=True)]
+        previews = [[dict(zip(c.group.seeds, c.proxy_rewards, strict=True))[x] for x in d] for c, d in zip(candidates, drawn, strict=True)]
+        figures = {"precision": self.control.precision, "spearman": audit_agreement(previews, truth), "regenerated": sum(len(s.seeds) for _, s in extra)}
+        cheaper = self.control.cheaper
+        if cheaper is not None:
+            groups = [PromptGroup(c.group.prompt_id, c.group.prompt, d, iteration, c.group.version) for c, d in zip(candidates, drawn, strict=True)]
+            low = self.explorer(cheaper, update).explore(groups)
+            figures |= {"cheaper": cheaper, "cheaper_spearman": audit_agreement([c.proxy_rewards for c in low], truth), "previewed": sum(map(len, drawn))}
+        move = self.control.observe(iteration, figures["spearman"], figures.get("cheaper_spearman"))
+        if move is not None:
+            self.log(f"explore precision {move.source} -> {move.target} after iteration {iteration + 1}: {move.reason}")
+            figures["switch"] = {"from": move.source, "to": move.target, "reason": move.reason}
+        return {k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}

@@ -1,0 +1,122 @@
+"""Explore precision chosen online from measured fidelity (rollout.precision_control).
+
+The selector trusts the explore previews' ranking of a group's seeds. How well they rank is
+measured on an audit sample: `audit` seeds of every group drawn at random, whatever the selector
+chose, whose BF16 rewards the run also obtains (the selected ones are regenerated anyway; the
+others only for the audit, never trained on). The figure is Spearman's rho between the previews'
+and the BF16 rewards on those seeds, averaged over groups. Measured on the selected seeds alone
+it is inflated: best/worst selection keeps the seeds the previews put furthest apart.
+
+While explore runs above the ladder's cheapest rung, the audit seeds are also previewed at the next
+cheaper rung, so the run knows when that rung ranks well again.
+
+PrecisionController turns the figures into moves along the ladder (cheapest first, e.g. NVFP4 ->
+FP8 -> BF16): `patience` iterations in a row with the current rung's agreement below `floor` move
+explore one rung safer; `recover_patience` iterations in a row with the cheaper rung's agreement at
+or above `recover` (above `floor`: hysteresis, so it does not flap) move it back. Pure: no torch,
+no Ray; the engines run the audit and apply the moves.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from solrl.stats import finite_mean, spearman
+
+
+class PrecisionControl(BaseModel):
+    """Explore precision chosen online from the audited agreement of previews with BF16."""
+
+    model_config = ConfigDict(extra="forbid")
+    ladder: list[str] = Field(default_factory=lambda: ["nvfp4", "fp8_e4m3", "bf16"], description="Explore precisions, cheapest first.")
+    floor: float = Field(default=0.5, ge=-1, le=1, description="Audited Spearman below which an iteration counts as poor.")
+    patience: int = Field(default=3, ge=1, description="Poor iterations in a row before explore moves one rung safer.")
+    recover: float = Field(default=0.7, ge=-1, le=1, description="The cheaper rung's audited Spearman at or above which an iteration counts toward moving back.")
+    recover_patience: int = Field(default=5, ge=1, description="Such iterations in a row before explore moves back one rung cheaper.")
+    audit: int = Field(default=4, ge=2, description="Seeds per prompt group drawn at random for the audit (BF16 rewards obtained for each).")
+
+    @model_validator(mode="after")
+    def _sane(self) -> PrecisionControl:
+        if len(set(self.ladder)) != len(self.ladder) or not self.ladder:
+            raise ValueError(f"rollout.precision_control.ladder={self.ladder} needs distinct precisions, cheapest first, e.g. [nvfp4, fp8_e4m3, bf16]")
+        if self.recover < self.floor:
+            raise ValueError(
+                f"rollout.precision_control.recover={self.recover} is below floor={self.floor}; set recover >= floor so a rung that just "
+                "failed is not taken back at once"
+            )
+        return self
+
+
+@dataclass(frozen=True)
+class Switch:
+    """A move along the ladder, with the figures that caused it."""
+
+    iteration: int
+    source: str
+    target: str
+    reason: str
+
+
+def audit_seeds(seeds: Sequence[int], n: int, key: Sequence[int]) -> tuple[int, ...]:
+    """`n` of a group's seeds drawn at random (independent of any selection), reproducibly from
+    `key` (e.g. run seed, iteration, prompt id), in the group's seed order."""
+    rng = np.random.default_rng([abs(int(k)) for k in key])
+    chosen = set(rng.choice(len(seeds), size=min(n, len(seeds)), replace=False).tolist())
+    return tuple(s for i, s in enumerate(seeds) if i in chosen)
+
+
+def audit_agreement(previews: Sequence[Sequence[float]], bf16: Sequence[Sequence[float]]) -> float:
+    """Spearman's rho of each group's audit previews against their BF16 rewards, averaged over the
+    groups where it is defined (NaN when it is nowhere)."""
+    return finite_mean([spearman(p, b) for p, b in zip(previews, bf16, strict=True)])
+
+
+class PrecisionController:
+    def __init__(self, config: PrecisionControl, start: str):
+        if start not in config.ladder:
+            raise ValueError(f"rollout.explore_precision={start!r} is not on rollout.precision_control.ladder={config.ladder}; add it there")
+        self.config, self.level = config, config.ladder.index(start)
+        self.poor = self.good = 0  # iterations in a row below floor / with the cheaper rung at or above recover
+
+    @property
+    def precision(self) -> str:
+        return self.config.ladder[self.level]
+
+    @property
+    def cheaper(self) -> str | None:
+        """The rung below the current one, whose agreement the audit also measures; None at the bottom."""
+        return self.config.ladder[self.level - 1] if self.level > 0 else None
+
+    def observe(self, iteration: int, agreement: float, cheaper_agreement: float | None = None) -> Switch | None:
+        """One iteration's audited agreement (of the current rung, and of the cheaper one when
+        there is one); returns the move it causes, if any. An undefined figure (NaN: every audited
+        group's rewards tied) counts neither way."""
+        c = self.config
+        if not math.isnan(agreement):
+            self.poor = self.poor + 1 if agreement < c.floor else 0
+        if cheaper_agreement is not None and not math.isnan(cheaper_agreement):
+            self.good = self.good + 1 if cheaper_agreement >= c.recover else 0
+        if self.poor >= c.patience and self.level + 1 < len(c.ladder):
+            reason = f"audited Spearman below floor {c.floor:g} for {self.poor} iterations (last {agreement:.3f})"
+            return self._move(iteration, +1, reason)
+        if self.cheaper is not None and self.good >= c.recover_patience:
+            reason = f"{self.cheaper}'s audited Spearman at or above {c.recover:g} for {self.good} iterations (last {cheaper_agreement:.3f})"
+            return self._move(iteration, -1, reason)
+        return None
+
+    def _move(self, iteration: int, step: int, reason: str) -> Switch:
+        source = self.precision
+        self.level += step
+        self.poor = self.good = 0
+        return Switch(iteration, source, self.precision, reason)
+
+    def state(self) -> dict:
+        return {"level": self.level, "poor": self.poor, "good": self.good}
+
+    def load_state(self, state: dict) -> None:
+        self.level, self.poor, self.good = state["level"], state["poor"], state["good"]

@@ -1,0 +1,59 @@
+"""The online explore-precision controller (solrl.precision_control): its moves along the ladder
+with patience and hysteresis, the audit's seed draw, and the agreement figure."""
+
+import math
+
+import pytest
+
+from solrl.precision_control import PrecisionControl, PrecisionController, audit_agreement, audit_seeds
+
+
+def test_poor_agreement_moves_explore_safer_after_patience_and_back_with_hysteresis():
+    c = PrecisionController(PrecisionControl(floor=0.5, patience=2, recover=0.8, recover_patience=2), "nvfp4")
+    assert c.precision == "nvfp4" and c.cheaper is None
+    assert c.observe(0, 0.4) is None  # one poor iteration is not enough
+    assert c.observe(1, 0.6) is None  # a good one resets the streak
+    assert c.observe(2, 0.3) is None
+    move = c.observe(3, 0.2)
+    assert (move.source, move.target, move.iteration) == ("nvfp4", "fp8_e4m3", 3) and "below floor 0.5 for 2 iterations" in move.reason
+    assert c.cheaper == "nvfp4"
+    assert c.observe(4, 0.9, cheaper_agreement=0.7) is None  # above floor, below recover: no move back
+    assert c.observe(5, 0.9, cheaper_agreement=0.85) is None
+    back = c.observe(6, 0.9, cheaper_agreement=0.9)
+    assert (back.source, back.target) == ("fp8_e4m3", "nvfp4") and "nvfp4's audited Spearman at or above 0.8 for 2" in back.reason
+
+
+def test_the_ladder_ends_and_undefined_figures_count_neither_way():
+    c = PrecisionController(PrecisionControl(ladder=["nvfp4", "bf16"], patience=1), "nvfp4")
+    assert c.observe(0, math.nan) is None and c.poor == 0
+    assert c.observe(1, 0.0).target == "bf16"
+    assert c.observe(2, -1.0) is None  # no safer rung
+    state = c.state()
+    again = PrecisionController(PrecisionControl(ladder=["nvfp4", "bf16"], patience=1), "nvfp4")
+    again.load_state(state)
+    assert again.precision == "bf16" and again.state() == state
+
+
+def test_settings_that_cannot_work_are_refused_by_name():
+    with pytest.raises(ValueError, match="recover=0.3 is below floor=0.5"):
+        PrecisionControl(floor=0.5, recover=0.3)
+    with pytest.raises(ValueError, match="needs distinct precisions"):
+        PrecisionControl(ladder=["nvfp4", "nvfp4"])
+    with pytest.raises(ValueError, match="rollout.explore_precision='fp32' is not on rollout.precision_control.ladder"):
+        PrecisionController(PrecisionControl(), "fp32")
+
+
+def test_audit_seeds_are_a_reproducible_draw_independent_of_selection():
+    seeds = tuple(range(100, 132))
+    a = audit_seeds(seeds, 4, (0, 3, 7))
+    assert a == audit_seeds(seeds, 4, (0, 3, 7)) and len(set(a)) == 4 and set(a) <= set(seeds) and list(a) == sorted(a)
+    draws = [audit_seeds(seeds, 4, (0, it, 7)) for it in range(200)]
+    counts = [sum(s in d for d in draws) for s in seeds]
+    assert min(counts) > 0 and max(counts) < 60  # every seed is audited now and then (expected 25 each)
+    assert audit_seeds(seeds[:3], 4, (0, 0, 0)) == seeds[:3]
+
+
+def test_audit_agreement_averages_the_groups_where_it_is_defined():
+    assert audit_agreement([[1, 2, 3], [3, 2, 1], [1, 1, 1]], [[1, 2, 3], [1, 2, 3], [1, 2, 3]]) == pytest.approx(0.0)
+    assert audit_agreement([[1, 2, 3, 4]], [[1, 2, 4, 3]]) == pytest.approx(0.8)
+    assert math.isnan(audit_agreement([[1, 1]], [[1, 2]]))
