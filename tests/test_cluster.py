@@ -23,7 +23,6 @@ import torch
 from PIL import Image
 
 from solrl.workers.store import read_log
-from solrl.cluster import runtime
 from solrl.cluster.driver import Driver
 from solrl.config import ConfigError, load_config
 from solrl.local_run import LocalRun
@@ -41,13 +40,11 @@ TINY = [
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster(ray_cluster, tmp_path_factory):
+    """The tiny run's config, on the session's Ray cluster (tests/conftest.py)."""
     eval_prompts = tmp_path_factory.mktemp("prompts") / "eval.txt"
     eval_prompts.write_text("a red circle\ntwo squares\na circle\n")  # 3 eval slices: one for each sampler
-    config = load_config(overrides=[*TINY, f"eval.prompts={eval_prompts}"])
-    started = runtime.start(config)
-    yield config
-    runtime.stop(started)
+    return load_config(overrides=[*TINY, f"eval.prompts={eval_prompts}"])
 
 
 def _cfg(base, *overrides):

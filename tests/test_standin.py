@@ -76,14 +76,13 @@ def _counter(text: str, kind: str) -> float:
     return float(re.search(rf'^solrl_bytes_moved_total{{kind="{kind}"}} (\S+)$', text, re.M).group(1))
 
 
-def test_a_flux_size_run_moves_what_its_iterations_must(tmp_path):
+def test_a_flux_size_run_moves_what_its_iterations_must(ray_cluster, tmp_path):
     """Two iterations at FLUX.1's sizes (2 prompts x 96 seeds, 24 kept, a checkpoint after the
     second): conditioning, samples, weight updates and learner state each equal their minimum
     exactly, and the rest (task descriptions, rewards) stays within the 1.25x the issue allows.
     (benchmarks/real_sizes.py checks a checkpoint every iteration, counted in the next row.)"""
     import ray
 
-    from solrl.cluster import runtime
     from solrl.cluster.driver import Driver
 
     prompts = tmp_path / "prompts.txt"
@@ -103,12 +102,8 @@ def test_a_flux_size_run_moves_what_its_iterations_must(tmp_path):
         handles = [w.handle for pool in driver.pools.values() for w in pool.workers.values()] + driver.learners.ranks
         loaded.update({i["name"] if "name" in i else f"learner-{i['rank']}": i["modules"] for i in ray.get([h.info.remote() for h in handles])})
 
-    started = runtime.start(config, object_store_bytes=2 * 1024**3)
-    try:
-        driver = Driver(config, tmp_path / "run", log=lambda _: None, on_iteration=modules)
-        report = driver.run()
-    finally:
-        runtime.stop(started)
+    driver = Driver(config, tmp_path / "run", log=lambda _: None, on_iteration=modules)  # on the session's cluster (tests/conftest.py)
+    report = driver.run()
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(r["regenerated"] == 48 for r in rows)
     size = unit_sizes(config)
