@@ -271,3 +271,27 @@ def _check_dashboard_queries(port: int, start: float, end: float, rows: list[dic
     assert [n for i, n in enumerate(seen) if i == 0 or n != seen[i - 1]] == [2, 3, 5, 1]
     iterations = _prometheus_api(port, "query", query="max_over_time(solrl_iteration[1h])", time=end)["result"]
     assert int(float(iterations[0]["value"][1])) == len(rows)
+
+
+def test_submit_waits_for_the_job_agent_of_a_fresh_cluster(monkeypatch):
+    """Just after `ray start --head` the job server can answer 'No available agent to submit job,
+    please try again later' (seen in CI): submit tries again until the agent is there; any other
+    error goes straight to the user. The client below stands in for Ray's job server only."""
+    from solrl.cluster import jobs
+
+    class Server:
+        def __init__(self, errors):
+            self.errors, self.calls = list(errors), 0
+
+        def submit_job(self, **_):
+            self.calls += 1
+            if self.errors:
+                raise RuntimeError(self.errors.pop(0))
+            return "solrl-x"
+
+    monkeypatch.setattr(jobs.time, "sleep", lambda _: None)
+    agent = "Request failed with status code 500: No available agent to submit job, please try again later.."
+    fresh = Server([agent, agent])
+    assert jobs.submit(fresh, "solrl train", "solrl-x", None, None, None) == "solrl-x" and fresh.calls == 3
+    with pytest.raises(RuntimeError, match="status code 400"):
+        jobs.submit(Server(["Request failed with status code 400: bad runtime_env"]), "solrl train", "solrl-x", None, None, None)

@@ -15,6 +15,7 @@ import os
 import pathlib
 import secrets
 import shlex
+import time
 import tempfile
 
 import yaml
@@ -80,6 +81,9 @@ def entrypoint(
     return " ".join(shlex.quote(a) for a in cmd), upload
 
 
+AGENT_WAIT_S = 60.0  # how long submit waits for a job agent on a freshly started cluster
+
+
 def submit(
     client, command: str, job_id: str, out: str | None, working_dir: str | None, runtime_env_file: str | None, env_vars: dict[str, str] | None = None
 ) -> str:
@@ -93,7 +97,16 @@ def submit(
     if working_dir:
         env["working_dir"] = working_dir
     metadata = {"solrl_out": out or ""}
-    return client.submit_job(entrypoint=command, submission_id=job_id, runtime_env=env or None, metadata=metadata)
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            return client.submit_job(entrypoint=command, submission_id=job_id, runtime_env=env or None, metadata=metadata)
+        except RuntimeError as exc:
+            # Just after `ray start --head` the job server answers before its node's agent has
+            # registered; Ray says to try again later, which a user should not have to do by hand.
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
 
 
 def job_status(client, job_id: str) -> str:
