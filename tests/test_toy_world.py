@@ -22,6 +22,7 @@ from solrl.toy.captions import (
     load_prompts,
     parse_caption,
     split_captions,
+    validation_captions,
 )
 from solrl.toy.render import coverage, render_batch
 
@@ -58,6 +59,10 @@ def test_shipped_prompt_sets_match_the_split_and_hold_out_combinations():
     for task, caps in tasks.items():
         overlap = set(caps) & set(train)
         assert overlap == (set(caps) if task == "single_object" else set()), task
+    # the validation set train.keep_best chooses on: training captions, none of them an eval caption
+    validation = load_prompts("validation")
+    assert validation == validation_captions(train, evaluation) and set(validation) <= set(train) and not set(validation) & set(evaluation)
+    assert {parse_caption(c).task for c in validation} == set(TASKS) - {"single_object"}
     # and every word of the eval set occurs in training
     assert {w for c in evaluation for w in c.split()} <= {w for c in train for w in c.split()}
 
