@@ -1,17 +1,22 @@
 """The paper's ablation on the shapes preference task, against modeled GPU cost, over seeds.
 
-Four arms, each trained with --local on the same prompts and budget:
+Five arms, each trained with --local on the same prompts and budget:
   a  DiffusionNFT: BF16 samples at full steps, K seeds per prompt, all trained (K-in-K)
   b  BF16 K-in-N: N BF16 seeds at full steps, the K most contrastive trained
   c  NVFP4 K-in-N: N NVFP4 seeds at explore steps, the K selected trained on directly
   d  Sol-RL: N NVFP4 seeds explored, the K selected regenerated in BF16 and trained
+  e  naive quantization (the paper's baseline): DiffusionNFT K-in-K sampled in NVFP4 at full
+     steps and trained on directly
 The x axis is the modeled GPU cost of training (explore + regenerate + train, in BF16 calls;
-solrl/cost.py), not CPU seconds: emulated NVFP4 is slower than fp32 on a CPU. Held-out
-preference is evaluated every `eval.every` iterations, chosen per arm so the eval points fall near
-the same costs. Per arm: the curve (mean and s.e. over seeds), the cost to reach a target (80 %
-of the best arm's final gain, by default) with a bootstrap interval over seeds, and the ratio a/d.
+solrl/cost.py; training counts its policy forward and backward and the old and reference
+forwards), not CPU seconds: emulated NVFP4 is slower than fp32 on a CPU. Held-out preference is
+evaluated every `eval.every` iterations, chosen per arm so the eval points fall near the same
+costs. Per arm: the curve (mean and s.e. over seeds), the cost to reach a target (80 % of the
+best arm's final gain, by default) with a bootstrap interval over seeds, and the ratios a/d, b/d,
+c/d and e/d with theirs. Beside a/d, its structural ceiling: a Sol-RL iteration costs a
+DiffusionNFT iteration plus the explore, so a/d can be at most a's iterations to target over d's.
 
-    python benchmarks/convergence.py --seeds 0 1 2 --budget 60000 [--arms a b c d] [--set k=v ...]
+    python benchmarks/convergence.py --seeds 0 1 2 3 4 --budget 60000 [--arms a b c d e] [--set k=v ...]
     python benchmarks/convergence.py --summarize DIR      # redo the analysis of finished runs
 
 Runs go to --out (default runs/convergence/ARM/seed-S) and are reused when finished, so an
@@ -41,6 +46,7 @@ ARMS = {
     "b": ("BF16 K-in-N", ["rollout.mode=direct", "rollout.explore_precision=bf16", "rollout.explore.steps={full}"]),
     "c": ("NVFP4 K-in-N, trained on NVFP4 samples", ["rollout.mode=direct"]),
     "d": ("Sol-RL (NVFP4 explore, BF16 regenerate)", []),
+    "e": ("naive NVFP4 DiffusionNFT (K-in-K at full steps, trained directly)", ["rollout.mode=direct", "rollout.candidates={k}", "rollout.explore.steps={full}"]),
 }
 TRAIN_COST = ("explore", "regenerate", "train")
 
@@ -105,18 +111,22 @@ def summarize(root: pathlib.Path, arms: list[str], target_share: float, plot_pat
     target = base + target_share * (max(np.mean(f) for f in finals.values()) - base)
     rng = np.random.default_rng(0)
     reach = {arm: [cost_to_reach(c, target) for c in cs] for arm, cs in curves.items()}
+    # an arm's iterations all cost the same, so its first run's total over its iterations
+    per_iteration = {arm: cs[0][-1][0] / _iterations(runs[arm][0]) for arm, cs in curves.items()}
     rows = []
     for arm, cs in curves.items():
         finite = [r for r in reach[arm] if math.isfinite(r)]
         low, high = bootstrap(finite, rng) if len(finite) == len(cs) > 1 else (math.nan, math.nan)
         mean_reach = float(np.mean(reach[arm])) if len(finite) == len(cs) else math.inf
-        per_iteration = cs[0][-1][0] / _iterations(runs[arm][0])
         rows.append([
-            arm, ARMS[arm][0], len(cs), f"{per_iteration:.0f}", _mean_se(finals[arm]), f"{mean_reach:.0f}", f"[{low:.0f}, {high:.0f}]",
-            f"{mean_reach / per_iteration:.1f}", f"{len(finite)}/{len(cs)}",
+            arm, ARMS[arm][0], len(cs), f"{per_iteration[arm]:.0f}", _mean_se(finals[arm]), f"{mean_reach:.0f}", f"[{low:.0f}, {high:.0f}]",
+            f"{mean_reach / per_iteration[arm]:.1f}", f"{len(finite)}/{len(cs)}",
         ])
     lines = [f"Base preference {base:.4f}; target {target:.4f} ({target_share:.0%} of the best arm's final gain)."]
-    lines += [_ratio(f"Cost to target, {arm}/d", reach[arm], reach["d"], rng) for arm in "abc" if arm in reach and "d" in reach]
+    lines += [_ratio(f"Cost to target, {arm}/d", reach[arm], reach["d"], rng) for arm in "abce" if arm in reach and "d" in reach]
+    if "a" in reach and "d" in reach:
+        iterations = {arm: [r / per_iteration[arm] for r in reach[arm]] for arm in ("a", "d")}
+        lines.append(_ratio("Structural ceiling of a/d (a's iterations to target over d's)", iterations["a"], iterations["d"], rng))
     if "a" in curves and "d" in curves:
         # the paper's own definition: DiffusionNFT's whole run against Sol-RL's cost to reach its final reward
         paper = float(np.mean(finals["a"]))
@@ -139,6 +149,12 @@ def _mean_se(values: list[float]) -> str:
     return f"{np.mean(values):.4f} ± {se:.4f}"
 
 
+def ratio_interval(num: list[float], den: list[float], rng: np.random.Generator) -> tuple[float, float, float]:
+    """mean(num) / mean(den) and its 95 % bootstrap interval, seeds resampled within each side."""
+    draws = [np.mean(rng.choice(num, len(num))) / np.mean(rng.choice(den, len(den))) for _ in range(2000)]
+    return float(np.mean(num) / np.mean(den)), float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))
+
+
 def _ratio(label: str, num: list[float], den: list[float], rng: np.random.Generator) -> str:
     """mean(num) / mean(den) with a 95 % bootstrap interval, seeds resampled within each arm."""
     if not all(math.isfinite(r) for r in num + den):
@@ -146,8 +162,8 @@ def _ratio(label: str, num: list[float], den: list[float], rng: np.random.Genera
         return f"{label}: not all seeds reach it within the budget (missed: {missed[0]}/{len(num)} and {missed[1]}/{len(den)})."
     if min(den) == 0:
         return f"{label}: the denominator's arm starts at or above the target."
-    draws = [np.mean(rng.choice(num, len(num))) / np.mean(rng.choice(den, len(den))) for _ in range(2000)]
-    return f"{label}: {np.mean(num) / np.mean(den):.2f} (95 % bootstrap over seeds [{np.percentile(draws, 2.5):.2f}, {np.percentile(draws, 97.5):.2f}])."
+    ratio, low, high = ratio_interval(num, den, rng)
+    return f"{label}: {ratio:.2f} (95 % bootstrap over seeds [{low:.2f}, {high:.2f}])."
 
 
 def _diff_interval(x: list[float], y: list[float], rng: np.random.Generator) -> tuple[float, float]:
@@ -191,9 +207,9 @@ def _train(root: pathlib.Path, arm: str, seed: int, budget: float, eval_points: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--budget", type=float, default=60000, help="modeled training cost per run, in BF16 calls")
-    parser.add_argument("--eval-points", type=int, default=4)
+    parser.add_argument("--eval-points", type=int, default=8)
     parser.add_argument("--target-share", type=float, default=0.8)
     parser.add_argument("--out", default="runs/convergence")
     parser.add_argument("--summarize", metavar="DIR", help="only analyse the finished runs under DIR")
