@@ -1,0 +1,72 @@
+"""Choosing the main job's config without looking at the figures it reports.
+
+Each variant of shapes.yaml runs as the main job does (`solrl train`, Ray), on screening seeds
+(default 10 11 12, disjoint from main_job.py's 0-4) and with its evals on the validation captions
+(solrl/toy/prompts/validation.txt, 16 images each, best-of-32), never on the held-out captions
+the README reports. The table gives, per variant, the validation preference gap closed and the
+strict-accuracy change (paired s.e. per seed; mean and s.e. across seeds), then one JSON line a
+variant. Finished runs (an eval.json in OUT/VARIANT/seed-S) are read back, not rerun.
+
+    python benchmarks/config_search.py [--variants default strict_term] [--seeds 10 11 12] [--out runs/config-search]
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+
+from common import append_results, with_json_lines
+from main_job import mean_se, run
+
+VALIDATION = ["eval.prompts=validation", "eval.validation=", "eval.n=16"]
+
+# name -> (what it changes, overrides)
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "default": ("shapes.yaml as shipped", []),
+    "strict_term": (
+        "the strict pass also paid on its own: R = 0.5 shapes + 0.5 strict + 0.5 size x strict",
+        ["reward=[{name: shapes, weight: 0.5}, {name: shapes_strict, weight: 0.5}, {name: shapes_size, weight: 0.5, gate: shapes_strict}]"],
+    ),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[10, 11, 12])
+    parser.add_argument("--out", default="runs/config-search")
+    args = parser.parse_args()
+    rows, points = [], []
+    for name in args.variants:
+        what, overrides = VARIANTS[name]
+        closed, changes, per_seed, seconds = [], [], [], []
+        for seed in args.seeds:
+            report, _ = run(pathlib.Path(args.out) / name / f"seed-{seed}", seed, [*VALIDATION, *overrides])
+            closed.append(report["preference_gap_closed"])
+            changes.append(report["final_eval"]["accuracy"] - report["base_eval"]["accuracy"])
+            per_seed.append(f"{changes[-1]:+.3f} ± {report['accuracy_change_se']:.3f}")
+            seconds.append(report["seconds"])
+        (gap, gap_se), (change, change_se) = mean_se(closed), mean_se(changes)
+        rows.append([
+            name, what, f"{gap:.2f} ± {gap_se:.2f}", f"{change:+.3f} ± {change_se:.3f}", f"{min(changes):+.3f}",
+            ", ".join(per_seed), f"{max(seconds):.0f}",
+        ])
+        points.append({
+            "variant": name, "seeds": args.seeds, "gap_closed": gap, "gap_closed_se": gap_se, "accuracy_change": change,
+            "accuracy_change_se": change_se, "worst_accuracy_change": min(changes), "max_run_s": max(seconds),
+        })
+    headers = [
+        "variant", "what it changes", "gap closed (mean ± s.e.)", "strict accuracy change (mean ± s.e.)", "worst seed",
+        "per seed (paired s.e.)", "longest run s",
+    ]
+    append_results(
+        f"Config search on the validation captions ({len(args.seeds)} screening seeds)",
+        with_json_lines(headers, rows, points),
+        "evals on the validation captions (20 training captions that are not eval captions, 16 fixed seeds each, "
+        "best-of-32 on 20 x 32), never on the held-out captions main_job.py reports; screening seeds disjoint from its "
+        "seeds 0-4; ± across seeds is the standard error over run seeds",
+    )
+
+
+if __name__ == "__main__":
+    main()
