@@ -44,9 +44,6 @@ def _train(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    if not args.local and config.rollout.precision_control is not None:
-        print("solrl train: rollout.precision_control runs in the single-process engine only so far; add --local, or drop it", file=sys.stderr)
-        return 2
     if args.local and (args.address or args.metrics_port is not None or config.cluster.stand_in is not None):
         print("solrl train --local: --address, --metrics-port and cluster.stand_in need the distributed run; drop --local", file=sys.stderr)
         return 2

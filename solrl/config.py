@@ -67,7 +67,7 @@ class RolloutConfig(_Strict):
     quant: QuantRecipe = Field(default_factory=QuantRecipe, description="What the low-precision copies quantize, in which format, on which backend.")
     precision_control: PrecisionControl | None = _describe(
         "Explore precision chosen online: audit a few random seeds per group against BF16 and move along a ladder "
-        "(NVFP4 -> FP8 -> BF16) when their rank agreement stays below a floor, back when it recovers (docs/method.md; --local only). "
+        "(NVFP4 -> FP8 -> BF16) when their rank agreement stays below a floor, back when it recovers (docs/method.md). "
         "None: explore_precision throughout.",
         default=None,
     )

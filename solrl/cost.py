@@ -77,14 +77,17 @@ class CostMeter:
         trained = row["regenerated"]  # in direct mode: the explored samples trained on
         audit = row.get("audit", {})  # rollout.precision_control: the precision explore ran at, and what the audit drew
         explore_calls, regenerate_calls = calls_per_image(rollout.explore), calls_per_image(rollout.regenerate)
+        # images explored at each precision: the distributed run's audit counts them (a move can fall inside an iteration)
+        explored = audit.get("explored") or {audit.get("precision", rollout.explore_precision): row["candidates"]}
         spent = {
-            "explore": row["candidates"] * explore_calls * self.cost.price(audit.get("precision", rollout.explore_precision)),
+            "explore": sum(n * explore_calls * self.cost.price(p) for p, n in explored.items()),
             "regenerate": 0.0 if rollout.mode == "direct" else (trained + audit.get("regenerated", 0)) * regenerate_calls * self.cost.price(rollout.regenerate_precision),
             "train": trained * train_times(self.config) * self.cost.train_per_sample_time,
             "eval": self.pending_eval,
         }
-        if "cheaper" in audit:  # the audit's previews at the next cheaper precision
-            spent["explore"] += audit["previewed"] * explore_calls * self.cost.price(audit["cheaper"])
+        previewed = audit.get("previewed_at") or ({audit["cheaper"]: audit["previewed"]} if "previewed" in audit else {})
+        for precision, n in previewed.items():  # the audit's previews at the rung below
+            spent["explore"] += n * explore_calls * self.cost.price(precision)
         self.pending_eval = 0.0
         for purpose, value in spent.items():
             self.total[purpose] += value

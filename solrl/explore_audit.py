@@ -1,5 +1,6 @@
 """The explore audit and the precision moves it causes, for an engine that holds its samplers in
-process (solrl.local_run): rollout.precision_control (solrl.precision_control has the rule).
+process (solrl.local_run): rollout.precision_control (solrl.precision_control has the rule; the
+distributed run's audit is solrl.cluster.audit_desk, its rollout workers' samplers ExploreSamplers).
 
 Each iteration, after the selected seeds are regenerated: every group's audit seeds (drawn at
 random) get their BF16 rewards (the selected ones from the training batch, the others from a
@@ -24,20 +25,35 @@ def with_explore_precision(config: RunConfig, precision: str) -> RunConfig:
     return config.model_copy(update={"rollout": config.rollout.model_copy(update={"explore_precision": precision})})
 
 
-class ExploreAudit:
-    def __init__(self, config: RunConfig, policy, log: Callable[[str], None]):
-        self.config, self.policy, self.log = config, policy, log
-        self.control = PrecisionController(config.rollout.precision_control, config.rollout.explore_precision)
-        self.samplers: dict[str, SamplerWorker] = {}  # explore samplers by precision, built when first needed
+class ExploreSamplers:
+    """Explore samplers of one policy by precision, each built when first needed (a quantized copy
+    of the policy's base weights) and brought to the served adapter when asked for."""
 
-    def explorer(self, precision: str, update: WeightUpdate | None) -> SamplerWorker:
-        """The explore sampler at `precision`, serving `update` (the current rollout policy)."""
+    def __init__(self, config: RunConfig, policy, with_reward: bool = True, first: SamplerWorker | None = None):
+        self.config, self.policy, self.with_reward = config, policy, with_reward
+        self.samplers: dict[str, SamplerWorker] = {config.rollout.explore_precision: first} if first is not None else {}
+
+    def at(self, precision: str, update: WeightUpdate | None) -> SamplerWorker:
+        """The explore sampler at `precision`, serving `update` (the current rollout policy; None:
+        as it is)."""
         if precision not in self.samplers:
-            self.samplers[precision] = sampler_from_config(with_explore_precision(self.config, precision), "explore", self.policy)
+            config = with_explore_precision(self.config, precision)
+            self.samplers[precision] = sampler_from_config(config, "explore", self.policy, with_reward=self.with_reward)
         sampler = self.samplers[precision]
         if update is not None and sampler.version != update.version:
             sampler.apply_update(update)
         return sampler
+
+
+class ExploreAudit:
+    def __init__(self, config: RunConfig, policy, log: Callable[[str], None]):
+        self.config, self.log = config, log
+        self.control = PrecisionController(config.rollout.precision_control, config.rollout.explore_precision)
+        self.samplers = ExploreSamplers(config, policy)
+
+    def explorer(self, precision: str, update: WeightUpdate | None) -> SamplerWorker:
+        """The explore sampler at `precision`, serving `update` (the current rollout policy)."""
+        return self.samplers.at(precision, update)
 
     def run(
         self, iteration: int, candidates: Sequence[Candidates], selections: Sequence[Selection], bf16: list[list[float]], regenerator: SamplerWorker, update: WeightUpdate

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import socket
 import threading
+from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
@@ -55,12 +56,23 @@ class RunMetrics:
         )
         self.bytes_moved = Counter("solrl_bytes_moved", "Bytes that crossed between processes, by kind (docs/architecture.md)", ["kind"], registry=r)
         self.autoscale = Counter("solrl_autoscale_decisions", "Pool resizes made by cluster.autoscale", ["pool", "direction"], registry=r)
+        # rollout.precision_control
+        self.audit_spearman = Gauge(
+            "solrl_explore_audit_spearman", "Audited Spearman of explore previews against BF16 on random seeds, last iteration", ["rung"], registry=r
+        )
+        self.explore_precision = Gauge("solrl_explore_precision", "1 for the precision explore runs at (rollout.precision_control)", ["precision"], registry=r)
+        self.precision_switches = Counter("solrl_explore_precision_switches", "Moves of the explore precision along its ladder", ["source", "target"], registry=r)
 
-    def prime(self, pools: dict[str, int], max_policy_lag: int, spares: dict[str, int] | None = None) -> None:
+    def prime(self, pools: dict[str, int], max_policy_lag: int, spares: dict[str, int] | None = None, ladder: Sequence[str] = (), start: str = "") -> None:
         """Export every known label set before the first iteration (pool sizes and spares as
         configured, counts at zero), so a dashboard or an alert sees "no restarts yet" as 0, not as
-        a missing series."""
+        a missing series; with rollout.precision_control, its `ladder` and the `start` rung."""
         self.policy_lag_bound.set(max_policy_lag)
+        for precision in ladder:
+            self.explore_precision.labels(precision).set(1 if precision == start else 0)
+            for other in ladder:
+                if other != precision:
+                    self.precision_switches.labels(precision, other)
         for pool, size in pools.items():
             self.restarts.labels(pool)
             self.starting.labels(pool)
@@ -118,6 +130,18 @@ class RunMetrics:
             self.bytes_moved.labels(kind).inc(n)
         for pool, change in row.get("autoscale", {}).items():
             self.autoscale.labels(pool, "up" if change > 0 else "down").inc()
+        if "audit" in row:
+            self._observe_audit(row["audit"])
+
+    def _observe_audit(self, audit: dict) -> None:
+        for rung, key in (("explore", "spearman"), ("cheaper", "cheaper_spearman")):
+            if key in audit:
+                self.audit_spearman.labels(rung).set(audit[key])
+        switch = audit.get("switch")
+        if switch is not None:
+            self.precision_switches.labels(switch["from"], switch["to"]).inc()
+            self.explore_precision.labels(switch["from"]).set(0)
+        self.explore_precision.labels(switch["to"] if switch else audit["precision"]).set(1)
 
     def render(self) -> bytes:
         """The exposition text Prometheus scrapes."""

@@ -47,6 +47,23 @@ class Selection:
 
 
 @dataclass(frozen=True)
+class Preview:
+    """Explore audit work (rollout.precision_control): a group's audited seeds previewed at another
+    precision, the ladder's rung below the one that explored them."""
+
+    group: PromptGroup  # the audited seeds only
+    precision: str
+
+    @property
+    def prompt(self) -> str:
+        return self.group.prompt
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return self.group.seeds
+
+
+@dataclass(frozen=True)
 class TrainLabels:
     """What every learner rank needs of every row of a step (advantages are normalized over the
     whole batch): BF16 reward, prompt-group id and seed, in the step's row order."""

@@ -264,6 +264,25 @@ def test_a_run_the_cluster_has_no_room_for_fails_naming_what_it_waited_for(clust
     assert gone(), actors()
 
 
+def test_explore_precision_control_on_the_cluster_equals_the_single_process_run(cluster, tmp_path):
+    """rollout.precision_control at lag 0 with a reward pool (floor 1: any swap is poor): the
+    audit's previews and regenerations are pool tasks, yet every row's audit figures and moves equal
+    the one-process run's, and so do the trained adapters."""
+    control = "rollout.precision_control={floor: 1.0, patience: 1, recover: 1.0, recover_patience: 1, audit: 4}"
+    config = _cfg(cluster, control, "eval.every=0", "train.iterations=2", "cluster.reward_workers=1")
+    Driver(config, tmp_path / "dist", log=lambda _: None).run()
+    LocalRun(config, tmp_path / "local", log=lambda _: None).run()
+    rows = {name: [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()] for name in ("dist", "local")}
+    keys = ("precision", "spearman", "cheaper", "cheaper_spearman", "switch", "regenerated")
+    audits = {name: [{k: r["audit"].get(k) for k in keys} for r in rs] for name, rs in rows.items()}
+    assert audits["dist"] == audits["local"]
+    assert "switch" in rows["local"][0]["audit"] and rows["local"][1]["audit"]["cheaper"] == "nvfp4", audits["local"]  # it moved, and previewed below
+    assert [r["modeled_cost"] for r in rows["dist"]] == [r["modeled_cost"] for r in rows["local"]]
+    a, _ = load_lora(tmp_path / "dist" / "lora", "policy")
+    b, _ = load_lora(tmp_path / "local" / "lora", "policy")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+
+
 def test_a_fault_spec_names_its_form():
     with pytest.raises(ConfigError, match="WORKER:POINT:K"):
         load_config(overrides=["cluster.faults=[rollout-0:explode:1]"])

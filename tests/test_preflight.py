@@ -31,7 +31,6 @@ def _case(tmp_path, name):
         "world": (["--set", "reward={name: pickscore, path: /x}"], "prompts='train' names the shipped shapes captions, which only the shapes reward reads"),
         "port_invalid": (["--metrics-port", "70000"], "--metrics-port 70000 is not a port"),
         "validation_overlap": (["--set", "eval.every=1", "--set", "eval.validation=eval"], "eval.validation='eval' shares 63 prompts with eval.prompts='eval'"),
-        "precision_control": (["--set", "rollout.precision_control={}"], "rollout.precision_control runs in the single-process engine only so far; add --local"),
         "validation_world": (
             ["--set", "reward={name: pickscore, path: /x}", "--set", f"prompts={path['two.txt']}", "--set", f"eval.prompts={path['two.txt']}", "--set", "eval.every=1"],
             "eval.validation='validation' names shipped shapes captions",
@@ -42,7 +41,7 @@ def _case(tmp_path, name):
 
 CASES = [
     "yaml_file", "yaml_set", "missing_prompts", "empty_prompts", "bad_caption", "few_prompts", "model_folder", "device", "world", "port_invalid",
-    "port_busy", "metrics_exposed", "validation_overlap", "validation_world", "precision_control",
+    "port_busy", "metrics_exposed", "validation_overlap", "validation_world",
 ]  # fmt: skip
 
 

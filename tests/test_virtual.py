@@ -202,3 +202,52 @@ def test_a_starting_worker_says_what_it_waits_for_and_how_long_each_stage_took(t
     assert advance({"rollout": pool}, lines.append) == {"rollout": []} and w.phase == "ready"
     assert len(lines) == 1 and lines[0].startswith("rollout-0 is ready ") and "receiving weights " in lines[0], lines
     assert set(w.took) == {"resources", "weights"} and w.took["weights"] > 0
+
+
+def test_explore_precision_moves_on_the_distributed_run_as_its_audit_says(tmp_path):
+    """rollout.precision_control at lag 1 (floor 1: any swap of two audited seeds is poor): each row
+    waits for its audit; the moves replay exactly from the logged figures; explore tasks handed out
+    after a move run at the new precision (the rows count the images explored at each, and the
+    cost prices them so); a group explored before the move does not count toward the new rung's
+    figure; a replacement worker starts at the precision reached; a resume continues from it."""
+    from solrl.cost import CostMeter
+    from solrl.precision_control import PrecisionController
+
+    control = "rollout.precision_control={floor: 1.0, patience: 1, recover: 1.0, recover_patience: 1, audit: 16}"
+    config = _config(tmp_path, "rollout.max_policy_lag=1", "train.iterations=4", control, "cluster.checkpoint_every=1",
+                     f"cluster.faults={json.dumps(['rollout-0:explore:30'])}")  # fmt: skip
+    lines = []
+    driver = Driver(config, tmp_path / "run", log=lines.append, runtime=VirtualRuntime())
+    driver.run()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    audits = [r["audit"] for r in rows]
+    replay, at = PrecisionController(config.rollout.precision_control, "nvfp4"), []
+    for it, a in enumerate(audits):
+        assert a["precision"] == replay.precision and a["regenerated"] > 0  # 16 drawn of 96, 24 selected: most regenerated for the audit only
+        move = replay.observe(it, a["spearman"] if a["groups"] else float("nan"), a.get("cheaper_spearman"))
+        assert (move is None) == ("switch" not in a)
+        at.append(replay.precision)
+    assert [a["precision"] for a in audits] == ["nvfp4", "fp8_e4m3", "fp8_e4m3", "bf16"] and at[-1] == "bf16"
+    # iteration 1 was explored (lag 1) before row 0's move: its groups do not count toward fp8's figure
+    assert audits[1]["explored"] == {"nvfp4": PROMPTS * SEEDS} and audits[1]["groups"] == 0 and "switch" not in audits[1]
+    assert audits[2]["explored"] == {"fp8_e4m3": PROMPTS * SEEDS} and audits[2]["groups"] == PROMPTS
+    assert audits[2]["cheaper"] == "nvfp4" and audits[2]["previewed_at"] == {"nvfp4": PROMPTS * 16}
+    assert sum("explore precision" in line for line in lines) == 2
+    # under lag 1 an iteration is explored before the row two back is out; rollout-0 died exploring iteration 2 (its
+    # 30th task, after the first move) and its replacement explored at fp8, the precision reached
+    assert [list(a["explored"]) for a in audits] == [["nvfp4"], ["nvfp4"], ["fp8_e4m3"], ["fp8_e4m3"]], lines
+    at_line = lambda start: next(i for i, line in enumerate(lines) if line.startswith(start))
+    assert at_line("explore precision nvfp4 -> fp8_e4m3") < at_line("rollout-0 died; starting") < at_line("iter 3/4"), lines
+    # the cost prices each row's explore at the precisions it ran at (fp8 twice NVFP4's price by default)
+    meter = CostMeter(config)
+    plain = meter.iteration({"candidates": PROMPTS * SEEDS, "regenerated": rows[1]["regenerated"]})["explore"]
+    assert rows[1]["modeled_cost"]["explore"] == pytest.approx(plain)
+    assert rows[2]["modeled_cost"]["explore"] > rows[1]["modeled_cost"]["explore"] * config.cost.price("fp8_e4m3") / config.cost.price("nvfp4") * 0.99
+    assert driver.pools["rollout"].restarts == 1 and driver.pools["rollout"].config.rollout.explore_precision == "bf16"
+    # a resume from the checkpoint after row 2 (its move made) explores the last iteration in BF16
+    states = {json.loads((c / "state.json").read_text())["iteration"]: c for c in (tmp_path / "run" / "checkpoints").glob("step-*")}
+    resumed = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "run", resumed)
+    Driver(config, resumed, log=lambda _: None, runtime=VirtualRuntime(), resume=states[3]).run()
+    again = [json.loads(line)["audit"] for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert [a["precision"] for a in again] == [a["precision"] for a in audits] and again[3]["explored"] == {"bf16": PROMPTS * SEEDS}

@@ -157,6 +157,22 @@ ROWS: dict[str, list[PanelSpec]] = {
             (q(f"solrl_proxy_spearman{RUN}", "Spearman"), q(f"solrl_proxy_kendall{RUN}", "Kendall")),
         ),
         PanelSpec(
+            "Explore audit (rollout.precision_control)",
+            "Spearman of explore previews against BF16 on seeds drawn at random, at explore's precision and at the rung below; "
+            "explore's precision moves when it stays below the floor, back when the rung below recovers",
+            "none",
+            (q(f"solrl_explore_audit_spearman{RUN}", "{{rung}}"),),
+        ),
+        PanelSpec(
+            "Explore precision",
+            "The precision explore runs at (1), and its moves along the ladder so far",
+            "short",
+            (
+                q(f"solrl_explore_precision{RUN} == 1", "{{precision}}"),
+                q(f"sum by (source, target) (solrl_explore_precision_switches_total{RUN})", "{{source}} -> {{target}}"),
+            ),
+        ),
+        PanelSpec(
             "Dropped records",
             "Records that left the run untrained, by reason",
             "short",

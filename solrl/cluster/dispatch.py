@@ -40,22 +40,37 @@ class Stage:
     passes: int = 0  # with a `then`: how many of the last outputs go on (their traffic kind: "images")
 
 
-def stages(reward_pool: bool, learner_ranks: int, k: int) -> dict[str, Stage]:
+def stages(reward_pool: bool, learner_ranks: int, k: int, audit: bool = False) -> dict[str, Stage]:
     """The stage table: a regenerated group of k samples is stored as one x0 shard per learner
     rank that gets rows of it (min(k, ranks)) and its conditioning (solrl.learner.plan), then its
-    summary."""
+    summary. With `audit` (rollout.precision_control, solrl.cluster.audit_desk), the explore
+    audit's previews go to the rollout pool before its explore work (they are few, and an
+    iteration's row waits for them) and its regenerations to the regeneration pool after the
+    training's."""
     kept = min(learner_ranks, k) + 1
     if not reward_pool:  # samplers score their own samples
-        return {
+        table = {
             "explore": Stage("rollout", "explore", 1, None, "explore", "explore_results"),
             "regen": Stage("regen", "regenerate", kept + 1, None, "regen", "rewards"),
         }
-    return {  # cluster.reward_workers > 0: samplers render, the reward pool scores
-        "explore": Stage("rollout", "explore_images", 2, "score_explore", "explore", "control", passes=1),
-        "regen": Stage("regen", "regenerate_images", kept + 2, "score_regen", "regen", "control", passes=1),
-        "score_explore": Stage("reward", "score", 1, None, "explore", "rewards", prompts=True),
-        "score_regen": Stage("reward", "label", 1, None, "regen", "rewards", prompts=True),
-    }
+        checks = {
+            "preview": Stage("rollout", "preview", 1, None, "preview", "explore_results"),
+            "audit": Stage("regen", "audit", 1, None, "audit", "rewards"),
+        }
+    else:  # cluster.reward_workers > 0: samplers render, the reward pool scores
+        table = {
+            "explore": Stage("rollout", "explore_images", 2, "score_explore", "explore", "control", passes=1),
+            "regen": Stage("regen", "regenerate_images", kept + 2, "score_regen", "regen", "control", passes=1),
+            "score_explore": Stage("reward", "score", 1, None, "explore", "rewards", prompts=True),
+            "score_regen": Stage("reward", "label", 1, None, "regen", "rewards", prompts=True),
+        }
+        checks = {
+            "preview": Stage("rollout", "preview_images", 2, "score_preview", "preview", "control", passes=1),
+            "audit": Stage("regen", "audit_images", 2, "score_audit", "audit", "control", passes=1),
+            "score_preview": Stage("reward", "score", 1, None, "preview", "rewards", prompts=True),
+            "score_audit": Stage("reward", "label", 1, None, "audit", "rewards", prompts=True),
+        }
+    return {"preview": checks.pop("preview")} | table | checks if audit else table
 
 
 @dataclass(frozen=True)

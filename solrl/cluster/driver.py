@@ -18,9 +18,11 @@ from typing import Self
 
 from solrl.autoscale import Autoscaler
 from solrl.cluster import pool_eval
+from solrl.cluster.audit_desk import STAGES as AUDIT_STAGES
+from solrl.cluster.audit_desk import AuditDesk
 from solrl.cluster.dispatch import Dispatcher, Done, stages
 from solrl.cluster.engine_duties import EngineDuties
-from solrl.cluster.eval_tasks import Finished, HeldRows, eval_slices
+from solrl.cluster.eval_tasks import Finished, HeldRows
 from solrl.cluster.learners import Launched
 from solrl.cluster.ledger import IterationState, Ledger, Regenerated
 from solrl.cluster.publish import Publisher
@@ -54,9 +56,8 @@ class Driver(EngineDuties):
         runtime: Runtime | None = None,
         **session,  # metrics_port, metrics_host, metrics_token, live (solrl.cluster.session)
     ):
-        for name, used in (("rollout.mode='direct'", config.rollout.mode != "sol"), ("rollout.precision_control", config.rollout.precision_control)):
-            if used:  # the distributed run always regenerates, and audits no previews yet
-                raise ValueError(f"{name} runs only with --local (the single-process engine)")
+        if config.rollout.mode != "sol":  # the distributed run always regenerates
+            raise ValueError("rollout.mode='direct' runs only with --local (the single-process engine)")
         runtime = runtime or RayRuntime()
         self.config, self.out, self.on_iteration, self.resume, self.runtime = config, pathlib.Path(out), on_iteration, resume, runtime
         self.session = Session(config, self.out, log, **session)
@@ -71,7 +72,8 @@ class Driver(EngineDuties):
         self.faults = FaultPlan(config.cluster.faults, "driver-0")
         self.autoscaler = Autoscaler(config.cluster.autoscale) if config.cluster.autoscale else None
         self.start_iteration, self.pieces = 0, 0  # pieces: explore tasks a group, as last logged
-        self.rows = HeldRows()  # rows waiting for their eval
+        self.rows = HeldRows()  # rows waiting for their eval or explore audit
+        self.audits = AuditDesk(config, self.log) if config.rollout.precision_control else None  # rollout.precision_control
 
     @property
     def version(self) -> int:
@@ -86,7 +88,10 @@ class Driver(EngineDuties):
             raise
         c = self.config.cluster
         self.publisher = Publisher(self.runtime, lambda: pool_eval.samplers(self.pools), self.log)
-        self.dispatcher = Dispatcher(self.runtime, self.pools, stages("reward" in self.pools, c.learner_ranks, self.config.selection.k), c.groups_per_task, self.log, self.traffic)
+        table = stages("reward" in self.pools, c.learner_ranks, self.config.selection.k, audit=self.audits is not None)
+        self.dispatcher = Dispatcher(self.runtime, self.pools, table, c.groups_per_task, self.log, self.traffic)
+        if self.audits is not None:
+            self.audits.attach(self.dispatcher, self.pools["rollout"])
         self.dispatcher.poll_s = None if self.runtime.virtual else 0.5  # a virtual run has no control requests to answer
         return self
 
@@ -117,15 +122,23 @@ class Driver(EngineDuties):
         self.dispatcher.put("explore", groups, self.pieces)
 
     def _deliver(self, done: Done) -> None:
-        """A finished explore or regeneration chain, into the ledger."""
-        origin = done.origin_report
-        if done.stage in ("explore", "score_explore"):  # the proxy rewards of the groups sent, in their seed order
+        """A finished explore, regeneration or explore-audit chain, into the ledger (and the audit)."""
+        origin, audits = done.origin_report, self.audits
+        if done.stage in AUDIT_STAGES:
+            audits.delivered(done)
+        elif done.stage in ("explore", "score_explore"):  # the proxy rewards of the groups sent, in their seed order
             results = candidates_from_rewards(done.work, done.summary["rewards"], origin["version"], origin["seconds_per_group"])
+            if audits is not None:
+                audits.explored_at(results, origin["precision"])
             for sel in self.ledger.explored(results, origin["worker"]):
                 self.dispatcher.put("regen", (sel,))
+                if audits is not None:
+                    audits.selected(sel, self.ledger.candidates(sel))
         else:  # regen / score_regen: the group's shards and conditioning go on to the learners by reference
             rewards = done.summary["rewards"][0] if done.stage == "regen" else done.summary["rewards"]
             self.ledger.regenerated(Regenerated.of(done.work[0], done.outputs, rewards, origin))
+            if audits is not None:
+                audits.regenerated(done.work[0], rewards)
 
     def _pump(self, until: Callable[[], bool]) -> None:
         """Hand out work and collect results until `until()` holds."""
@@ -179,25 +192,14 @@ class Driver(EngineDuties):
             self.scale("rollout", decision.size)
         self.ledger.iterations.pop(it, None)
         self.store.flush()  # the log as of this iteration: a checkpoint after its row resumes from here
-        finished = Finished(row, self.version, self.store.parts, held=eval_due(self.config, it) or bool(self.rows.held))
+        audit = self.audits.closing(it) if self.audits is not None else None
+        waits = eval_due(self.config, it) or bool(self.rows.held) or not (audit is None or audit.done)
+        finished = Finished(row, self.version, self.store.parts, held=waits, audit=audit)
         self._start_evals(it, finished)
         if finished.held and (checkpoint_due(self.config, it) or self._wants_checkpoint()):
             finished.saved = self.learners.checkpoint_state(self.version)  # the ranks move on before its row is written
         self.rows.held.append(finished)
         yield from self._rows()
-
-    def _start_evals(self, it: int, finished: Finished) -> None:
-        """The periodic eval after `it` (eval.every), and on the validation prompts when the run
-        keeps its best, as slices among the pipeline's tasks."""
-        if not eval_due(self.config, it):
-            return
-        samplers = sum(len(pool.idle_or_busy()) for pool in pool_eval.samplers(self.pools))
-        ema = pool_eval.adapter(self.learners, self.version, "ema")
-        for key in ("eval", "validation") if self.config.keeps_best else ("eval",):
-            finished.evals[key], slices = eval_slices(self.config, *ema, samplers, validation=key == "validation")
-            self.dispatcher.evals.extend(slices)
-        if self.config.keeps_best:
-            finished.adapters = self.learners.adapters(self.version)
 
     def _rows(self) -> Iterator[IterationRow]:
         for finished in self.rows.take():
@@ -218,7 +220,9 @@ class Driver(EngineDuties):
             state = self.ledger.iterations.get(it) if it < total and not halt else None
             if state is None and inflight is None and not self.rows.held:
                 break
-            launchable = lambda: inflight is None and state is not None and state.complete  # noqa: B023
+            # at lag 0 a step also waits for its iteration's explore audit, which then checks the policy that explored
+            audited = lambda: lag > 0 or self.audits is None or self.audits.settled(it)  # noqa: B023
+            launchable = lambda: inflight is None and state is not None and state.complete and audited()  # noqa: B023
             self._pump(lambda: self._settled(inflight) or launchable() or self.rows.ready())  # noqa: B023
             yield from self._rows()
             if self._settled(inflight):

@@ -1,5 +1,6 @@
 """What the distributed engine does for the run skeleton (solrl.run.Engine) besides iterating:
-checkpoints and resume, evals and grids on the sampler pools, the adapter states at the end.
+checkpoints and resume, evals and grids on the sampler pools (periodic ones among the pipeline's
+tasks), the adapter states at the end.
 
 A mixin of solrl.cluster.driver.Driver, kept apart so the driver is scheduling only; it uses the
 driver's learner group, pools, ledger, candidate store, held rows and session.
@@ -10,6 +11,8 @@ from __future__ import annotations
 import pathlib
 
 from solrl.cluster import pool_eval
+from solrl.cluster.eval_tasks import Finished, eval_slices
+from solrl.run import eval_due
 
 
 class EngineDuties:
@@ -17,13 +20,17 @@ class EngineDuties:
         self.faults.reached("checkpoint")
         last = self.rows.last  # iteration it's: its state was kept if later steps could end before its row
         tensors = self.runtime.get(last.saved if last.saved is not None else self.learners.checkpoint_state(self.version))
-        return tensors, {"step": last.version, "order": self.order_states.get(it + 1, self.order.state()), "log_parts": last.log_parts}
+        state = {"step": last.version, "order": self.order_states.get(it + 1, self.order.state()), "log_parts": last.log_parts}
+        return tensors, state | ({"precision": self.audits.control.state()} if self.audits is not None else {})
 
     def restore(self, tensors: dict, state: dict) -> None:
         self.learners.restore(tensors, state["step"])
         self.ledger.version, self.start_iteration = state["step"], state["iteration"]
         self.order.load_state(state["order"])
         self.store.truncate(state.get("log_parts", 0))
+        if self.audits is not None and "precision" in state:  # explore resumes at the precision the run had reached
+            self.audits.control.load_state(state["precision"])
+            self.audits.apply()
         self._publish(*self.learners.weight_update(), self.version)
 
     def _wants_checkpoint(self) -> bool:
@@ -63,3 +70,15 @@ class EngineDuties:
         self.traffic.add("checkpoint", nbytes, receivers=len(refs))
         return dict(zip(refs, self.runtime.get(list(refs.values())), strict=True)), last.version
 
+    def _start_evals(self, it: int, finished: Finished) -> None:
+        """The periodic eval after `it` (eval.every), and on the validation prompts when the run
+        keeps its best, as slices among the pipeline's tasks."""
+        if not eval_due(self.config, it):
+            return
+        samplers = sum(len(pool.idle_or_busy()) for pool in pool_eval.samplers(self.pools))
+        ema = pool_eval.adapter(self.learners, self.version, "ema")
+        for key in ("eval", "validation") if self.config.keeps_best else ("eval",):
+            finished.evals[key], slices = eval_slices(self.config, *ema, samplers, validation=key == "validation")
+            self.dispatcher.evals.extend(slices)
+        if self.config.keeps_best:
+            finished.adapters = self.learners.adapters(self.version)

@@ -73,21 +73,28 @@ class Finished:
     held: bool = False  # whether later steps could launch before the row was given out
     saved: object = None  # then: the learner state's ref at `version`, for a checkpoint after the row
     adapters: tuple[dict, int] | None = None  # refs of the adapter states the evals measured, and the bytes of one (train.keep_best may keep them)
+    audit: object = None  # its explore audit (solrl.cluster.audit_desk.IterationAudit), with rollout.precision_control
 
 
 class HeldRows:
-    """Finished iterations' rows, given out in order, each once its eval (if any) is in."""
+    """Finished iterations' rows, given out in order, each once its eval and explore audit (if
+    any) are in; the audit's figures are taken in that order, so its controller sees them so."""
 
     def __init__(self):
         self.held: deque[Finished] = deque()
         self.last: Finished | None = None  # the row given out last
 
     def ready(self) -> bool:
-        return bool(self.held) and all(e.done for e in self.held[0].evals.values())
+        if not self.held:
+            return False
+        first = self.held[0]
+        return all(e.done for e in first.evals.values()) and (first.audit is None or first.audit.done)
 
     def take(self) -> Iterator[Finished]:
         while self.ready():
             self.last = finished = self.held.popleft()
             for key, pending in finished.evals.items():
                 finished.row[key] = pending.summary()
+            if finished.audit is not None:
+                finished.row["audit"] = finished.audit.report()
             yield finished

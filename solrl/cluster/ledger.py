@@ -116,6 +116,10 @@ class Ledger:
                 state.explore_done = self.clock()
         return selections
 
+    def candidates(self, sel: Selection) -> Candidates:
+        """The whole group's explore results a selection was made from."""
+        return self.iterations[sel.group.iteration].candidates[group_key(sel)]
+
     def regenerated(self, regen: Regenerated) -> None:
         sel = regen.selection
         state = self.iterations[sel.group.iteration]

@@ -14,11 +14,12 @@ import torch
 from solrl.cluster.worker_process import heavy_modules, set_threads
 from solrl.config import RunConfig
 from solrl.evaluation import eval_copy, measure_run, run_grid
+from solrl.explore_audit import ExploreSamplers
 from solrl.faults import FaultPlan
 from solrl.learner.plan import kept_bytes, shards_of
 from solrl.learner.weight_sync import WeightUpdate
 from solrl.nbytes import SCORER_BYTES, payload_bytes
-from solrl.types import PromptGroup, Selection, per_selection
+from solrl.types import Preview, PromptGroup, Selection, per_selection
 from solrl.workers.sampler import Role, sampler_from_config
 
 
@@ -31,6 +32,10 @@ class SamplerActor:
         self.worker = sampler_from_config(config, role, with_reward=config.cluster.reward_workers == 0)
         self.config, self.world = config, config.cluster.learner_ranks
         self.faults = FaultPlan(config.cluster.faults, name)
+        # rollout.precision_control: explore samplers by precision, and the update they all serve
+        audited = role == "explore" and config.rollout.precision_control is not None
+        self.explorers = ExploreSamplers(config, self.worker.policy, self.worker.reward is not None, first=self.worker) if audited else None
+        self.update: WeightUpdate | None = None
 
     def info(self) -> dict:
         """Name, role, process id and the policy version served."""
@@ -75,12 +80,49 @@ class SamplerActor:
         return (*shards, cond, images, self._report(start) | {"bytes": {"images": images.nbytes}, "kept_bytes": kept_bytes(shards, cond)})
 
     def _report(self, start: float) -> dict:
-        return {"seconds": time.perf_counter() - start, "version": self.worker.version, "worker": self.name}
+        return {"seconds": time.perf_counter() - start, "version": self.worker.version, "worker": self.name, "precision": self.worker.precision}
 
     def apply_update(self, update: WeightUpdate) -> int:
         """Verify and merge a published weight update; the version now served."""
         self.faults.reached("apply_update")
+        if self.explorers is not None:
+            self.update = update  # a sampler at another precision is brought to it when first used
         return self.worker.apply_update(update)
+
+    # -- the explore audit (rollout.precision_control; solrl.cluster.audit_desk) --------------------
+    def set_explore_precision(self, precision: str) -> str:
+        """Explore at `precision` from the next task on (actor calls run in order)."""
+        self.worker = self.explorers.at(precision, self.update)
+        return precision
+
+    def preview(self, previews: Sequence[Preview]) -> dict:
+        """Proxy rewards of audited seeds at the preview's (cheaper) precision."""
+        self.faults.reached("preview")
+        start, (work,) = time.perf_counter(), previews
+        sampler = self.explorers.at(work.precision, self.update)
+        (candidates,) = sampler.explore([work.group])
+        return self._report(start) | {"rewards": list(candidates.proxy_rewards), "precision": work.precision}
+
+    def preview_images(self, previews: Sequence[Preview]) -> tuple[torch.Tensor, dict]:
+        """preview's images, for a reward worker to score."""
+        self.faults.reached("preview_images")
+        start, (work,) = time.perf_counter(), previews
+        _, images, _ = self.explorers.at(work.precision, self.update).explore_images([work.group])
+        return images, self._report(start) | {"bytes": {"images": images.nbytes}, "precision": work.precision}
+
+    def audit(self, selections: Sequence[Selection]) -> dict:
+        """BF16 rewards of seeds regenerated for the audit only, never trained on."""
+        self.faults.reached("audit")
+        start = time.perf_counter()
+        batch = self.worker.regenerate(_one(selections))
+        return self._report(start) | {"rewards": per_selection(batch.rewards, selections)}
+
+    def audit_images(self, selections: Sequence[Selection]) -> tuple[torch.Tensor, dict]:
+        """audit's images, for a reward worker to label."""
+        self.faults.reached("audit_images")
+        start = time.perf_counter()
+        _, images = self.worker.regenerate_images(_one(selections))
+        return images, self._report(start) | {"bytes": {"images": images.nbytes}}
 
     def _eval_model(self, adapter_state: dict[str, torch.Tensor] | None):
         return eval_copy(self.worker.policy, self.config, adapter_state)

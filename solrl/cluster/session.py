@@ -31,7 +31,9 @@ class Session:
         self.config, self.out, self.print, self.live = config, out, log, live
         self.metrics = RunMetrics()
         pools = {pool: n for pool, (n, _) in config.cluster.demands().items()}
-        self.metrics.prime(pools, config.rollout.max_policy_lag, {"rollout": config.cluster.spare_rollout_workers})
+        control = config.rollout.precision_control
+        ladder = (control.ladder, config.rollout.explore_precision) if control is not None else ((), "")
+        self.metrics.prime(pools, config.rollout.max_policy_lag, {"rollout": config.cluster.spare_rollout_workers}, *ladder)
         self.server = MetricsServer(self.metrics, metrics_port, metrics_host, metrics_token) if metrics_port is not None else None
         pools = ("rollout", "regen", "reward") if config.cluster.reward_workers else ("rollout", "regen")
         self.control, self.control_server = Control(pools), None

@@ -19,6 +19,7 @@ from solrl.faults import FaultPlan
 from solrl.learner.plan import StepPlan, kept_bytes, shards_of
 from solrl.learner.weight_sync import WeightUpdate
 from solrl.nbytes import SCORER_BYTES, payload_bytes, tensor_bytes
+from solrl.standin.audit import StandInAudit
 from solrl.standin.payloads import Payloads, SmallPayloads, reward
 from solrl.standin.timing import Clock
 from solrl.types import PromptGroup, Selection, TrainBatch, per_selection
@@ -66,7 +67,7 @@ class _Modeled:
         self.faults = FaultPlan(config.cluster.faults, name, armed, _die if self.virtual else None)
 
 
-class StandInSampler(_Modeled):
+class StandInSampler(_Modeled, StandInAudit):
     """An explore (NVFP4) or regeneration (BF16) worker of the stand-in model."""
 
     def __init__(self, config, role: str, name: str, cpus: float = 1):
@@ -81,7 +82,7 @@ class StandInSampler(_Modeled):
         return {"name": self.name, "role": self.role, "pid": os.getpid(), "version": self.version, "modules": _modules()}
 
     def _report(self, start: float) -> dict:
-        return {"seconds": self.clock.now() - start, "version": self.version, "worker": self.name}
+        return {"seconds": self.clock.now() - start, "version": self.version, "worker": self.name, "precision": self.precision}
 
     def _draw(self, images: int) -> None:
         self.clock.sample(images, self.sampling, self.precision)
@@ -92,7 +93,7 @@ class StandInSampler(_Modeled):
         self.faults.reached("explore")
         start = self.clock.now()
         self._draw(sum(len(g.seeds) for g in groups))
-        rewards = [reward(g.prompt, s, proxy=True) for g in groups for s in g.seeds]
+        rewards = [reward(g.prompt, s, proxy=True, precision=self.precision) for g in groups for s in g.seeds]
         return self._report(start) | {"rewards": rewards, "seconds_per_group": (self.clock.now() - start) / max(1, len(groups))}
 
     def explore_images(self, groups: Sequence[PromptGroup]) -> tuple[torch.Tensor, dict]:

@@ -15,7 +15,9 @@ import torch
 from solrl.model_dims import COMPUTE, MODELS, ModelDims
 from solrl.models.base import Conditioning
 
-PROXY_NOISE = 0.05  # spread of the explore preview's reward around the BF16 one
+PROXY_NOISE = 0.05  # spread of the NVFP4 explore preview's reward around the BF16 one
+# a preview at a safer precision ranks better (rollout.precision_control's ladder)
+NOISE_BY_PRECISION = {"nvfp4": PROXY_NOISE, "fp8_e4m3": PROXY_NOISE / 2, "bf16": PROXY_NOISE / 4, "fp32": 0.0}
 
 
 def compute_dtype(config) -> torch.dtype:
@@ -79,8 +81,9 @@ class SmallPayloads(Payloads):
         self.rank = 1
 
 
-def reward(prompt: str, seed: int, proxy: bool = False) -> float:
-    """A stand-in reward in [0, 1] of (prompt, seed); the preview's is the BF16 one plus noise."""
+def reward(prompt: str, seed: int, proxy: bool = False, precision: str = "nvfp4") -> float:
+    """A stand-in reward in [0, 1] of (prompt, seed); the preview's (at `precision`) is the BF16
+    one plus noise."""
     rng = random.Random(f"{prompt}\0{seed}")
     value = rng.random()
-    return value + PROXY_NOISE * rng.gauss(0.0, 1.0) if proxy else value
+    return value + NOISE_BY_PRECISION[precision] * rng.gauss(0.0, 1.0) if proxy else value

@@ -44,6 +44,7 @@ class SamplerWorker:
         self.reward = reward
         self.sampling = sampling
         self.batch_size = batch_size
+        self.precision = precision
         self.model = policy.inference_copy(precision, adapter=OLD, quant=quant, compute_dtype=compute_dtype)
         self.model.version = 0
 

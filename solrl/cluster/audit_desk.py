@@ -1,0 +1,176 @@
+"""The explore audit of the distributed run, and the precision moves it causes
+(rollout.precision_control; the rule is solrl.precision_control's, the single-process engine's
+audit solrl.explore_audit's).
+
+When a group is selected, `audit` of its seeds are drawn at random, as the local run draws them.
+The drawn seeds the selector left are regenerated for the audit only (an `audit` task on the
+regeneration pool, never trained on); the selected ones' BF16 rewards come from their training
+regeneration. While explore runs above the ladder's cheapest rung, the drawn seeds are also
+previewed at the rung below (a `preview` task on the rollout pool). An iteration's row waits for
+its audit (solrl.cluster.eval_tasks.HeldRows); rows are given out in order, so the controller
+observes the iterations in order, as in the local run.
+
+A move goes to every rollout worker as an actor call, which runs in order with the tasks it is
+handed, so every explore task handed out after it runs at the new precision; workers spawned
+later start at it. Every explore result says the precision it ran at: the row counts the images
+explored at each (the modeled cost prices them so), and only groups explored at the controller's
+precision count toward its figure (under max_policy_lag > 0 a move can fall between two slices of
+an iteration). At lag 0 a step waits for its iteration's audit, so the audit checks the policy that
+explored, as the single-process run's does; under a lag L the audit's regenerations may run on a
+policy up to L versions newer than the previews they check, as the training's regenerations may,
+which is what selection then lives with.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from solrl.cluster.dispatch import Dispatcher, Done
+from solrl.cluster.pools import WorkerPool
+from solrl.config import RunConfig
+from solrl.explore_audit import with_explore_precision
+from solrl.precision_control import PrecisionController, audit_agreement, audit_seeds
+from solrl.types import Candidates, Preview, PromptGroup, Selection
+from solrl.workers.store import GroupKey, group_key
+
+STAGES = ("audit", "score_audit", "preview", "score_preview")  # the dispatcher's stages whose results come here
+
+
+@dataclass
+class GroupAudit:
+    """One selected group's audit: its drawn seeds' previews, their BF16 rewards as they come in,
+    and their previews at the rung below (when asked)."""
+
+    drawn: tuple[int, ...]
+    previews: tuple[float, ...]
+    precision: str | None  # the precision the group was explored at (None: its slices ran at two)
+    cheaper: str | None  # the rung its seeds are also previewed at
+    truth: dict[int, float] = field(default_factory=dict)
+    cheaper_previews: tuple[float, ...] | None = None
+    regenerated: int = 0  # seeds regenerated for the audit only
+
+    @property
+    def done(self) -> bool:
+        return len(self.truth) == len(self.drawn) and (self.cheaper is None or self.cheaper_previews is not None)
+
+    def bf16(self) -> list[float]:
+        return [self.truth[s] for s in self.drawn]
+
+
+@dataclass
+class IterationAudit:
+    """An iteration's audit, which its held row waits for; `report` (called as the row is given
+    out, in order) gives the row's figures and makes the controller's move."""
+
+    desk: AuditDesk
+    iteration: int
+    groups: list[GroupAudit]
+    explored: dict[str, int]  # precision -> images explored
+
+    @property
+    def done(self) -> bool:
+        return all(g.done for g in self.groups)
+
+    def report(self) -> dict:
+        return self.desk.report(self)
+
+
+class AuditDesk:
+    def __init__(self, config: RunConfig, log: Callable[[str], None]):
+        self.config, self.log = config, log
+        self.control = PrecisionController(config.rollout.precision_control, config.rollout.explore_precision)
+        self.groups: dict[GroupKey, GroupAudit] = {}
+        self.precisions: dict[GroupKey, set[str]] = {}  # the precisions a group's explore slices ran at
+        self.explored: dict[int, Counter] = {}  # iteration -> images explored at each precision
+
+    def attach(self, dispatcher: Dispatcher, rollout: WorkerPool) -> None:
+        self.dispatcher, self.rollout = dispatcher, rollout
+
+    # -- what the driver tells it --------------------------------------------------------------------
+    def explored_at(self, results: list[Candidates], precision: str) -> None:
+        """Explore results (whole groups or slices) and the precision they ran at."""
+        for c in results:
+            self.precisions.setdefault(group_key(c), set()).add(precision)
+            self.explored.setdefault(c.group.iteration, Counter())[precision] += len(c.group.seeds)
+
+    def selected(self, sel: Selection, candidates: Candidates) -> None:
+        """A group was selected: draw its audit seeds and queue what the audit needs."""
+        group, key = candidates.group, group_key(candidates)
+        drawn = audit_seeds(group.seeds, self.control.config.audit, (self.config.seed, group.iteration, group.prompt_id))
+        preview = dict(zip(group.seeds, candidates.proxy_rewards, strict=True))
+        ran = self.precisions.pop(key, set())
+        precision = next(iter(ran)) if len(ran) == 1 else None
+        ladder = self.control.config.ladder
+        cheaper = ladder[ladder.index(precision) - 1] if precision in ladder and ladder.index(precision) > 0 else None
+        audit = self.groups[key] = GroupAudit(drawn, tuple(preview[s] for s in drawn), precision, cheaper)
+        extra = tuple(s for s in drawn if s not in sel.seeds)
+        if extra:
+            audit.regenerated = len(extra)
+            self.dispatcher.put("audit", (Selection(group, extra, tuple(preview[s] for s in extra)),))
+        if cheaper is not None:
+            self.dispatcher.put("preview", (Preview(PromptGroup(group.prompt_id, group.prompt, drawn, group.iteration, group.version), cheaper),))
+
+    def regenerated(self, sel: Selection, rewards) -> None:
+        """A training regeneration's BF16 rewards: those of the group's audited seeds."""
+        audit = self.groups.get(group_key(sel))
+        if audit is not None:
+            audit.truth.update((s, r) for s, r in zip(sel.seeds, rewards, strict=True) if s in audit.drawn)
+
+    def delivered(self, done: Done) -> None:
+        """An audit regeneration's or a preview's rewards."""
+        (work,) = done.work
+        audit = self.groups[group_key(work)]
+        if done.stage in ("audit", "score_audit"):
+            rewards = done.summary["rewards"][0] if done.stage == "audit" else done.summary["rewards"]
+            audit.truth.update(zip(work.seeds, rewards, strict=True))
+        else:
+            audit.cheaper_previews = tuple(done.summary["rewards"])
+
+    def settled(self, iteration: int) -> bool:
+        """Whether every selected group of `iteration` has its audit in."""
+        return all(g.done for k, g in self.groups.items() if k[0] == iteration)
+
+    def closing(self, iteration: int) -> IterationAudit:
+        """The audit the row of `iteration` (all its groups selected by now) waits for."""
+        groups = [self.groups.pop(k) for k in [k for k in self.groups if k[0] == iteration]]
+        return IterationAudit(self, iteration, groups, dict(self.explored.pop(iteration, {})))
+
+    # -- the row's figures and the move ----------------------------------------------------------------
+    def report(self, audit: IterationAudit) -> dict:
+        current, cheaper = self.control.precision, self.control.cheaper
+        mine = [g for g in audit.groups if g.precision == current]
+        below = [g for g in mine if g.cheaper == cheaper and g.cheaper_previews is not None]
+        figures = {
+            "precision": current,
+            "spearman": audit_agreement([g.previews for g in mine], [g.bf16() for g in mine]),
+            "regenerated": sum(g.regenerated for g in audit.groups),
+            "explored": audit.explored,
+            "groups": len(mine),
+        }
+        previewed = Counter()
+        for g in audit.groups:
+            if g.cheaper is not None:
+                previewed[g.cheaper] += len(g.drawn)
+        if previewed:
+            figures["previewed_at"] = dict(previewed)
+        cheaper_figure = None
+        if cheaper is not None and below:
+            cheaper_figure = audit_agreement([g.cheaper_previews for g in below], [g.bf16() for g in below])
+            figures |= {"cheaper": cheaper, "cheaper_spearman": cheaper_figure}
+        move = self.control.observe(audit.iteration, figures["spearman"], cheaper_figure)
+        if move is not None:
+            self.log(f"explore precision {move.source} -> {move.target} after iteration {audit.iteration + 1}: {move.reason}")
+            figures["switch"] = {"from": move.source, "to": move.target, "reason": move.reason}
+            self.apply()
+        return {k: round(v, 4) if isinstance(v, float) and math.isfinite(v) else v for k, v in figures.items()}
+
+    def apply(self) -> None:
+        """Explore at the controller's precision: every rollout worker from its next task, and every
+        worker spawned from now."""
+        precision = self.control.precision
+        self.rollout.config = with_explore_precision(self.rollout.config, precision)
+        for w in list(self.rollout.workers.values()):
+            self.rollout.runtime.call(w.handle, "set_explore_precision", precision)
