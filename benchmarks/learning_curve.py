@@ -11,6 +11,11 @@ about an hour alone on two CPU cores):
     solrl train --local --out runs/strict --set 'reward=[{name: shapes_strict, weight: 1}]' \
         --set train.iterations=160 --set eval.every=20
 
+Drift: after each run's curve, its last policy's held-out accuracy against the curve's peak, with
+the paired standard error of the difference (the same captions and seeds), and whether the end is
+within one of them of the peak; a JSON line a run. (The peak is read off the held-out evals: a
+diagnosis of drift, not a choice of what to report; train.keep_best chooses on validation prompts.)
+
 Each run is labelled by how its config.yaml differs from the shipped configs/shapes.yaml.
 """
 
@@ -22,7 +27,7 @@ import math
 import pathlib
 
 import yaml
-from common import append_results, table
+from common import append_results, table, with_json_lines
 
 from solrl.config import load_config
 from solrl.toy_app.evaluate import accuracy_change
@@ -74,14 +79,33 @@ def curve(run: pathlib.Path) -> list[list[object]]:
     return out
 
 
+def drift(run: pathlib.Path) -> dict:
+    """The run's last policy (its lora/last/ when train.keep_best kept another) against its best eval point."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    report = json.loads((run / "eval.json").read_text())
+    last = report.get("final_eval_last", report["final_eval"])
+    points = [(r["iteration"] + 1, r["eval"]) for r in rows if "eval" in r] + [(len(rows), last)]
+    peak_at, peak = max(points, key=lambda p: p[1]["accuracy"])
+    change, se = accuracy_change(peak, last)
+    base = report["base_eval"]
+    return {
+        "run": run.name, "peak_iteration": peak_at, "peak_change_from_base": accuracy_change(base, peak)[0],
+        "final_change_from_base": accuracy_change(base, last)[0], "final_minus_peak": change, "paired_se": se, "within_one_se": bool(-change <= se),
+    }  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=pathlib.Path, help="run directories written by `solrl train --out`")
     args = parser.parse_args()
     headers = ["iterations", "run s", "held-out accuracy (EMA)", "change from base (paired s.e.)", "score", "per task", "proxy mean", "KL to base", "grad norm", "preview Spearman"]
-    body = []
+    body, drifts = [], [drift(run) for run in args.runs]
     for run in args.runs:
         body.append(f"{run.name}: {label(run)}\n\n" + table(headers, curve(run)))
+    drift_rows = [[d["run"], d["peak_iteration"], f"{d['peak_change_from_base']:+.3f}", f"{d['final_change_from_base']:+.3f}",
+                   f"{d['final_minus_peak']:+.3f} ± {d['paired_se']:.3f}", "yes" if d["within_one_se"] else "no"] for d in drifts]  # fmt: skip
+    drift_headers = ["run", "peak at iteration", "peak change from base", "final change from base", "final - peak (paired s.e.)", "within one s.e."]
+    body.append("Drift: the last policy against the curve's peak\n\n" + with_json_lines(drift_headers, drift_rows, drifts))
     append_results(
         "Learning curves of shapes runs",
         "\n\n".join(body),
