@@ -27,6 +27,19 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         "the strict pass also paid on its own: R = 0.5 shapes + 0.5 strict + 0.5 size x strict",
         ["reward=[{name: shapes, weight: 0.5}, {name: shapes_strict, weight: 0.5}, {name: shapes_size, weight: 0.5, gate: shapes_strict}]"],
     ),
+    "strict_term_1": (
+        "the strict pass paid twice as much: R = 0.5 shapes + 1.0 strict + 0.5 size x strict",
+        ["reward=[{name: shapes, weight: 0.5}, {name: shapes_strict, weight: 1.0}, {name: shapes_size, weight: 0.5, gate: shapes_strict}]"],
+    ),
+    "strict_term_1_20it": (
+        "strict_term_1 with 20 iterations instead of 16 (what the 10-minute bar leaves room for)",
+        ["train.iterations=20", "reward=[{name: shapes, weight: 0.5}, {name: shapes_strict, weight: 1.0}, {name: shapes_size, weight: 0.5, gate: shapes_strict}]"],
+    ),
+    "kl_1": ("a KL weight that binds: train.nft.kl_weight 1e-4 -> 1.0", ["train.nft.kl_weight=1.0"]),
+    "image_lora": (
+        "LoRA on the image stream's attention only (the text stream's projections left as trained)",
+        ["model.lora={rank: 32, alpha: 64, target_modules: [to_q, to_k, to_v, to_out.0]}"],
+    ),
 }
 
 
