@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 # where each kind of worker can be stopped
 POINTS = {
-    "sampler": ("explore", "explore_images", "regenerate", "regenerate_images", "apply_update", "measure", "grid"),
-    "reward": ("score", "label"),
+    "sampler": ("explore", "explore_images", "regenerate", "regenerate_images", "apply_update", "measure", "grid", "preview", "audit"),
+    "reward": ("score", "label", "score_eval"),  # score_eval: an eval's images, scored for a sampler that holds no reward
     "learner": ("step", "backward", "publish"),
     "driver": ("row", "checkpoint"),  # driver-0: before an iteration's metrics row / its checkpoint
 }

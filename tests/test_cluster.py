@@ -197,7 +197,7 @@ FAULT_RUNS = {
     ),
     "reward_pool_publish_and_scaling": (  # the rollout pool also grows to 3 and shrinks to 1 meanwhile
         [
-            "reward-0:score:1",  # scoring the base eval's images (a shapes eval also reports the run's reward): the eval is redone
+            "reward-0:score_eval:1",  # scoring the base eval's images (a shapes eval also reports the run's reward): the eval is redone
             "reward-1:label:1",  # labelling regenerated images
             "reward-2:score:1",  # scoring explore previews
             "learner-0:publish:2",  # publishing step 2: no snapshot yet, so step 1 is redone from its inputs first

@@ -82,14 +82,17 @@ FAULTS = {
     "learner_backward": ["learner-0:backward:3"],
     "learner_publish": ["learner-2:publish:1"],
     "reward_pool": ["reward-0:score:2", "reward-1:label:1"],
+    # the base eval asks the reward worker once per sampler (4): the 5th is a periodic eval's slice, redone with its replacement
+    "reward_eval_slice": ["reward-0:score_eval:5"],
 }
+EXTRA = {"reward_pool": ["cluster.reward_workers=1"], "reward_eval_slice": ["cluster.reward_workers=1", "eval.every=1"]}
 
 
 @pytest.mark.parametrize("name", list(FAULTS))
 def test_workers_killed_in_every_phase_lose_nothing_and_train_nothing_twice(reference, tmp_path, name):
     lag, run, _, _ = reference
-    extra = ["cluster.reward_workers=1"] if name == "reward_pool" else []
-    report, _ = _run(_config(tmp_path, f"rollout.max_policy_lag={lag}", f"cluster.faults={json.dumps(FAULTS[name])}", *extra), tmp_path / "run")
+    extra = EXTRA.get(name, [])
+    report, runtime = _run(_config(tmp_path, f"rollout.max_policy_lag={lag}", f"cluster.faults={json.dumps(FAULTS[name])}", *extra), tmp_path / "run")
     died = {spec.split("-")[0] for spec in FAULTS[name]}
     assert all(report["restarts"][kind] >= 1 for kind in died), report["restarts"]
     assert audit_log(tmp_path / "run" / "candidates", ITERATIONS, PROMPTS, SEEDS) == {"trained": ITERATIONS * PROMPTS, "dropped": 0, "lost": 0, "duplicated": 0}
@@ -99,6 +102,12 @@ def test_workers_killed_in_every_phase_lose_nothing_and_train_nothing_twice(refe
         _run(_config(tmp_path, f"rollout.max_policy_lag={lag}", *extra), tmp_path / "reference")
         run = tmp_path / "reference"
     assert mine.equals(_selected(run))
+    if name == "reward_eval_slice":  # it died scoring the first periodic eval, whose figures are those of the run it did not die in
+        at = lambda start: next(i for i, line in enumerate(runtime.lines) if line.startswith(start))
+        assert at("base model") < at("reward-0 died") < at("iter 1/"), runtime.lines  # after the base eval, before the first row
+        rows = {r: [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()] for r, d in (("mine", tmp_path / "run"), ("theirs", run))}
+        evals = {r: [{k: v for k, v in row["eval"].items() if k != "images_per_s"} for row in rs[:-1]] for r, rs in rows.items()}
+        assert evals["mine"] == evals["theirs"] and report["restarts"]["reward"] == 1
 
 
 def test_explore_tasks_are_sized_from_the_pool():

@@ -31,6 +31,11 @@ class RewardActor:
         self.faults.reached("score")
         return self._score(images, prompts)
 
+    def score_eval(self, images: torch.Tensor, prompts: Sequence[str]) -> dict:
+        """The rewards of an eval's images, for the sampler measuring it (its own fault point)."""
+        self.faults.reached("score_eval")
+        return self._score(images, prompts)
+
     def label(self, images: torch.Tensor, prompts: Sequence[str]) -> dict:
         """The BF16 rewards of regenerated images (the training labels), with busy seconds."""
         self.faults.reached("label")

@@ -105,7 +105,7 @@ class SamplerActor:
 
     def preview_images(self, previews: Sequence[Preview]) -> tuple[torch.Tensor, dict]:
         """preview's images, for a reward worker to score."""
-        self.faults.reached("preview_images")
+        self.faults.reached("preview")
         start, (work,) = time.perf_counter(), previews
         _, images, _ = self.explorers.at(work.precision, self.update).explore_images([work.group])
         return images, self._report(start) | {"bytes": {"images": images.nbytes}, "precision": work.precision}
@@ -119,7 +119,7 @@ class SamplerActor:
 
     def audit_images(self, selections: Sequence[Selection]) -> tuple[torch.Tensor, dict]:
         """audit's images, for a reward worker to label."""
-        self.faults.reached("audit_images")
+        self.faults.reached("audit")
         start = time.perf_counter()
         _, images = self.worker.regenerate_images(_one(selections))
         return images, self._report(start) | {"bytes": {"images": images.nbytes}}
@@ -154,7 +154,7 @@ class _PooledReward:
     def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         import ray
 
-        reply = ray.get(self.handle.score.remote(images, list(prompts)))
+        reply = ray.get(self.handle.score_eval.remote(images, list(prompts)))
         self.sent += payload_bytes(images) + payload_bytes(list(prompts)) + payload_bytes(reply)
         return torch.tensor(reply["rewards"], dtype=torch.float32)
 

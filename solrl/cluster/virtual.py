@@ -18,8 +18,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from solrl.cluster.seam import WorkerDied
-from solrl.standin.actors import Died
+from solrl.cluster.seam import HelperDied, WorkerDied
+from solrl.standin.actors import Died, ScorerDied
 
 READY_AT = operator.attrgetter("ready_at")
 
@@ -93,6 +93,9 @@ class VirtualRuntime:
             except Died:
                 worker.dead_at = start + clock.elapsed - before
                 results = self._failed(returns, worker.dead_at, WorkerDied(f"the worker died in {method}"))
+            except ScorerDied:  # the worker lives; the reward worker it asked does not
+                results = self._failed(returns, start + clock.elapsed - before, HelperDied(f"the reward worker {method} asked died"))
+                worker.free_at = results[0].ready_at
             except Exception as exc:  # noqa: BLE001 (the call raised: its refs hold the error, as Ray's do)
                 results = self._failed(returns, start + clock.elapsed - before, exc)
                 worker.free_at = results[0].ready_at

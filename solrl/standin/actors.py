@@ -52,6 +52,11 @@ def _die() -> None:
     raise Died
 
 
+class ScorerDied(Exception):
+    """The virtual reward worker a virtual sampler's eval asked died: the virtual runtime fails the
+    call with HelperDied, as Ray's runtime does when a real sampler's reward worker dies."""
+
+
 class _Modeled:
     """What every stand-in shares: its clock, payloads and faults, real or virtual. A virtual one
     (solrl.cluster.virtual runs it in the driver's process) sleeps nothing, carries tiny tensors
@@ -151,13 +156,21 @@ class StandInSampler(_Modeled, StandInAudit):
         start = self.clock.now()
         self.clock.sample(len(pairs), self.config.eval.sampling, self.config.eval.precision)
         extra = {}
-        if self.scores or (scorer is not None and self.virtual):  # a virtual scorer's time counts as its own
+        if scorer is not None and self.virtual:  # the virtual reward worker (in this process) is asked in place; its time counts as ours
+            if scorer.dead_at is not None:
+                raise ScorerDied
+            try:
+                scorer.obj.faults.reached("score_eval")
+            except Died:
+                raise ScorerDied from None
+            self.clock.reward(len(pairs))
+        elif self.scores:
             self.clock.reward(len(pairs))
         elif scorer is not None:  # the reward pool scores the eval images, as for a real sampler
             import ray
 
             images, prompts = self.payloads.images(len(pairs)), [p for p, _ in pairs]
-            reply = ray.get(scorer.score.remote(images, prompts))
+            reply = ray.get(scorer.score_eval.remote(images, prompts))
             extra[SCORER_BYTES] = np.array([payload_bytes(images) + payload_bytes(prompts) + payload_bytes(reply)])
         shift = 0.0 if adapter_state is None else 0.01
         rewards = np.array([reward(p, s) + shift for p, s in pairs])
@@ -187,6 +200,10 @@ class StandInReward(_Modeled):
         start = self.clock.now()
         self.clock.reward(len(prompts))
         return {"rewards": [reward(p, i, proxy=True) for i, p in enumerate(prompts)], "seconds": self.clock.now() - start}
+
+    def score_eval(self, images: torch.Tensor, prompts: Sequence[str]) -> dict:
+        self.faults.reached("score_eval")
+        return self.score(images, prompts)
 
     def label(self, images: torch.Tensor, prompts: Sequence[str]) -> dict:
         """The BF16 rewards of regenerated images (deterministic per prompt and position)."""

@@ -35,7 +35,7 @@ class StandInAudit:
         return self._report(start) | {"rewards": rewards, "precision": work.precision}
 
     def preview_images(self, previews: Sequence[Preview]) -> tuple[torch.Tensor, dict]:
-        self.faults.reached("preview_images")
+        self.faults.reached("preview")
         work, start = self._preview(previews)
         images = self.payloads.images(len(work.seeds))
         return images, self._report(start) | {"bytes": {"images": images.nbytes}, "precision": work.precision}
@@ -47,7 +47,7 @@ class StandInAudit:
         return self._report(start) | {"rewards": [[reward(selection.prompt, s) for s in selection.seeds]]}
 
     def audit_images(self, selections: Sequence[Selection]) -> tuple[torch.Tensor, dict]:
-        self.faults.reached("audit_images")
+        self.faults.reached("audit")
         start, (selection,) = self.clock.now(), selections
         self.clock.sample(len(selection.seeds), self.sampling, self.precision)
         images = self.payloads.images(len(selection.seeds))
