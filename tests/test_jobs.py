@@ -36,7 +36,10 @@ from tiny_runs import TINY_RUN
 DEPLOY = pathlib.Path(__file__).resolve().parent.parent / "deploy"
 # Rollout workers reserve half a CPU: the 2-CPU head then holds 3 of them beside the regeneration
 # worker and the learner, so growing the pool past 3 leaves workers waiting without starting more.
-TINY = [*TINY_RUN, "train.iterations=400", "eval.grid_rows=0", "eval.best_of=0", "cluster.learner_ranks=1", "cluster.pool_resources={rollout: {CPU: 0.5}}"]
+TINY = [
+    *TINY_RUN, "train.iterations=400", "eval.grid_rows=0", "eval.best_of=0", "cluster.learner_ranks=1", "cluster.pool_resources={rollout: {CPU: 0.5}}",
+    "rollout.precision_control={}",  # the explore audit on a submitted, scaled, stopped and resumed job: every dashboard panel has data
+]  # fmt: skip
 
 
 def _free_port() -> int:

@@ -57,3 +57,39 @@ def test_audit_agreement_averages_the_groups_where_it_is_defined():
     assert audit_agreement([[1, 2, 3], [3, 2, 1], [1, 1, 1]], [[1, 2, 3], [1, 2, 3], [1, 2, 3]]) == pytest.approx(0.0)
     assert audit_agreement([[1, 2, 3, 4]], [[1, 2, 4, 3]]) == pytest.approx(0.8)
     assert math.isnan(audit_agreement([[1, 1]], [[1, 2]]))
+
+
+def test_the_distributed_audit_takes_results_that_come_after_its_row_was_closed():
+    """Under a lag a step can end before its iteration's audit tasks do: the row is closed (held)
+    with the audit pending, and the previews and regenerations that come later still land in it."""
+    from solrl.cluster.audit_desk import AuditDesk
+    from solrl.cluster.dispatch import Done
+    from solrl.config import load_config
+    from solrl.types import Candidates, PromptGroup
+    from solrl.workers.selector import Selector
+
+    class Queue:  # what the desk hands the dispatcher
+        def __init__(self):
+            self.jobs = []
+
+        def put(self, stage, work):
+            self.jobs.append((stage, work[0]))
+
+    config = load_config(overrides=["rollout.precision_control={audit: 4}", "selection.k=2", "rollout.candidates=8"])
+    desk, queue = AuditDesk(config, log=lambda _: None), Queue()
+    desk.attach(queue, rollout=None)
+    group = PromptGroup(0, "a red circle", tuple(range(8)), 0, 0)
+    candidates = Candidates(group, (0.1, 0.9, 0.3, 0.5, 0.2, 0.8, 0.4, 0.6), 0, 1.0)
+    desk.explored_at([candidates], "nvfp4")
+    sel = Selector(config.selection).choose(candidates)
+    desk.selected(sel, candidates)
+    desk.regenerated(sel, [0.0] * len(sel.seeds))
+    audit = desk.closing(0)
+    assert not audit.done and not desk.settled(0)
+    (stage, work), = queue.jobs  # nvfp4 is the cheapest rung: no preview, one audit regeneration
+    assert stage == "audit" and set(work.seeds).isdisjoint(sel.seeds)
+    desk.delivered(Done("audit", (work,), (), {"rewards": [[0.5] * len(work.seeds)]}, None))
+    assert audit.done and desk.settled(0)
+    figures = audit.report()
+    assert figures["precision"] == "nvfp4" and figures["groups"] == 1 and figures["regenerated"] == len(work.seeds)
+    assert not desk.groups  # reported: forgotten

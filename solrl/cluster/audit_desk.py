@@ -135,11 +135,13 @@ class AuditDesk:
 
     def closing(self, iteration: int) -> IterationAudit:
         """The audit the row of `iteration` (all its groups selected by now) waits for."""
-        groups = [self.groups.pop(k) for k in [k for k in self.groups if k[0] == iteration]]
+        groups = [g for k, g in self.groups.items() if k[0] == iteration]  # still looked up by the results to come
         return IterationAudit(self, iteration, groups, dict(self.explored.pop(iteration, {})))
 
     # -- the row's figures and the move ----------------------------------------------------------------
     def report(self, audit: IterationAudit) -> dict:
+        for key in [k for k in self.groups if k[0] == audit.iteration]:  # every result of the iteration is in
+            del self.groups[key]
         current, cheaper = self.control.precision, self.control.cheaper
         mine = [g for g in audit.groups if g.precision == current]
         below = [g for g in mine if g.cheaper == cheaper and g.cheaper_previews is not None]
