@@ -13,6 +13,7 @@ variant. Finished runs (an eval.json in OUT/VARIANT/seed-S) are read back, not r
 from __future__ import annotations
 
 import argparse
+import math
 import pathlib
 
 from common import append_results, with_json_lines
@@ -64,9 +65,10 @@ def main() -> None:
             name, what, f"{gap:.2f} ± {gap_se:.2f}", f"{change:+.3f} ± {change_se:.3f}", f"{min(changes):+.3f}",
             ", ".join(per_seed), f"{max(seconds):.0f}",
         ])
+        finite = lambda v: None if math.isnan(v) else v  # one seed has no s.e., and JSON has no NaN
         points.append({
-            "variant": name, "seeds": args.seeds, "gap_closed": gap, "gap_closed_se": gap_se, "accuracy_change": change,
-            "accuracy_change_se": change_se, "worst_accuracy_change": min(changes), "max_run_s": max(seconds),
+            "variant": name, "seeds": args.seeds, "gap_closed": gap, "gap_closed_se": finite(gap_se), "accuracy_change": change,
+            "accuracy_change_se": finite(change_se), "worst_accuracy_change": min(changes), "max_run_s": max(seconds),
         })
     headers = [
         "variant", "what it changes", "gap closed (mean ± s.e.)", "strict accuracy change (mean ± s.e.)", "worst seed",
