@@ -262,6 +262,12 @@ def test_main_job_reward_pays_size_only_where_the_caption_holds(eval_renders, mo
     assert torch.allclose(gated(images, wrong), score * (0.5 + 0.5 * size))
     with pytest.raises(ConfigError, match="gate='shapes_strict'.*add"):
         load_config(overrides=["reward=[{name: shapes_size, gate: shapes_strict}]"])
+    # a gate belongs to its entry: size listed twice, paid where the caption holds and charged where it fails
+    both = "reward=[{name: shapes, weight: 0.5}, {name: shapes_size, weight: 1.0, gate: shapes_strict}, {name: shapes_size, weight: -0.5}, {name: shapes_strict, weight: 0}]"
+    score, passed, size = judge(images, wrong)
+    signed = build_reward(load_config(overrides=[both]).reward)
+    assert torch.allclose(signed(images, wrong), 0.5 * score + size * passed.float() - 0.5 * size)
+    assert signed.name == "0.5*shapes+1*shapes_size*shapes_strict+-0.5*shapes_size+0*shapes_strict"
 
 
 def test_accuracy_change_pairs_the_same_captions():

@@ -85,29 +85,33 @@ def reward_spec(**fields) -> ShapesRewardSpec | ModelRewardSpec | RemoteRewardSp
 
 class WeightedReward:
     """sum_i weight_i * reward_i(images, prompts) [* gate_i(images, prompts)]; each reward is
-    computed once per call, and each one's mean is kept for the metrics."""
+    computed once per call, and each one's mean is kept for the metrics. Gates belong to parts, not
+    to names: a reward listed twice, once gated and once not, is gated once (`gates[i]` is part
+    i's gate, the name of another part, or None)."""
 
-    def __init__(self, parts: Sequence[tuple[str, float, object]], gates: dict[str, str] | None = None):
+    def __init__(self, parts: Sequence[tuple[str, float, object]], gates: Sequence[str | None] | None = None):
         if not parts:
             raise ValueError("a weighted reward needs at least one part")
         self.parts = list(parts)
-        self.gates = gates or {}
+        self.gates = list(gates) if gates is not None else [None] * len(self.parts)
+        if len(self.gates) != len(self.parts):
+            raise ValueError(f"a weighted reward of {len(self.parts)} parts got {len(self.gates)} gates; pass one (or None) per part")
         names = {n for n, _, _ in self.parts}
-        for part, gate in self.gates.items():
-            if gate not in names or gate == part:
+        for (part, _, _), gate in zip(self.parts, self.gates, strict=True):
+            if gate is not None and (gate not in names or gate == part):
                 raise ValueError(f"reward part {part!r} is gated by {gate!r}, which is not another part of the reward list; add it (weight 0 if it should only gate)")
-        self.name = "+".join(f"{w:g}*{n}" + (f"*{self.gates[n]}" if n in self.gates else "") for n, w, _ in self.parts)
+        self.name = "+".join(f"{w:g}*{n}" + (f"*{g}" if g else "") for (n, w, _), g in zip(self.parts, self.gates, strict=True))
         self.last_means: dict[str, float] = {}
 
     def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        values = {}
-        for name, _, reward in self.parts:
-            values[name] = reward(images, prompts).float().cpu()
-            self.last_means[name] = float(values[name].mean()) if len(values[name]) else float("nan")
+        values = [reward(images, prompts).float().cpu() for _, _, reward in self.parts]
+        by_name: dict[str, torch.Tensor] = {}
+        for (name, _, _), value in zip(self.parts, values, strict=True):
+            by_name.setdefault(name, value)
+            self.last_means[name] = float(by_name[name].mean()) if len(value) else float("nan")
         total = torch.zeros(len(images), dtype=torch.float32)
-        for name, weight, _ in self.parts:
-            gate = self.gates.get(name)
-            total += weight * values[name] * (values[gate] if gate else 1.0)
+        for (_, weight, _), value, gate in zip(self.parts, values, self.gates, strict=True):
+            total += weight * value * (by_name[gate] if gate else 1.0)
         return total
 
 
@@ -157,4 +161,4 @@ def build_reward(specs: Sequence[RewardSpec]):
             parts.append((s.name, s.weight, ShapesReward(s.name, judge)))
         else:
             parts.append((s.name, s.weight, build_one(s)))
-    return WeightedReward(parts, {s.name: s.gate for s in specs if s.gate})
+    return WeightedReward(parts, [s.gate for s in specs])
