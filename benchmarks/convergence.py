@@ -35,7 +35,7 @@ import pathlib
 import shutil
 
 import numpy as np
-from common import append_results, table
+from common import append_results, with_json_lines
 
 from solrl.config import load_config
 from solrl.cost import CostMeter
@@ -56,11 +56,13 @@ def arm_config(arm: str, seed: int, budget: float, eval_points: int, sets: list[
     eval_points equal parts."""
     base = load_config(overrides=sets)
     fill = {"k": base.selection.k, "full": base.rollout.regenerate.steps}
-    overrides = [*sets, f"seed={seed}", *(s.format(**fill) for s in ARMS[arm][1]), "rollout.max_policy_lag=0"]
+    # the curve is the training trajectory: the final eval is the last adapters', not the kept best's
+    fixed = ["rollout.max_policy_lag=0", "train.keep_best=false", "eval.validation="]
+    overrides = [*sets, f"seed={seed}", *(s.format(**fill) for s in ARMS[arm][1]), *fixed]
     config = load_config(overrides=overrides)
     per_iteration = sum(v for k, v in _iteration_cost(config).items() if k in TRAIN_COST)
     iterations = max(1, math.ceil(budget / per_iteration))
-    every = max(1, round(iterations / eval_points))
+    every = max(1, iterations // eval_points)  # at least eval_points evals
     return load_config(overrides=[*overrides, f"train.iterations={iterations}", f"eval.every={every}"])
 
 
@@ -113,31 +115,41 @@ def summarize(root: pathlib.Path, arms: list[str], target_share: float, plot_pat
     reach = {arm: [cost_to_reach(c, target) for c in cs] for arm, cs in curves.items()}
     # an arm's iterations all cost the same, so its first run's total over its iterations
     per_iteration = {arm: cs[0][-1][0] / _iterations(runs[arm][0]) for arm, cs in curves.items()}
-    rows = []
+    rows, points = [], []
     for arm, cs in curves.items():
         finite = [r for r in reach[arm] if math.isfinite(r)]
         low, high = bootstrap(finite, rng) if len(finite) == len(cs) > 1 else (math.nan, math.nan)
         mean_reach = float(np.mean(reach[arm])) if len(finite) == len(cs) else math.inf
+        points.append({
+            "arm": arm, "seeds": len(cs), "cost_per_iteration": per_iteration[arm], "final_preference": float(np.mean(finals[arm])),
+            "cost_to_target": mean_reach if math.isfinite(mean_reach) else None, "interval": [round(low), round(high)] if math.isfinite(low) else None,
+            "seeds_reaching": len(finite), "eval_points": len(cs[0]) - 1,
+        })
         rows.append([
             arm, ARMS[arm][0], len(cs), f"{per_iteration[arm]:.0f}", _mean_se(finals[arm]), f"{mean_reach:.0f}", f"[{low:.0f}, {high:.0f}]",
             f"{mean_reach / per_iteration[arm]:.1f}", f"{len(finite)}/{len(cs)}",
         ])
     lines = [f"Base preference {base:.4f}; target {target:.4f} ({target_share:.0%} of the best arm's final gain)."]
-    lines += [_ratio(f"Cost to target, {arm}/d", reach[arm], reach["d"], rng) for arm in "abce" if arm in reach and "d" in reach]
+    ratios = {f"{arm}/d": (f"Cost to target, {arm}/d", reach[arm], reach["d"]) for arm in "abce" if arm in reach and "d" in reach}
     if "a" in reach and "d" in reach:
         iterations = {arm: [r / per_iteration[arm] for r in reach[arm]] for arm in ("a", "d")}
-        lines.append(_ratio("Structural ceiling of a/d (a's iterations to target over d's)", iterations["a"], iterations["d"], rng))
+        ratios["ceiling a/d"] = ("Structural ceiling of a/d (a's iterations to target over d's)", iterations["a"], iterations["d"])
     if "a" in curves and "d" in curves:
         # the paper's own definition: DiffusionNFT's whole run against Sol-RL's cost to reach its final reward
         paper = float(np.mean(finals["a"]))
         whole = [c[-1][0] for c in curves["a"]]
-        lines.append(_ratio(f"Paper's definition (a's whole run over d's cost to a's mean final {paper:.4f}), a/d", whole, [cost_to_reach(c, paper) for c in curves["d"]], rng))
+        ratios["paper a/d"] = (f"Paper's definition (a's whole run over d's cost to a's mean final {paper:.4f}), a/d", whole, [cost_to_reach(c, paper) for c in curves["d"]])
+    for name, (label, num, den) in ratios.items():
+        line, value = _ratio(label, num, den, rng)
+        lines.append(line)
+        points.append({"ratio": name, "value": value[0], "interval": [round(v, 3) for v in value[1:]]} if value else {"ratio": name, "value": None})
     if "c" in finals and "d" in finals:
         low, high = _diff_interval(finals["c"], finals["d"], rng)
         lines.append(f"Plateau: final preference c - d = {np.mean(finals['c']) - np.mean(finals['d']):+.4f} (95 % bootstrap [{low:+.4f}, {high:+.4f}]).")
     plot = _plot(curves, target, plot_path)
     headers = ["arm", "what", "seeds", "cost per iteration", "final held-out preference (± s.e.)", "cost to target (BF16 calls)", "95 % interval", "iterations to target", "seeds reaching it"]
-    return table(headers, rows) + "\n\n" + "\n".join(f"- {line}" for line in lines) + f"\n\nPlot: [{plot.name}]({plot.name})"
+    bullets = "\n".join(f"- {line}" for line in lines)
+    return f"{with_json_lines(headers, rows, points)}\n\n{bullets}\n\nPlot: [{plot.name}]({plot.name})"
 
 
 def _iterations(run: pathlib.Path) -> int:
@@ -155,15 +167,16 @@ def ratio_interval(num: list[float], den: list[float], rng: np.random.Generator)
     return float(np.mean(num) / np.mean(den)), float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))
 
 
-def _ratio(label: str, num: list[float], den: list[float], rng: np.random.Generator) -> str:
-    """mean(num) / mean(den) with a 95 % bootstrap interval, seeds resampled within each arm."""
+def _ratio(label: str, num: list[float], den: list[float], rng: np.random.Generator) -> tuple[str, tuple[float, float, float] | None]:
+    """mean(num) / mean(den) with a 95 % bootstrap interval, seeds resampled within each arm: the
+    line that says it, and (ratio, low, high) or None where it cannot be computed."""
     if not all(math.isfinite(r) for r in num + den):
         missed = sum(not math.isfinite(r) for r in num), sum(not math.isfinite(r) for r in den)
-        return f"{label}: not all seeds reach it within the budget (missed: {missed[0]}/{len(num)} and {missed[1]}/{len(den)})."
+        return f"{label}: not all seeds reach it within the budget (missed: {missed[0]}/{len(num)} and {missed[1]}/{len(den)}).", None
     if min(den) == 0:
-        return f"{label}: the denominator's arm starts at or above the target."
+        return f"{label}: the denominator's arm starts at or above the target.", None
     ratio, low, high = ratio_interval(num, den, rng)
-    return f"{label}: {ratio:.2f} (95 % bootstrap over seeds [{low:.2f}, {high:.2f}])."
+    return f"{label}: {ratio:.2f} (95 % bootstrap over seeds [{low:.2f}, {high:.2f}]).", (ratio, low, high)
 
 
 def _diff_interval(x: list[float], y: list[float], rng: np.random.Generator) -> tuple[float, float]:

@@ -16,6 +16,18 @@ the paired standard error of the difference (the same captions and seeds), and w
 within one of them of the peak; a JSON line a run. (The peak is read off the held-out evals: a
 diagnosis of drift, not a choice of what to report; train.keep_best chooses on validation prompts.)
 
+Explore precision chosen online (rollout.precision_control): each row also says which precisions
+explore ran at since the previous row and the mean Spearman of the audited (unselected) seeds, and
+after the curves a table gives, per run, the modeled GPU cost (solrl.cost, audit included) at which
+held-out accuracy first reaches a target change from the base (--target; default 80 % of the
+smallest peak among the runs, so that every run reaches it), the switches made, and the share of
+iterations whose audited agreement was at or above the controller's floor. To compare a run with
+the controller against one without, give both:
+
+    solrl train --local --out runs/strict-pc --set 'reward=[{name: shapes_strict, weight: 1}]' \
+        --set train.iterations=160 --set eval.every=20 --set 'rollout.precision_control={}'
+    python benchmarks/learning_curve.py runs/strict runs/strict-pc
+
 Each run is labelled by how its config.yaml differs from the shipped configs/shapes.yaml.
 """
 
@@ -59,35 +71,85 @@ def _mean(window: list[dict], key: str) -> str:
     return f"{sum(values) / len(values):.3g}" if values else "-"
 
 
-def curve(run: pathlib.Path) -> list[list[object]]:
-    """One row per eval point: iteration, seconds, held-out accuracy ± s.e., its paired change from the base,
-    score, per task, then means over the iterations since the previous point: proxy reward, the learner's
-    KL to the base model and gradient norm (before clipping), and the preview's Spearman against BF16."""
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    final = json.loads((run / "eval.json").read_text())
+def _rows(run: pathlib.Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def _points(run: pathlib.Path) -> list[tuple[int, float, dict]]:
+    """(iterations trained, run seconds, eval) at the base, each periodic eval and the end (the
+    last adapters' eval when train.keep_best kept another)."""
+    rows, final = _rows(run), json.loads((run / "eval.json").read_text())
     points = [(0, 0.0, final["base_eval"])]
     points += [(r["iteration"] + 1, r["elapsed"], r["eval"]) for r in rows if "eval" in r]
-    points.append((len(rows), final.get("seconds", rows[-1]["elapsed"]), final["final_eval"]))
-    out, start, base = [], 0, final["base_eval"]
-    for iteration, seconds, ev in points:
+    points.append((len(rows), final.get("seconds", rows[-1]["elapsed"]), final.get("final_eval_last", final["final_eval"])))
+    return points
+
+
+def _cost(rows: list[dict], iterations: int) -> float:
+    """Modeled GPU cost of training (BF16 calls: explore, regenerate and train, the explore
+    audit's previews and regenerations included; evals left out) of the first `iterations`."""
+    return float(sum(rows[iterations - 1]["modeled_cost_total"][k] for k in ("explore", "regenerate", "train"))) if iterations else 0.0
+
+
+def _precisions(window: list[dict]) -> str:
+    """The explore precisions of a window's iterations, in order, and its switches."""
+    seen = [r["audit"]["precision"] for r in window if "audit" in r]
+    if not seen:
+        return "-"
+    order = list(dict.fromkeys(seen))
+    switches = sum(1 for r in window if "switch" in r.get("audit", {}))
+    return " -> ".join(order) + (f" ({switches} switch{'es' if switches > 1 else ''})" if switches else "")
+
+
+def curve(run: pathlib.Path) -> list[list[object]]:
+    """One row per eval point: iteration, seconds, modeled cost so far, held-out accuracy ± s.e., its paired
+    change from the base, score, per task, then over the iterations since the previous point: means of the
+    proxy reward, the learner's KL to the base model and gradient norm (before clipping), the preview's
+    Spearman against BF16 on the selected seeds and on the audited ones, and the explore precisions."""
+    rows = _rows(run)
+    out, start, base = [], 0, _points(run)[0][2]
+    for iteration, seconds, ev in _points(run):
         window = rows[start:iteration]
         tasks = " ".join(f"{SHORT.get(k, k)} {v:.2f}" for k, v in ev["per_task"].items())
         change, se = accuracy_change(base, ev)
-        out.append([iteration, f"{seconds:.0f}", f"{ev['accuracy']:.3f} ± {ev['accuracy_se']:.3f}", f"{change:+.3f} ± {se:.3f}", f"{ev['score']:.3f}", tasks]
-                   + [_mean(window, key) for key in ("proxy_reward_mean", "kl", "grad_norm", "spearman")])
+        audited = _mean([r["audit"] for r in window if "audit" in r], "spearman")
+        out.append([iteration, f"{seconds:.0f}", f"{_cost(rows, iteration):.0f}", f"{ev['accuracy']:.3f} ± {ev['accuracy_se']:.3f}", f"{change:+.3f} ± {se:.3f}",
+                    f"{ev['score']:.3f}", tasks, *[_mean(window, key) for key in ("proxy_reward_mean", "kl", "grad_norm", "spearman")], audited, _precisions(window)])  # fmt: skip
         start = iteration
     return out
 
 
+def cost_to_target(run: pathlib.Path, target: float) -> dict:
+    """The modeled cost at which held-out accuracy first reaches `target` change from the base
+    (linear between eval points; None if it never does), and what the explore controller did."""
+    rows, points = _rows(run), _points(run)
+    base, reached = points[0][2], None
+    changes = [(_cost(rows, it), accuracy_change(base, ev)[0]) for it, _, ev in points]
+    for (c0, y0), (c1, y1) in zip([(0.0, -math.inf), *changes], changes, strict=False):
+        if y1 >= target:
+            reached = c0 + (target - y0) * (c1 - c0) / (y1 - y0) if math.isfinite(y0) else c1
+            break
+    audits = [r["audit"] for r in rows if "audit" in r]
+    floor = (yaml.safe_load((run / "config.yaml").read_text())["rollout"].get("precision_control") or {}).get("floor")
+    above = [a["spearman"] >= floor for a in audits if floor is not None and a.get("spearman") == a.get("spearman") and a.get("spearman") is not None]
+    return {
+        "run": run.name, "target_change": target, "cost_to_target": reached, "total_cost": _cost(rows, len(rows)),
+        "switches": [f"{a['switch']['from']} -> {a['switch']['to']} at {r['iteration'] + 1}" for r in rows if "switch" in (a := r.get("audit", {}))],
+        "share_at_or_above_floor": sum(above) / len(above) if above else None, "floor": floor,
+    }  # fmt: skip
+
+
+def peak_change(run: pathlib.Path) -> float:
+    points = _points(run)
+    return max(accuracy_change(points[0][2], ev)[0] for _, _, ev in points)
+
+
 def drift(run: pathlib.Path) -> dict:
     """The run's last policy (its lora/last/ when train.keep_best kept another) against its best eval point."""
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    report = json.loads((run / "eval.json").read_text())
-    last = report.get("final_eval_last", report["final_eval"])
-    points = [(r["iteration"] + 1, r["eval"]) for r in rows if "eval" in r] + [(len(rows), last)]
-    peak_at, peak = max(points, key=lambda p: p[1]["accuracy"])
+    points = _points(run)
+    base, last = points[0][2], points[-1][2]
+    peak_at, _, peak = max(points[1:], key=lambda p: p[2]["accuracy"])
     change, se = accuracy_change(peak, last)
-    base = report["base_eval"]
     return {
         "run": run.name, "peak_iteration": peak_at, "peak_change_from_base": accuracy_change(base, peak)[0],
         "final_change_from_base": accuracy_change(base, last)[0], "final_minus_peak": change, "paired_se": se, "within_one_se": bool(-change <= se),
@@ -97,8 +159,10 @@ def drift(run: pathlib.Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=pathlib.Path, help="run directories written by `solrl train --out`")
+    parser.add_argument("--target", type=float, help="accuracy change from the base whose modeled cost is compared (default: 80 %% of the smallest peak)")
     args = parser.parse_args()
-    headers = ["iterations", "run s", "held-out accuracy (EMA)", "change from base (paired s.e.)", "score", "per task", "proxy mean", "KL to base", "grad norm", "preview Spearman"]
+    headers = ["iterations", "run s", "modeled cost", "held-out accuracy (EMA)", "change from base (paired s.e.)", "score", "per task", "proxy mean", "KL to base",
+               "grad norm", "preview Spearman", "audited Spearman", "explore precision"]  # fmt: skip
     body, drifts = [], [drift(run) for run in args.runs]
     for run in args.runs:
         body.append(f"{run.name}: {label(run)}\n\n" + table(headers, curve(run)))
@@ -106,15 +170,22 @@ def main() -> None:
                    f"{d['final_minus_peak']:+.3f} ± {d['paired_se']:.3f}", "yes" if d["within_one_se"] else "no"] for d in drifts]  # fmt: skip
     drift_headers = ["run", "peak at iteration", "peak change from base", "final change from base", "final - peak (paired s.e.)", "within one s.e."]
     body.append("Drift: the last policy against the curve's peak\n\n" + with_json_lines(drift_headers, drift_rows, drifts))
+    target = args.target if args.target is not None else 0.8 * min(peak_change(run) for run in args.runs)
+    costs = [cost_to_target(run, target) for run in args.runs]
+    cost_rows = [[c["run"], f"{c['cost_to_target']:.0f}" if c["cost_to_target"] is not None else "not reached", f"{c['total_cost']:.0f}", "; ".join(c["switches"]) or "-",
+                  f"{c['share_at_or_above_floor']:.2f} (floor {c['floor']})" if c["share_at_or_above_floor"] is not None else "-"] for c in costs]  # fmt: skip
+    cost_headers = ["run", f"modeled cost to {target:+.3f} accuracy", "modeled cost of the run", "explore precision switches", "audited Spearman at or above the floor"]
+    body.append("Modeled cost to a held-out target, and the explore controller\n\n" + with_json_lines(cost_headers, cost_rows, costs))
     append_results(
         "Learning curves of shapes runs",
         "\n\n".join(body),
         "held-out = 63 eval captions x 8, fp32 10 Euler steps, seed 1234, on the evaluation EMA (± the eval's standard error over "
         "its seeds; the change pairs the same captions and seeds with the base eval); the last row is the "
-        "run's final eval; the last four columns are means over the iterations since the previous row: proxy = mean NVFP4 "
-        "6-step reward of every explored candidate (train prompts, current policy), the learner's KL term "
-        "mean((v_theta - v_ref)^2), its gradient norm before clipping, and the preview's Spearman against the BF16 reward; "
-        "run s is wall time inside the run, so it depends on what else shared the machine",
+        "run's final eval (of the last adapters); modeled cost is solrl.cost's BF16 calls of training so far (evals left out); the last six columns are over the "
+        "iterations since the previous row: means of proxy = the explore preview's reward of every explored candidate (train "
+        "prompts, current policy), the learner's KL term mean((v_theta - v_ref)^2), its gradient norm before clipping, the "
+        "preview's Spearman against the BF16 reward on the selected seeds and on the audited ones (rollout.precision_control), "
+        "and the precisions explore ran at; run s is wall time inside the run, so it depends on what else shared the machine",
     )
 
 
