@@ -156,37 +156,43 @@ def drift(run: pathlib.Path) -> dict:
     }  # fmt: skip
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", type=pathlib.Path, help="run directories written by `solrl train --out`")
-    parser.add_argument("--target", type=float, help="accuracy change from the base whose modeled cost is compared (default: 80 %% of the smallest peak)")
-    args = parser.parse_args()
+NOTES = (
+    "held-out = 63 eval captions x 8, fp32 10 Euler steps, seed 1234, on the evaluation EMA (± the eval's standard error over "
+    "its seeds; the change pairs the same captions and seeds with the base eval); the last row is the "
+    "run's final eval (of the last adapters); modeled cost is solrl.cost's BF16 calls of training so far (evals left out); the last six columns are over the "
+    "iterations since the previous row: means of proxy = the explore preview's reward of every explored candidate (train "
+    "prompts, current policy), the learner's KL term mean((v_theta - v_ref)^2), its gradient norm before clipping, the "
+    "preview's Spearman against the BF16 reward on the selected seeds and on the audited ones (rollout.precision_control), "
+    "and the precisions explore ran at; run s is wall time inside the run, so it depends on what else shared the machine"
+)
+
+
+def report(runs: list[pathlib.Path], target: float | None = None) -> str:
+    """The RESULTS.md entry's body: each run's curve, the drift table, the cost-to-target table."""
     headers = ["iterations", "run s", "modeled cost", "held-out accuracy (EMA)", "change from base (paired s.e.)", "score", "per task", "proxy mean", "KL to base",
                "grad norm", "preview Spearman", "audited Spearman", "explore precision"]  # fmt: skip
-    body, drifts = [], [drift(run) for run in args.runs]
-    for run in args.runs:
+    body, drifts = [], [drift(run) for run in runs]
+    for run in runs:
         body.append(f"{run.name}: {label(run)}\n\n" + table(headers, curve(run)))
     drift_rows = [[d["run"], d["peak_iteration"], f"{d['peak_change_from_base']:+.3f}", f"{d['final_change_from_base']:+.3f}",
                    f"{d['final_minus_peak']:+.3f} ± {d['paired_se']:.3f}", "yes" if d["within_one_se"] else "no"] for d in drifts]  # fmt: skip
     drift_headers = ["run", "peak at iteration", "peak change from base", "final change from base", "final - peak (paired s.e.)", "within one s.e."]
     body.append("Drift: the last policy against the curve's peak\n\n" + with_json_lines(drift_headers, drift_rows, drifts))
-    target = args.target if args.target is not None else 0.8 * min(peak_change(run) for run in args.runs)
-    costs = [cost_to_target(run, target) for run in args.runs]
+    target = target if target is not None else 0.8 * min(peak_change(run) for run in runs)
+    costs = [cost_to_target(run, target) for run in runs]
     cost_rows = [[c["run"], f"{c['cost_to_target']:.0f}" if c["cost_to_target"] is not None else "not reached", f"{c['total_cost']:.0f}", "; ".join(c["switches"]) or "-",
                   f"{c['share_at_or_above_floor']:.2f} (floor {c['floor']})" if c["share_at_or_above_floor"] is not None else "-"] for c in costs]  # fmt: skip
     cost_headers = ["run", f"modeled cost to {target:+.3f} accuracy", "modeled cost of the run", "explore precision switches", "audited Spearman at or above the floor"]
     body.append("Modeled cost to a held-out target, and the explore controller\n\n" + with_json_lines(cost_headers, cost_rows, costs))
-    append_results(
-        "Learning curves of shapes runs",
-        "\n\n".join(body),
-        "held-out = 63 eval captions x 8, fp32 10 Euler steps, seed 1234, on the evaluation EMA (± the eval's standard error over "
-        "its seeds; the change pairs the same captions and seeds with the base eval); the last row is the "
-        "run's final eval (of the last adapters); modeled cost is solrl.cost's BF16 calls of training so far (evals left out); the last six columns are over the "
-        "iterations since the previous row: means of proxy = the explore preview's reward of every explored candidate (train "
-        "prompts, current policy), the learner's KL term mean((v_theta - v_ref)^2), its gradient norm before clipping, the "
-        "preview's Spearman against the BF16 reward on the selected seeds and on the audited ones (rollout.precision_control), "
-        "and the precisions explore ran at; run s is wall time inside the run, so it depends on what else shared the machine",
-    )
+    return "\n\n".join(body)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=pathlib.Path, help="run directories written by `solrl train --out`")
+    parser.add_argument("--target", type=float, help="accuracy change from the base whose modeled cost is compared (default: 80 %% of the smallest peak)")
+    args = parser.parse_args()
+    append_results("Learning curves of shapes runs", report(args.runs, args.target), NOTES)
 
 
 if __name__ == "__main__":

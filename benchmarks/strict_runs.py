@@ -1,0 +1,65 @@
+"""The hour-long compositional runs of issue 29 (items 3 and 4): the strict GenEval-style check as
+the only reward, 160 iterations, a held-out eval every 20, on several seeds, with and without the
+online explore-precision controller (rollout.precision_control at its defaults); then one
+RESULTS.md entry from benchmarks/learning_curve.py: every run's curve, the drift of each (its last
+policy against its peak, paired), and the modeled cost to a held-out target with the controller's
+switches and the share of iterations its audited agreement held the floor.
+
+    python benchmarks/strict_runs.py [--seeds 0 1 2] [--arms off on] [--jobs 2] [--out runs/strict]
+
+Each run is `solrl train --local --out OUT/ARM-seed-S ...` in its own process (one torch thread
+each when --jobs > 1); finished runs (an eval.json) are read, not rerun, so an interrupted sweep
+continues. About an hour a run alone on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+from common import append_results
+from learning_curve import NOTES, report
+
+STRICT = ["reward=[{name: shapes_strict, weight: 1}]"]
+ARMS = {"off": [], "on": ["rollout.precision_control={}"]}
+
+
+def train(out: pathlib.Path, arm: str, seed: int, iterations: int, every: int, threads: int | None) -> pathlib.Path:
+    run = out / f"{arm}-seed-{seed}"
+    if (run / "eval.json").is_file():
+        return run
+    shutil.rmtree(run, ignore_errors=True)  # an unfinished run starts over (train refuses a non-empty --out)
+    sets = [*STRICT, *ARMS[arm], f"seed={seed}", f"train.iterations={iterations}", f"eval.every={every}"]
+    env = os.environ | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
+    with open(out / f"{arm}-seed-{seed}.log", "w") as log:
+        cmd = [sys.executable, "-m", "solrl.cli", "train", "--local", "--out", str(run), *[a for s in sets for a in ("--set", s)]]
+        subprocess.run(cmd, check=True, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), help="off: explore in NVFP4 throughout; on: the controller chooses")
+    parser.add_argument("--iterations", type=int, default=160)
+    parser.add_argument("--eval-every", type=int, default=20)
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once, one torch thread each when more than 1")
+    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/strict"))
+    parser.add_argument("--target", type=float, help="accuracy change whose modeled cost is compared (default: 80 %% of the smallest peak)")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    todo = [(arm, seed) for seed in args.seeds for arm in args.arms]
+    threads = 1 if args.jobs > 1 else None
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:  # each run is its own process
+        runs = list(pool.map(lambda job: train(args.out, *job, args.iterations, args.eval_every, threads), todo))
+    title = f"Strict-reward runs, {args.iterations} iterations, seeds {args.seeds}, explore controller {' / '.join(args.arms)}"
+    append_results(title, report(runs, args.target), NOTES)
+
+
+if __name__ == "__main__":
+    main()
