@@ -1,6 +1,8 @@
 """Rollout throughput at the real transformer sizes of SD3.5-Large and FLUX.1-dev (random weights):
 images/s of a 6-step explore in bf16, fp8 and NVFP4, and the seconds to merge a LoRA update into
-the sampler's copy and re-quantize it. Transformer only: conditioning is random (text encoders
+the sampler's copy and re-quantize it, and the seconds of one trained sample-time as the learner
+runs it (reference and old forwards without gradient, the policy's forward and backward through
+its LoRA), which set against the stand-in stage table's modeled seconds. Transformer only: conditioning is random (text encoders
 run once per prompt and are cached) and the VAE decode is left out.
 
     python benchmarks/gpu_rollout.py [--resolution 512] [--batch 8] [--steps 6] [--models sd35l flux1]
@@ -17,7 +19,7 @@ import argparse
 import gc
 
 import torch
-from common import append_results, median_seconds, table
+from common import append_results, median_seconds, table, with_json_lines
 
 from solrl.models.base import OLD, POLICY, Conditioning, LoraSpec
 from solrl.models.diffusers_models import flux_forward
@@ -83,6 +85,23 @@ class RandomPolicy(DiffusersPolicy):
         return x0
 
 
+def train_seconds(policy: RandomPolicy, batch: int, repeats: int) -> float:
+    """Seconds per sample of one trained sample-time: what NFTTrainer runs for each sample and timestep."""
+    g = torch.Generator(device=policy.device).manual_seed(1)
+    x = torch.randn(batch, *policy.sample_shape, device=policy.device, generator=g)
+    t = torch.full((batch,), 0.5, device=policy.device)
+    cond = policy.encode_prompts(["p"] * batch)
+
+    def step() -> None:
+        with torch.no_grad():
+            policy.velocity(x, t, cond, adapter=None)
+            policy.velocity(x, t, cond, adapter=OLD)
+        policy.velocity(x, t, cond).float().square().mean().backward()
+        policy.zero_grad(set_to_none=True)
+
+    return median_seconds(step, repeats=repeats) / batch
+
+
 def settings(device: torch.device) -> list[tuple[str, str]]:
     """(precision, backend) pairs this machine can run."""
     cap = torch.cuda.get_device_capability() if device.type == "cuda" else (0, 0)
@@ -99,12 +118,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--train-batch", type=int, default=2, help="samples per timed training step (no gradient checkpointing)")
     parser.add_argument("--tiny", action="store_true", help="tiny configs on whatever device there is; nothing is appended")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     resolution = 64 if args.tiny else args.resolution
-    rows = []
+    rows, points = [], []
     for name in args.models:
         policy = RandomPolicy(name, MODELS[name], resolution // 8, args.tiny, device, dtype)
         params = sum(p.numel() for p in policy.transformer.parameters()) / 1e9
@@ -116,7 +136,7 @@ def main() -> None:
             try:
                 sampler = policy.inference_copy(precision, adapter=OLD, quant=recipe)
             except Exception as exc:  # a backend that cannot run here is reported, not fatal
-                rows.append([name, f"{params:.2f}", precision, backend, "-", "-", f"unavailable: {str(exc)[:60]}"])
+                rows.append([name, f"{params:.2f}", precision, backend, "-", "-", "-", f"unavailable: {str(exc)[:60]}"])
                 continue
             seconds = median_seconds(lambda: sample(sampler, cond, seeds, SamplingConfig(steps=args.steps)), repeats=args.repeats)
 
@@ -125,23 +145,37 @@ def main() -> None:
                 requantize_model(sampler.transformer)
 
             merge_s = median_seconds(merge, repeats=args.repeats)
-            rows.append([name, f"{params:.2f}", precision, backend, f"{args.batch / seconds:.2f}", f"{merge_s:.3f}", ""])
+            call_s = seconds / (args.batch * args.steps)
+            rows.append([name, f"{params:.2f}", precision, backend, f"{args.batch / seconds:.2f}", f"{call_s:.4f}", f"{merge_s:.3f}", ""])
+            points.append({"model": name, "stage": "explore", "precision": precision, "backend": backend, "images_per_s": args.batch / seconds,
+                           "call_seconds_per_sample": call_s, "merge_seconds": merge_s, "resolution": resolution, "batch": args.batch})
             print(rows[-1], flush=True)
             sampler = None  # free it before the next precision
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+        try:
+            train_s = train_seconds(policy, args.train_batch, args.repeats)
+            rows.append([name, f"{params:.2f}", "bf16 train", "-", "-", f"{train_s:.4f}", "-", f"per trained sample-time, batch {args.train_batch}"])
+            points.append({"model": name, "stage": "train", "precision": "bf16", "seconds_per_sample_time": train_s,
+                           "resolution": resolution, "batch": args.train_batch})
+        except torch.OutOfMemoryError as exc:
+            rows.append([name, f"{params:.2f}", "bf16 train", "-", "-", "-", "-", f"unavailable: {str(exc)[:60]}"])
+        print(rows[-1], flush=True)
         del policy
         gc.collect()
-    headers = ["model", "B params", "precision", "backend", "images/s", "merge + requantize s", "note"]
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    headers = ["model", "B params", "precision", "backend", "images/s", "s per call per sample", "merge + requantize s", "note"]
     if args.tiny:
-        print(table(headers, rows))
+        print(with_json_lines(headers, rows, points))
         return
     append_results(
-        f"Rollout at real transformer sizes, {resolution} px, batch {args.batch}, {args.steps} steps (random weights)",
-        table(headers, rows),
+        f"Rollout and training at real transformer sizes, {resolution} px, batch {args.batch}, {args.steps} steps (random weights)",
+        with_json_lines(headers, rows, points),
         "transformer only (random conditioning, no VAE); LoRA r=32 on the attention projections; images/s = batch / seconds "
-        "of one explore; merge = fold a new adapter into the copy's weights and re-quantize every quantized layer",
+        "of one explore; s per call per sample = seconds / (batch x steps), and for the train row the seconds of reference + old "
+        "forwards and the policy's forward and backward per sample; merge = fold a new adapter into the copy's weights and re-quantize every quantized layer",
     )
 
 
