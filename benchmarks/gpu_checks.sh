@@ -18,8 +18,10 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$out/gpu.txt"
 python3 -c "import torch, torchao, diffusers; print('torch', torch.__version__, 'torchao', torchao.__version__,
 'diffusers', diffusers.__version__, 'capability', torch.cuda.get_device_capability())" 2>&1 | tee -a "$out/gpu.txt"
-timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -q -p no:cacheprovider -rs tests/test_gpu_backends.py tests/test_quant_linear.py \
-    tests/test_quant_formats.py tests/test_sampling.py 2>&1 | tee "$out/tests.log"
+# TESTS: node ids to run instead of every test that has a GPU path
+tests=${TESTS:-tests/test_gpu_backends.py tests/test_quant_linear.py tests/test_quant_formats.py tests/test_sampling.py}
+# shellcheck disable=SC2086
+timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -q -p no:cacheprovider -rs $tests 2>&1 | tee "$out/tests.log"
 cd benchmarks || exit 1
 timeout "${BENCH_TIMEOUT:-420}" python3 gpu_rollout.py "$@" 2>&1 | tee "$out/gpu_rollout.log"
 cp RESULTS.md "$out/"

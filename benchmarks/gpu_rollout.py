@@ -135,16 +135,18 @@ def main() -> None:
             recipe = QuantRecipe(format=precision if precision != "bf16" else "nvfp4", backend=backend if backend != "-" else "emulated")
             try:
                 sampler = policy.inference_copy(precision, adapter=OLD, quant=recipe)
-            except Exception as exc:  # a backend that cannot run here is reported, not fatal
-                rows.append([name, f"{params:.2f}", precision, backend, "-", "-", "-", f"unavailable: {str(exc)[:60]}"])
+                seconds = median_seconds(lambda: sample(sampler, cond, seeds, SamplingConfig(steps=args.steps)), repeats=args.repeats)
+
+                def merge() -> None:
+                    sampler.update_adapter(update)
+                    requantize_model(sampler.transformer)
+
+                merge_s = median_seconds(merge, repeats=args.repeats)
+            except Exception as exc:  # a backend that cannot run here is reported with its error, and the rest still measured
+                rows.append([name, f"{params:.2f}", precision, backend, "-", "-", "-", f"failed: {type(exc).__name__} {str(exc)[:60]}"])
+                print(rows[-1], flush=True)
+                sampler = None
                 continue
-            seconds = median_seconds(lambda: sample(sampler, cond, seeds, SamplingConfig(steps=args.steps)), repeats=args.repeats)
-
-            def merge() -> None:
-                sampler.update_adapter(update)
-                requantize_model(sampler.transformer)
-
-            merge_s = median_seconds(merge, repeats=args.repeats)
             call_s = seconds / (args.batch * args.steps)
             rows.append([name, f"{params:.2f}", precision, backend, f"{args.batch / seconds:.2f}", f"{call_s:.4f}", f"{merge_s:.3f}", ""])
             points.append({"model": name, "stage": "explore", "precision": precision, "backend": backend, "images_per_s": args.batch / seconds,

@@ -157,7 +157,7 @@ def test_straight_through_gradient(fmt):
 def test_fused_fake_quant_is_bit_identical_to_the_eager_one():
     """The torch.compile'd activation fake-quant (quant.fused) changes speed, never bits: on the
     shapes model's activation widths, odd row counts, exact ties, zeros and huge values."""
-    from solrl.quant.fused import _broken, fused_fake_quant
+    from solrl.quant.fused import _broken, _verified, fused_fake_quant
 
     g = torch.Generator().manual_seed(8)
     cases = [
@@ -171,6 +171,20 @@ def test_fused_fake_quant_is_bit_identical_to_the_eager_one():
         for x in cases:
             assert torch.equal(fused_fake_quant(x, fmt), fake_quant(x, fmt)), (fmt, x.shape)
     assert not _broken, _broken  # it compiled here; a fallback would make this test vacuous
+    wrong = [key for key, ok in _verified.items() if not ok]
+    if wrong:
+        pytest.skip(f"bits held through the eager fallback: torch {torch.__version__} compiles {wrong} to other bits")
+
+
+def test_a_compiled_fake_quant_that_changes_bits_is_caught_and_the_eager_one_used(monkeypatch):
+    from solrl.quant import fused
+
+    monkeypatch.setitem(fused._compiled, "bf16", lambda x: x)  # what torch 2.11 compiled the bf16 round trip to
+    monkeypatch.setattr(fused, "_verified", {})
+    x = torch.randn(8, 32, generator=torch.Generator().manual_seed(3))
+    with pytest.warns(UserWarning, match="differs from the eager one"):
+        y = fused.fused_fake_quant(x, "bf16")
+    assert torch.equal(y, fake_quant(x, "bf16")) and not torch.equal(y, x)
 
 
 def test_nan_anywhere_makes_the_whole_nvfp4_image_nan_as_in_torchao():

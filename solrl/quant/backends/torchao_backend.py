@@ -53,11 +53,15 @@ def quantize_weight(w: torch.Tensor, fmt: str, quantize_activations: bool) -> to
 
         act = QuantizeTensorToNVFP4Kwargs(use_dynamic_per_tensor_scale=True) if quantize_activations else None
         return NVFP4Tensor.to_nvfp4(w, per_tensor_scale=per_tensor_amax_to_scale(w.abs().max()), act_quant_kwargs=act)
+    from torchao.float8.inference import Float8MMConfig
     from torchao.quantization import PerTensor
     from torchao.quantization.quantize_.workflows.float8.float8_tensor import Float8Tensor, QuantizeTensorToFloat8Kwargs
 
     act = QuantizeTensorToFloat8Kwargs(granularity=PerTensor()) if quantize_activations else None
-    return Float8Tensor.from_hp(w, granularity=PerTensor(), act_quant_kwargs=act)
+    # torchao's GEMM asserts an mm_config on the weight (torchao 0.18, seen on an H200); fast
+    # accumulation is its own inference default, padding keeps widths off a multiple of 16 working
+    mm = Float8MMConfig(use_fast_accum=True, pad_inner_dim=True)
+    return Float8Tensor.from_hp(w, granularity=PerTensor(), mm_config=mm, act_quant_kwargs=act)
 
 
 class TorchAOBackend:
