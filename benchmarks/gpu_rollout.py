@@ -119,9 +119,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--train-batch", type=int, default=2, help="samples per timed training step (no gradient checkpointing)")
+    parser.add_argument("--no-cudnn-attention", action="store_true",
+                        help="keep torch's SDPA off cuDNN (its backward failed on FLUX.1's shapes under torch 2.11+cu130 on an H200)")
     parser.add_argument("--tiny", action="store_true", help="tiny configs on whatever device there is; nothing is appended")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.no_cudnn_attention:
+        torch.backends.cuda.enable_cudnn_sdp(False)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     resolution = 64 if args.tiny else args.resolution
     rows, points = [], []
@@ -161,8 +165,8 @@ def main() -> None:
             rows.append([name, f"{params:.2f}", "bf16 train", "-", "-", f"{train_s:.4f}", "-", f"per trained sample-time, batch {args.train_batch}"])
             points.append({"model": name, "stage": "train", "precision": "bf16", "seconds_per_sample_time": train_s,
                            "resolution": resolution, "batch": args.train_batch})
-        except torch.OutOfMemoryError as exc:
-            rows.append([name, f"{params:.2f}", "bf16 train", "-", "-", "-", "-", f"unavailable: {str(exc)[:60]}"])
+        except (torch.OutOfMemoryError, RuntimeError) as exc:  # reported; a CUDA fault ends the run at the next model anyway
+            rows.append([name, f"{params:.2f}", "bf16 train", "-", "-", "-", "-", f"failed: {type(exc).__name__} {str(exc)[:60]}"])
         print(rows[-1], flush=True)
         del policy
         gc.collect()
