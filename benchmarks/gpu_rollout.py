@@ -19,7 +19,7 @@ import argparse
 import gc
 
 import torch
-from common import append_results, median_seconds, table, with_json_lines
+from common import append_results, median_seconds, with_json_lines
 
 from solrl.models.base import OLD, POLICY, Conditioning, LoraSpec
 from solrl.models.diffusers_models import flux_forward
