@@ -12,6 +12,9 @@ gets them.
 - solrl: rollout, regeneration and learner pools on disjoint GPUs, run by the real scheduler on
   the virtual-clock runtime at lag `--lag`. Every split of the GPUs is priced from the stage
   table; the `--candidates` best are run, and the best measured is reported as the recommendation.
+  Each fleet is measured twice: with whole-GPU pools only, and with the learners lent to
+  regeneration (cluster.lend_learners: a regeneration worker beside each learner rank takes
+  regeneration tasks while the learners have no step to run).
 - A mixed fleet (`--mixed 8 8`: B200s and H100s): Hopper has no FP4 tensor cores, so a colocated
   run explores there in FP8 (cost.price('fp8_e4m3')); solrl explores in NVFP4 on the B200s only
   and places regeneration and learners on either kind.
@@ -37,6 +40,7 @@ from solrl.config import load_config, shipped_config
 from solrl.standin.timing import GPU_SLOWDOWN
 
 GROUPS = 48
+POOLS = ("rollout", "regen", "learner")
 
 
 def base_config(args):
@@ -64,11 +68,13 @@ def estimate(config, pools: dict[str, tuple[int, str]], lag: int) -> float:
     pieces = explore_pieces(0, GROUPS, config.rollout.candidates, w)
     s = stage_seconds(GROUPS, k, pieces, (w, r, n), per_group)
     s = {"explore": s["explore"] * GPU_SLOWDOWN[wg], "regenerate": s["regenerate"] * GPU_SLOWDOWN[rg], "train": s["train"] * GPU_SLOWDOWN[ng]}
+    if pools.get("lend"):  # the learners' time beyond their training regenerates too
+        s["regenerate"] = min(s["regenerate"], max(s["train"], (s["regenerate"] * r + s["train"] * n) / (r + n)))
     chain = (s["explore"] + per_group["regenerate"] * GPU_SLOWDOWN[rg] + s["train"]) / (lag + 1) if lag else sum(s.values())
     return max(*s.values(), chain)
 
 
-def splits(fleet: dict[str, int]):
+def splits(fleet: dict[str, int], lend: bool):
     """Every placement of rollout (B200 only when the fleet has B200s), regeneration and learners."""
     kinds = list(fleet)
     rollout_kinds = ["b200"] if "b200" in fleet else kinds
@@ -82,36 +88,39 @@ def splits(fleet: dict[str, int]):
                         left[rg] -= r
                         if min(left.values()) < 0 or left[ng] < 1:
                             continue
-                        yield {"rollout": (w, wg), "regen": (r, rg), "learner": (left[ng], ng)}
+                        yield {"rollout": (w, wg), "regen": (r, rg), "learner": (left[ng], ng), "lend": lend}
 
 
 def measure(args, pools: dict[str, tuple[int, str]]) -> float:
     """The split's period on the virtual clock, over the steady iterations."""
     with tempfile.TemporaryDirectory() as tmp:
         prompts = prompt_file(pathlib.Path(tmp), "prompts.txt", GROUPS)
-        gpus = {name: gpu for name, (_, gpu) in pools.items()}
+        gpus = {name: pools[name][1] for name in POOLS}
         config = stand_in_config(
             args.model, prompts, args.iterations, f"rollout.max_policy_lag={args.lag}", f"cluster.rollout_workers={pools['rollout'][0]}",
             f"cluster.regen_workers={pools['regen'][0]}", f"cluster.learner_ranks={pools['learner'][0]}",
-            f"cluster.stand_in={{model: {args.model}, jitter: {args.jitter}, pools: {json.dumps(gpus)}}}",
+            f"cluster.stand_in={{model: {args.model}, jitter: {args.jitter}, pools: {json.dumps(gpus)}}}", f"cluster.lend_learners={pools['lend']}",
         )  # fmt: skip
         return steady_period(timed_rows(config, pathlib.Path(tmp) / "run", VirtualRuntime())[1])
 
 
-def compare(args, fleet: dict[str, int]) -> dict:
+def compare(args, fleet: dict[str, int], lend: bool) -> dict:
     config = base_config(args)
     gpus = sum(fleet.values())
     per_hour = lambda period: GROUPS * config.selection.k * 3600 / (period * gpus)  # noqa: E731
     ref = reference_seconds(config, fleet, args.jitter)
-    ranked = sorted(splits(fleet), key=lambda p: estimate(config, p, args.lag))[: args.candidates]
+    ranked = sorted(splits(fleet, lend), key=lambda p: estimate(config, p, args.lag))[: args.candidates]
+    if lend:  # the estimate of lending ignores that a step waits for lent tasks: also try the best whole-GPU splits lent
+        plain = sorted(splits(fleet, False), key=lambda p: estimate(config, p, args.lag))[: max(1, args.candidates // 2)]
+        ranked += [p | {"lend": True} for p in plain if p | {"lend": True} not in ranked]
     measured = [(measure(args, p), p) for p in ranked]
     period, best = min(measured, key=lambda m: m[0])
     return {
-        "fleet": fleet, "gpus": gpus, "lag": args.lag, "jitter": args.jitter,
+        "fleet": fleet, "gpus": gpus, "lag": args.lag, "jitter": args.jitter, "learners_lent": lend,
         "reference_s": ref, "reference_samples_per_gpu_hour": per_hour(ref),
         "solrl_s": period, "solrl_samples_per_gpu_hour": per_hour(period), "ratio": ref / period,
-        "split": {k: f"{n} x {g}" for k, (n, g) in best.items()},
-        "tried": [{k: f"{n} x {g}" for k, (n, g) in p.items()} | {"period_s": round(s, 2)} for s, p in measured],
+        "split": {k: f"{best[k][0]} x {best[k][1]}" for k in POOLS},
+        "tried": [{k: f"{p[k][0]} x {p[k][1]}" for k in POOLS} | {"period_s": round(s, 2)} for s, p in measured],
     }  # fmt: skip
 
 
@@ -126,10 +135,10 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=4, help="splits run on the virtual clock per fleet, best estimated first")
     args = parser.parse_args()
     fleets = [{"b200": n} for n in args.gpus] + ([{"b200": args.mixed[0], "h100": args.mixed[1]}] if sum(args.mixed) else [])
-    points = [compare(args, fleet) for fleet in fleets]
-    headers = ["fleet", "reference s/iter", "reference samples/GPU-h", "solrl s/iter", "solrl samples/GPU-h", "solrl / reference", "recommended split"]
+    points = [compare(args, fleet, lend) for fleet in fleets for lend in (False, True)]
+    headers = ["fleet", "learners lent", "reference s/iter", "reference samples/GPU-h", "solrl s/iter", "solrl samples/GPU-h", "solrl / reference", "recommended split"]
     rows = [
-        [" + ".join(f"{n} {g.upper()}" for g, n in p["fleet"].items()), f"{p['reference_s']:.1f}", f"{p['reference_samples_per_gpu_hour']:.0f}",
+        [" + ".join(f"{n} {g.upper()}" for g, n in p["fleet"].items()), "yes" if p["learners_lent"] else "no", f"{p['reference_s']:.1f}", f"{p['reference_samples_per_gpu_hour']:.0f}",
          f"{p['solrl_s']:.1f}", f"{p['solrl_samples_per_gpu_hour']:.0f}", f"{p['ratio']:.3f}", ", ".join(f"{k} {v}" for k, v in p["split"].items())]
         for p in points
     ]  # fmt: skip

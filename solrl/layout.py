@@ -37,6 +37,13 @@ class ClusterConfig(BaseModel):
         ge=0,
     )
     learner_ranks: int = _describe("FSDP2 learner ranks.", default=2, ge=1)
+    lend_learners: bool = _describe(
+        "Start a BF16 regeneration worker beside each learner rank, in its bundle and on its GPU (each takes half of the "
+        "learner's GPU reservation), that takes regeneration tasks only while the learner group has no step to run; a step "
+        "waits for the lent tasks running when it becomes launchable. Learners that would wait for regenerated groups make "
+        "them instead; each learner GPU holds a second, unsharded BF16 copy of the model.",
+        default=False,
+    )
     cpus_per_worker: float = _describe("Logical CPUs each worker reserves.", default=1, gt=0)
     gpus_per_worker: float = _describe("GPUs each worker reserves.", default=0, ge=0)
     groups_per_task: int = _describe("Prompt groups a rollout worker takes at a time.", default=1, ge=1)
@@ -104,12 +111,23 @@ class ClusterConfig(BaseModel):
 
     @property
     def workers(self) -> int:
-        """Actors the run starts: samplers of both pools, reward workers and learner ranks."""
-        return self.rollout_workers + self.regen_workers + self.reward_workers + self.learner_ranks
+        """Actors the run starts: samplers of both pools, reward workers, learner ranks and the workers lent beside them."""
+        return self.rollout_workers + self.regen_workers + self.reward_workers + self.learner_ranks * (1 + self.lend_learners)
 
     def worker_resources(self, pool: str) -> dict[str, float]:
-        """What one worker of `pool` (rollout, regen, reward or learner) reserves."""
-        return {"CPU": self.cpus_per_worker, "GPU": self.gpus_per_worker} | self.pool_resources.get(pool, {})
+        """What one worker of `pool` (rollout, regen, reward, learner or lent) reserves. A lent
+        regeneration worker and its learner rank share the rank's bundle and halve its GPUs."""
+        if pool == "lent":
+            return {"CPU": self.cpus_per_worker, "GPU": self.worker_resources("learner")["GPU"]}
+        each = {"CPU": self.cpus_per_worker, "GPU": self.gpus_per_worker} | self.pool_resources.get(pool, {})
+        return each | {"GPU": each["GPU"] / 2} if pool == "learner" and self.lend_learners else each
+
+    def learner_bundle(self) -> dict[str, float]:
+        """One learner rank's placement-group bundle: the rank's resources, and its lent worker's."""
+        bundle = dict(self.worker_resources("learner"))
+        for key, value in self.worker_resources("lent").items() if self.lend_learners else ():
+            bundle[key] = bundle.get(key, 0.0) + value
+        return bundle
 
     def actor_options(self, pool: str) -> dict:
         """Ray actor options of one worker of `pool`: CPU and GPU as num_cpus / num_gpus (a pool may
@@ -121,6 +139,7 @@ class ClusterConfig(BaseModel):
     def demands(self) -> dict[str, tuple[int, dict[str, float]]]:
         """pool -> (workers, what each reserves)."""
         counts = {"rollout": self.rollout_workers, "regen": self.regen_workers, "reward": self.reward_workers, "learner": self.learner_ranks}
+        counts["lent"] = self.learner_ranks if self.lend_learners else 0
         return {pool: (n, self.worker_resources(pool)) for pool, n in counts.items() if n}
 
     def resources(self) -> dict[str, float]:

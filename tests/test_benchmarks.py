@@ -1,8 +1,9 @@
 """The GPU rollout benchmark's code path, run at tiny sizes on the CPU.
 
-No session of this project has been lent a GPU, so `benchmarks/gpu_rollout.py` at real sizes has
-not run; this keeps the code it would run (real diffusers transformers, LoRA merge, re-quantize,
-every precision) working, and checks that --tiny leaves RESULTS.md alone.
+`benchmarks/gpu_rollout.py` at real sizes needs a GPU (it ran once, on an H200: RESULTS.md
+2026-12-04 13:45); this keeps the code it runs (real diffusers transformers, LoRA merge,
+re-quantize, every precision, a training step) working on any machine, and checks that --tiny
+leaves RESULTS.md alone.
 """
 
 import pathlib
@@ -19,9 +20,9 @@ def test_gpu_rollout_benchmark_runs_tiny_on_cpu_and_appends_nothing():
     out = subprocess.run(cmd, cwd=ROOT / "benchmarks", capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [line.split("|")[1:-1] for line in out.stdout.splitlines() if line.startswith("| sd35l") or line.startswith("| flux1")]
-    assert [(r[0].strip(), r[2].strip()) for r in rows] == [(m, p) for m in ("sd35l", "flux1") for p in ("bf16", "fp8_e4m3", "nvfp4")], (
+    assert [(r[0].strip(), r[2].strip()) for r in rows] == [(m, p) for m in ("sd35l", "flux1") for p in ("bf16", "fp8_e4m3", "nvfp4", "bf16 train")], (
         out.stdout
     )
-    for row in rows:
-        assert float(row[4]) > 0 and float(row[5]) >= 0, row  # images/s and merge seconds are measured numbers
+    for row in rows:  # measured numbers: images/s and merge seconds of each explore, seconds of a trained sample-time
+        assert float(row[5]) > 0 and (row[2].strip() == "bf16 train" or float(row[4]) > 0 and float(row[6]) >= 0), row
     assert results.read_bytes() == before

@@ -117,6 +117,8 @@ class Dispatcher:
         self.poll_s: float | None = 0.5  # how long collect waits before returning empty-handed (None: until a task ends)
         self.watch: list = []  # other refs whose end also wakes collect (a learner step's ranks)
         self.woken = True  # whether a watched ref has ended since the caller last looked
+        self.lending: Callable[[], bool] = lambda: True  # whether the lent workers may take work now (the driver's rule)
+        self.lent_tasks = 0  # regeneration tasks the lent workers took
 
     def put(self, stage: str, work: tuple, pieces: int = 1) -> None:
         """Queue fresh work: for explore, one job per slice of a prompt group (`pieces` a group,
@@ -133,24 +135,34 @@ class Dispatcher:
         return depths | ({"score": q["score_explore"] + q["score_regen"]} if "score_explore" in q else {})
 
     def dispatch(self) -> None:
-        """Give every idle worker a task from its stages' queues."""
+        """Give every idle worker a task from its stages' queues; the regeneration queue's
+        leftovers to the workers lent beside the learners, while `lending()` allows it."""
         for name, stage in self.stages.items():
-            queue = self.queues[name]
-            for w in self.pools[stage.pool].idle() if queue else ():
-                if not queue:
-                    break
-                jobs = [queue.popleft() for _ in range(min(self.per_task if name == "explore" else 1, len(queue)))]
-                job = Job(tuple(x for j in jobs for x in j.work), jobs[0].inputs, jobs[0].report, jobs[0].kept)
-                payload = [g.prompt for g in job.work for _ in g.seeds] if stage.prompts else list(job.work)
-                self.traffic.add_payload("control", payload)
-                if job.inputs:  # the previous stage's outputs, which the worker fetches
-                    self.traffic.add("images", job.report["bytes"]["images"])
-                outputs = self.runtime.call(w.handle, stage.method, *job.inputs, payload, returns=stage.returns)
-                outputs = outputs if stage.returns > 1 else (outputs,)
-                self.pools[stage.pool].assign(w, outputs[-1])
-                w.first_task_at = w.first_task_at or self.runtime.now()
-                self.pending[outputs[-1]] = Task(name, job, w, outputs, w.serving, stage.pool)
+            lent = name == "regen" and "lent" in self.pools and self.lending()
+            for pool in (stage.pool, "lent") if lent else (stage.pool,):
+                queue = self.queues[name]
+                for w in self.pools[pool].idle() if queue else ():
+                    if not queue:
+                        break
+                    self._start(name, stage, pool, w, [queue.popleft() for _ in range(min(self.per_task if name == "explore" else 1, len(queue)))])
         self._dispatch_evals()
+
+    def _start(self, name: str, stage: Stage, pool: str, w: Worker, jobs: list[Job]) -> None:
+        job = Job(tuple(x for j in jobs for x in j.work), jobs[0].inputs, jobs[0].report, jobs[0].kept)
+        payload = [g.prompt for g in job.work for _ in g.seeds] if stage.prompts else list(job.work)
+        self.traffic.add_payload("control", payload)
+        if job.inputs:  # the previous stage's outputs, which the worker fetches
+            self.traffic.add("images", job.report["bytes"]["images"])
+        outputs = self.runtime.call(w.handle, stage.method, *job.inputs, payload, returns=stage.returns)
+        outputs = outputs if stage.returns > 1 else (outputs,)
+        self.pools[pool].assign(w, outputs[-1])
+        w.first_task_at = w.first_task_at or self.runtime.now()
+        self.pending[outputs[-1]] = Task(name, job, w, outputs, w.serving, pool)
+        self.lent_tasks += pool == "lent"
+
+    def lent_busy(self) -> bool:
+        """Whether a lent worker holds a task (a learner step waits for it: they share a GPU)."""
+        return any(task.pool == "lent" for task in self.pending.values())
 
     def _dispatch_evals(self) -> None:
         """Give eval slices to the samplers the stages left idle."""

@@ -87,7 +87,7 @@ class Driver(EngineDuties):
             self.session.close()
             raise
         c = self.config.cluster
-        self.publisher = Publisher(self.runtime, lambda: pool_eval.samplers(self.pools), self.log)
+        self.publisher = Publisher(self.runtime, lambda: pool_eval.policy_holders(self.pools), self.log)
         table = stages("reward" in self.pools, c.learner_ranks, self.config.selection.k, audit=self.audits is not None)
         self.dispatcher = Dispatcher(self.runtime, self.pools, table, c.groups_per_task, self.log, self.traffic)
         if self.audits is not None:
@@ -221,8 +221,9 @@ class Driver(EngineDuties):
             if state is None and inflight is None and not self.rows.held:
                 break
             # at lag 0 a step also waits for its iteration's explore audit, which then checks the policy that explored
-            audited = lambda: lag > 0 or self.audits is None or self.audits.settled(it)  # noqa: B023
-            launchable = lambda: inflight is None and state is not None and state.complete and audited()  # noqa: B023
+            ready = lambda: inflight is None and state is not None and state.complete and (lag > 0 or self.audits is None or self.audits.settled(it))  # noqa: B023
+            launchable = lambda: ready() and not self.dispatcher.lent_busy()  # a lent worker shares its learner's GPU
+            self.dispatcher.lending = lambda: inflight is None and not ready()  # noqa: B023 (learners idle, no step to run)
             self._pump(lambda: self._settled(inflight) or launchable() or self.rows.ready())  # noqa: B023
             yield from self._rows()
             if self._settled(inflight):

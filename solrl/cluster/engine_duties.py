@@ -47,7 +47,8 @@ class EngineDuties:
         return {name: pool.restarts for name, pool in self.pools.items()} | {"learner": self.learners.generation}
 
     def totals(self) -> dict:
-        return {"restarts": self._restarts(), "dropped": dict(self.ledger.dropped), "duplicates": self.store.duplicates, "bytes_moved": dict(self.traffic.total)}
+        lent = {"lent_tasks": self.dispatcher.lent_tasks} if "lent" in self.pools else {}  # cluster.lend_learners
+        return {"restarts": self._restarts(), "dropped": dict(self.ledger.dropped), "duplicates": self.store.duplicates, "bytes_moved": dict(self.traffic.total)} | lent
 
     def adapter_states(self) -> dict:
         return pool_eval.adapter_states(self.runtime, self.learners, self.version, self.traffic)

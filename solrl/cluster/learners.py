@@ -84,13 +84,14 @@ class LearnerGroup:
         c = config.cluster
         self.snapshot_every = c.snapshot_every or c.checkpoint_every or DEFAULT_SNAPSHOT_EVERY
         self.ranks: list = []  # none until launch(): a run that never got its reservation has none to kill
+        self.on_restart: Callable[[], None] = lambda: None  # after a restart: the lent workers move to the new reservation
         self.reserve()
 
     def reserve(self):
         """Ask for the ranks' reservation (a placement group on Ray); the ref resolves once the
         cluster grants it."""
         c = self.config.cluster
-        self.bundle = {k: v for k, v in c.worker_resources("learner").items() if v}
+        self.bundle = {k: v for k, v in c.learner_bundle().items() if v}
         self.pg = self.runtime.reserve([self.bundle] * c.learner_ranks)
         self.ready = self.pg.ready()
         return self.ready
@@ -124,6 +125,7 @@ class LearnerGroup:
         self.generation += 1
         self.runtime.get(self.reserve())
         self.launch()
+        self.on_restart()
 
     def step(self, groups: Sequence[Regenerated]) -> LearnerStep:
         """Start one step over regenerated groups (in the order they were drawn) on every rank."""

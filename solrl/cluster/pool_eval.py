@@ -19,6 +19,12 @@ def samplers(pools: dict[str, WorkerPool]) -> tuple[WorkerPool, WorkerPool]:
     return (pools["rollout"], pools["regen"])
 
 
+def policy_holders(pools: dict[str, WorkerPool]) -> tuple[WorkerPool, ...]:
+    """Every pool whose workers serve the policy and are sent each update: the samplers, and the
+    regeneration workers lent beside the learner ranks."""
+    return samplers(pools) + ((pools["lent"],) if "lent" in pools else ())
+
+
 def evaluate(
     config: RunConfig, pools: dict[str, WorkerPool], adapter, adapter_bytes: int, log: Callable[[str], None], traffic: Traffic, validation: bool = False
 ) -> dict:

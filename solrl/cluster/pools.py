@@ -33,6 +33,7 @@ class Worker:
     serving: int = 0  # the policy version it was last sent (samplers): what its next task runs on
     index: int = 0  # its place in spawn order
     spare: bool = False  # kept started and idle for the next grow or replacement
+    bundle: int | None = None  # a lent worker's bundle in its learner group's reservation
     # start-up (solrl.cluster.startup.advance): resources -> imports -> weights -> ready
     updated: object = None  # ref of the newest weight update sent while it starts
     phase: str = "resources"
@@ -48,7 +49,7 @@ class WorkerPool:
     config: RunConfig
     runtime: Runtime
     role: Literal["explore", "regenerate", "reward"]
-    prefix: str
+    prefix: str  # also the pool's name: rollout, regen, reward, or lent (regeneration beside the learner ranks)
     traffic: Traffic
     workers: dict[str, Worker] = field(default_factory=dict)
     update: object = None
@@ -59,6 +60,8 @@ class WorkerPool:
     free: dict[str, Worker] = field(default_factory=dict)  # started, staying, holding no task: the next task's takers
     waiting: dict[str, Worker] = field(default_factory=dict)  # spawned, not started yet
     spares: int = 0  # spare workers to keep
+    # lent workers: the learner group's current reservation; each worker takes a bundle no live one holds
+    reservation: Callable[[], object] | None = None
     _ids: itertools.count = field(default_factory=itertools.count)
 
     def spawn(self, spare: bool = False) -> Worker:
@@ -67,11 +70,13 @@ class WorkerPool:
         options = c.actor_options(self.prefix) | {"max_restarts": 0}
         threads = options["num_cpus"]
         classes, rt = worker_classes(self.config, self.runtime.virtual), self.runtime
+        bundle = min(set(range(len(self.workers) + 1)) - {w.bundle for w in self.workers.values()}) if self.reservation else None
         if self.role == "reward":
             handle = rt.spawn(classes.reward, options, self.config, name, threads)
         else:
-            handle = rt.spawn(classes.sampler, options, self.config, self.role, name, threads)
-        w = Worker(name, handle, rt.now(), ready=rt.call(handle, "info"), index=index, spare=spare, phase_at=rt.now())
+            slot = None if bundle is None else (self.reservation(), bundle)
+            handle = rt.spawn(classes.sampler, options, self.config, self.role, name, threads, slot=slot)
+        w = Worker(name, handle, rt.now(), ready=rt.call(handle, "info"), index=index, spare=spare, phase_at=rt.now(), bundle=bundle)
         if self.update is not None:
             w.updated, w.serving = rt.call(handle, "apply_update", self.update), self.update_version
             self.traffic.add("weight_update", self.update_bytes)
@@ -128,6 +133,15 @@ class WorkerPool:
         taken = self._take_spare() or self.spawn()
         self.fill_spares()
         return taken
+
+    def respawn(self) -> None:
+        """Kill every worker and start as many fresh ones (lent workers, after their learner group
+        was restarted in a new reservation); not counted as restarts."""
+        size = self.size
+        for w in list(self.workers.values()):
+            self.remove(w)
+        for _ in range(size):
+            self.spawn()
 
     def fill_spares(self) -> None:
         for _ in range(self.spares - sum(w.spare for w in self.workers.values())):

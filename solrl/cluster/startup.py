@@ -95,7 +95,7 @@ def start_workers(
             pools[name].resize(n)
     learners = LearnerGroup(runtime, config, traffic, log)
     waits = {w.name: (w.ready, c.worker_resources(name)) for name, pool in pools.items() for w in pool.workers.values()}
-    waits["learner group"] = (learners.ready, {k: v * c.learner_ranks for k, v in c.worker_resources("learner").items()})
+    waits["learner group"] = (learners.ready, {k: v * c.learner_ranks for k, v in c.learner_bundle().items()})
 
     def explain(pending: dict) -> list[str]:
         lines = [line for lines in advance(pools).values() for line in lines]
@@ -110,7 +110,24 @@ def start_workers(
         raise
     advance(pools)  # those that started since the last look are ready now, not first seen so later
     learners.launch()
+    if c.lend_learners:
+        pools["lent"] = lend(runtime, config, learners, traffic, log)
+        await_ready(runtime, {w.name: (w.ready, c.worker_resources("lent")) for w in pools["lent"].workers.values()}, c.startup_timeout_s, log)
     return pools, learners
+
+
+def lend(runtime: Runtime, config: RunConfig, learners: LearnerGroup, traffic: Traffic, log: Callable[[str], None]) -> WorkerPool:
+    """A regeneration worker in each learner rank's bundle (cluster.lend_learners), moved to the
+    new reservation whenever the group restarts (Ray ends the actors of a released one)."""
+    pool = WorkerPool(config, runtime, "regenerate", "lent", traffic, reservation=lambda: learners.pg)
+    pool.resize(config.cluster.learner_ranks)
+
+    def follow() -> None:
+        pool.respawn()
+        log(f"lent workers {', '.join(pool.workers)} started beside the restarted learner group")
+
+    learners.on_restart = follow
+    return pool
 
 
 STAGES = {"resources": "waiting for resources", "imports": "importing and building its model", "weights": "receiving weights"}

@@ -81,7 +81,7 @@ class Telemetry:
     def status(self, pools: dict[str, WorkerPool], queues: dict[str, int], restarts: dict[str, int], **fields) -> control_pb2.RunStatus:
         """The control service's RunStatus; `fields`: state, iteration, iterations, version, out,
         last_checkpoint, waiting_for. The rest comes from the newest row."""
-        last, queue_of = self.last, {"rollout": "explore", "regen": "regenerate", "reward": "score"}
+        last, queue_of = self.last, {"rollout": "explore", "regen": "regenerate", "lent": "regenerate", "reward": "score"}
         pool_status = []
         for name, pool in pools.items():
             busy = [last.get("busy", {}).get(w) for w in pool.workers]

@@ -8,7 +8,7 @@ stand-in run: what its metrics row says it did, priced at the real model's sizes
   group's id, to each rank (advantages are normalized over the whole batch);
 - explore_results: one proxy reward per explored seed to the driver;
 - images (only with a reward pool): each image once, to the reward worker that scores it;
-- weight_update: the new adapter once to each sampler serving it;
+- weight_update: the new adapter once to each sampler serving it (the lent workers too);
 - checkpoint: the learner state once to the driver when a checkpoint is due (taken after its
   iteration's row is written, so it counts in the next row);
 - learner_state, eval, control: nothing (recovery, evals and task descriptions are extra).
@@ -55,7 +55,7 @@ def iteration_minimum(config, row: dict) -> dict[str, int]:
     if c.reward_workers:
         out["images"] = (row["candidates"] + samples) * size["image"]
     if samples:
-        out["weight_update"] = size["adapter"] * (row["workers"]["rollout"] + row["workers"]["regen"])
+        out["weight_update"] = size["adapter"] * (row["workers"]["rollout"] + row["workers"]["regen"] + row["workers"].get("lent", 0))
     every = c.checkpoint_every  # a checkpoint is taken once its iteration's row is written: it counts in the next row
     if every and row["iteration"] > 0 and row["iteration"] % every == 0:
         out["checkpoint"] = size["learner_state"]

@@ -61,7 +61,8 @@ class Clock:
         self.per_call = calibrate(spec.model, config.cost)
         res = config.model.resolution or CALIBRATED_RESOLUTION[spec.model]
         self.pixels = (res / CALIBRATED_RESOLUTION[spec.model]) ** 2  # model calls scale with the latent's size
-        self.gpu = spec.pools.get(worker.rpartition("-")[0], spec.gpu)  # workers are named POOL-N
+        pool = worker.rpartition("-")[0]  # workers are named POOL-N; a lent worker runs on its learner rank's GPU
+        self.gpu = spec.pools.get("learner" if pool == "lent" else pool, spec.gpu)
         self.scale = GPU_SLOWDOWN[self.gpu] / spec.speedup
         self.jitter = spec.jitter
         self.rng = random.Random(f"{config.seed}:{worker}")
