@@ -16,6 +16,10 @@ __all__ = ["build_policy", "build_reward"]
 def build_policy(model: ModelConfig) -> DiffusersPolicy:
     """The policy a run trains: pretrained base weights plus fresh LoRA adapters."""
     device = resolve_device(model.device)
+    if not model.cudnn_attention:  # process-wide, before anything runs attention
+        import torch
+
+        torch.backends.cuda.enable_cudnn_sdp(False)
     if model.kind == "shapes":
         from solrl.models.shapes import ShapesModel
 

@@ -41,6 +41,11 @@ class ModelConfig(_Strict):
     max_sequence_length: int | None = _describe("Diffusers pipelines: text tokens (None: the pipeline's default).", default=None, ge=1)
     guidance: float = _describe("FLUX.1-dev's distilled-guidance input (not CFG).", default=3.5, ge=0)
     complex_human_instruction: bool = _describe("SANA: prepend the pipeline's default instruction.", default=True)
+    cudnn_attention: bool = _describe(
+        "Let torch's attention use cuDNN's fused kernels in every process that builds the model. Under torch 2.11+cu130 on an "
+        "H200 their backward failed on FLUX.1's shapes (an illegal memory access; RESULTS.md 2026-12-04): false there.",
+        default=True,
+    )
 
     @model_validator(mode="after")
     def _path_for_pipelines(self) -> ModelConfig:

@@ -152,3 +152,18 @@ def test_the_merged_lora_delta_equals_peft_for_linear_and_conv_targets(layer):
     expected = lora.get_delta_weight("default")
     a, b = lora.lora_A["default"].weight, lora.lora_B["default"].weight
     assert torch.allclose(lora.scaling["default"] * lora_delta(a, b), expected, atol=1e-6)
+
+
+def test_cudnn_attention_false_turns_cudnn_attention_off_where_the_model_is_built():
+    """model.cudnn_attention=false: the workaround for cuDNN's attention backward failing on
+    FLUX.1's shapes under torch 2.11+cu130 (seen on an H200), applied in every process that builds
+    a policy (samplers, learner ranks, the local run all go through build_policy)."""
+    from solrl.builders import build_policy
+    from solrl.config import ModelConfig
+
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        build_policy(ModelConfig(cudnn_attention=False, device="cpu"))
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(True)
