@@ -45,9 +45,9 @@ def _regen_workers(run_dir) -> set[str]:
     return set(pc.unique(log["regen_worker"].drop_null()).to_pylist())
 
 
-@pytest.mark.parametrize("lag", [0, 1])
-def test_lent_workers_regenerate_only_while_the_learners_have_no_step_and_change_no_result(tmp_path, lag):
-    extra = [f"rollout.max_policy_lag={lag}", "cluster.regen_workers=1", "eval.every=0"]
+@pytest.mark.parametrize("lag, more", [(0, []), (1, []), (1, ["cluster.reward_workers=1", "eval.every=2"])], ids=["lag0", "lag1", "reward_pool_and_evals"])
+def test_lent_workers_regenerate_only_while_the_learners_have_no_step_and_change_no_result(tmp_path, lag, more):
+    extra = [f"rollout.max_policy_lag={lag}", "cluster.regen_workers=1", "eval.every=0", *more]
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     _, plain = _run(_config(tmp_path / "a", *extra), tmp_path / "a" / "run")
     report, runtime = _recorded(_config(tmp_path / "b", *extra, "cluster.lend_learners=true"), tmp_path / "b" / "run")
@@ -57,7 +57,7 @@ def test_lent_workers_regenerate_only_while_the_learners_have_no_step_and_change
     lent = {w for w in _regen_workers(run) if w.startswith("lent-")}
     assert lent and report["lent_tasks"] >= len(lent), (report.get("lent_tasks"), _regen_workers(run))
     steps = [(s, e) for name, method, s, e in runtime.intervals if name.startswith("learner-") and method == "step"]
-    regens = [(s, e) for name, method, s, e in runtime.intervals if name.startswith("lent-") and method == "regenerate"]
+    regens = [(s, e) for name, method, s, e in runtime.intervals if name.startswith("lent-") and method in ("regenerate", "regenerate_images")]
     assert steps and regens
     overlaps = [(r, t) for r in regens for t in steps if r[0] < t[1] and t[0] < r[1]]
     assert not overlaps, overlaps[:3]
