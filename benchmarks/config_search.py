@@ -40,6 +40,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         "size paid where the caption holds and charged where it fails: R = 0.5 shapes + 0.5 size x strict - 0.5 size x (1 - strict)",
         ["reward=[{name: shapes, weight: 0.5}, {name: shapes_size, weight: 1.0, gate: shapes_strict}, {name: shapes_size, weight: -0.5}, {name: shapes_strict, weight: 0}]"],
     ),
+    "bf16_explore": (
+        "explore previews in BF16 instead of NVFP4 (same 6 steps): is the previews' ranking noise what costs accuracy?",
+        ["rollout.explore_precision=bf16"],
+    ),
     "kl_1": ("a KL weight that binds: train.nft.kl_weight 1e-4 -> 1.0", ["train.nft.kl_weight=1.0"]),
     "image_lora": (
         "LoRA on the image stream's attention only (the text stream's projections left as trained)",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import socket
 import time
 
 import torch
@@ -92,7 +93,9 @@ def main() -> None:
                 if fsdp:
                     if not dist.is_initialized():
                         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-                        os.environ.setdefault("MASTER_PORT", "29517")
+                        with socket.socket() as sock:  # a free port: another group may run on this machine
+                            sock.bind(("127.0.0.1", 0))
+                            os.environ.setdefault("MASTER_PORT", str(sock.getsockname()[1]))
                         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
                     shard_model(policy.transformer)
                 trainer = NFTTrainer(policy, nft, OptimConfig(), train_steps=grid, seed=0, micro_batch=mb)
