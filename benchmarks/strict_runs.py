@@ -8,8 +8,8 @@ switches and the share of iterations its audited agreement held the floor.
     python benchmarks/strict_runs.py [--seeds 0 1 2] [--arms off on] [--jobs 2] [--out runs/strict]
 
 Each run is `solrl train --local --out OUT/ARM-seed-S ...` in its own process (one torch thread
-each when --jobs > 1); finished runs (an eval.json) are read, not rerun, so an interrupted sweep
-continues. About an hour a run alone on two CPU cores.
+each when --jobs > 1); finished runs (an eval.json) are read, not rerun, and an interrupted run resumes from its
+newest checkpoint, so a sweep can be stopped and continued. About an hour a run alone on two CPU cores.
 """
 
 from __future__ import annotations
@@ -33,12 +33,16 @@ def train(out: pathlib.Path, arm: str, seed: int, iterations: int, every: int, t
     run = out / f"{arm}-seed-{seed}"
     if (run / "eval.json").is_file():
         return run
-    shutil.rmtree(run, ignore_errors=True)  # an unfinished run starts over (train refuses a non-empty --out)
+    # an interrupted run continues from its newest checkpoint (one an iteration, the default),
+    # which ends as the uninterrupted run would; one that never checkpointed starts over
+    resume = any((run / "checkpoints").glob("*")) if (run / "checkpoints").is_dir() else False
+    if not resume:
+        shutil.rmtree(run, ignore_errors=True)  # train refuses a non-empty --out
     sets = [*STRICT, *ARMS[arm], f"seed={seed}", f"train.iterations={iterations}", f"eval.every={every}"]
     env = os.environ | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
-    with open(out / f"{arm}-seed-{seed}.log", "w") as log:
-        cmd = [sys.executable, "-m", "solrl.cli", "train", "--local", "--out", str(run), *[a for s in sets for a in ("--set", s)]]
-        subprocess.run(cmd, check=True, env=env, stdout=log, stderr=subprocess.STDOUT)
+    with open(out / f"{arm}-seed-{seed}.log", "a" if resume else "w") as log:
+        where = ["--resume", str(run)] if resume else ["--out", str(run), *[a for s in sets for a in ("--set", s)]]
+        subprocess.run([sys.executable, "-m", "solrl.cli", "train", "--local", *where], check=True, env=env, stdout=log, stderr=subprocess.STDOUT)
     return run
 
 

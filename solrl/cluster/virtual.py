@@ -117,6 +117,12 @@ class VirtualRuntime:
                 return [], refs
             i = refs.index(first)
             return [first], refs[:i] + refs[i + 1 :]
+        if timeout == 0 and num_returns >= len(refs):  # a poll (a step's ranks, workers starting): no clock to move
+            ready = sorted((r for r in refs if r.ready_at <= self.clock), key=READY_AT)
+            if not ready:
+                return [], refs
+            chosen = set(map(id, ready))
+            return ready, [r for r in refs if id(r) not in chosen]
         order = sorted(refs, key=READY_AT)
         self._advance(order[min(num_returns, len(order)) - 1].ready_at, timeout)
         ready = [r for r in order if r.ready_at <= self.clock][:num_returns]
