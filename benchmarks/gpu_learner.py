@@ -19,6 +19,8 @@ import time
 
 import torch
 import torch.distributed as dist
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
 from common import append_results, with_json_lines
 from gpu_rollout import MODELS, RandomPolicy
 
@@ -40,8 +42,10 @@ def batch_of(policy: RandomPolicy, rows: int) -> TrainBatch:
                       groups=groups, seeds=torch.arange(rows), cond_rows=groups)
 
 
-def timed_steps(trainer: NFTTrainer, batch: TrainBatch, repeats: int, fsdp: bool) -> tuple[float, float, dict[str, float]]:
-    """Median seconds of a step after one untimed step, peak GB of the timed steps, first step's stats."""
+def timed_steps(trainer: NFTTrainer, batch: TrainBatch, repeats: int, fsdp: bool) -> tuple[float, float, float, dict[str, float]]:
+    """Median seconds of a step after one untimed step; the seconds a further step's GPU kernels
+    ran (well under the step's seconds: the host, not the GPU, sets the pace); peak GB of the
+    timed steps; the first step's stats."""
     cuda = torch.cuda.is_available()
 
     def step() -> dict[str, float]:
@@ -59,7 +63,13 @@ def timed_steps(trainer: NFTTrainer, batch: TrainBatch, repeats: int, fsdp: bool
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated() / 1e9 if cuda else float("nan")
-    return sorted(times)[len(times) // 2], peak, first
+    busy = float("nan")
+    if cuda:  # one more step under the profiler: the seconds its GPU kernels ran
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            step()
+            torch.cuda.synchronize()
+        busy = sum(e.self_device_time_total for e in prof.key_averages() if e.device_type == DeviceType.CUDA) / 1e6
+    return sorted(times)[len(times) // 2], busy, peak, first
 
 
 def main() -> None:
@@ -70,7 +80,7 @@ def main() -> None:
     parser.add_argument("--micro-batches", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--times", type=int, default=2, help="training times per sample (the method: 6 of a 10-step grid)")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--fsdp-micro-batch", type=int, default=4, help="the micro-batch of the FSDP2 row (0: none)")
+    parser.add_argument("--fsdp-micro-batch", type=int, default=4, help="the micro-batch of the FSDP2 rows (0: none)")
     parser.add_argument("--no-cudnn-attention", action="store_true", help="keep torch's SDPA off cuDNN (see gpu_rollout.py)")
     parser.add_argument("--tiny", action="store_true", help="tiny configs on whatever device there is; nothing is appended")
     args = parser.parse_args()
@@ -83,12 +93,15 @@ def main() -> None:
     nft = NFTConfig(timestep_fraction=args.times / grid)
     rows, points = [], []
     for name in args.models:
-        arms = [(mb, False) for mb in args.micro_batches] + ([(args.fsdp_micro_batch, True)] if args.fsdp_micro_batch else [])
+        # (micro-batch, wrap): FSDP2 as a learner rank wraps it, and with gathered weights kept until the backward
+        arms = [(mb, "plain") for mb in args.micro_batches]
+        arms += [(args.fsdp_micro_batch, w) for w in ("fsdp2", "fsdp2_keep")] if args.fsdp_micro_batch else []
         plain_first: dict[int, float] = {}
-        for mb, fsdp in arms:
+        for mb, wrap in arms:
+            fsdp = wrap != "plain"
             policy = RandomPolicy(name, MODELS[name], resolution // 8, args.tiny, device, dtype)
             resident = torch.cuda.memory_allocated() / 1e9 if device.type == "cuda" else float("nan")
-            label = "fsdp2, 1 rank" if fsdp else "plain"
+            label = {"plain": "plain", "fsdp2": "fsdp2, 1 rank", "fsdp2_keep": "fsdp2, 1 rank, no reshard after forward"}[wrap]
             try:
                 if fsdp:
                     if not dist.is_initialized():
@@ -97,14 +110,14 @@ def main() -> None:
                             sock.bind(("127.0.0.1", 0))
                             os.environ.setdefault("MASTER_PORT", str(sock.getsockname()[1]))
                         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
-                    shard_model(policy.transformer)
+                    shard_model(policy.transformer, reshard_after_forward=wrap == "fsdp2")
                 trainer = NFTTrainer(policy, nft, OptimConfig(), train_steps=grid, seed=0, micro_batch=mb)
                 if fsdp:
                     trainer.gradient_sync = policy.transformer.set_requires_gradient_sync
                 batch = batch_of(policy, args.rows)
-                seconds, peak, first = timed_steps(trainer, batch, args.repeats, fsdp)
+                seconds, busy, peak, first = timed_steps(trainer, batch, args.repeats, fsdp)
             except (torch.OutOfMemoryError, RuntimeError) as exc:
-                rows.append([name, label, mb, "-", "-", "-", f"{resident:.1f}", f"failed: {type(exc).__name__} {str(exc)[:80]}"])
+                rows.append([name, label, mb, "-", "-", "-", "-", f"{resident:.1f}", f"failed: {type(exc).__name__} {str(exc)[:80]}"])
                 print(rows[-1], flush=True)
                 del policy
                 gc.collect()
@@ -116,9 +129,9 @@ def main() -> None:
                 note += f" (plain: {plain_first[mb]:.6g})"
             if not fsdp:
                 plain_first[mb] = first["loss"]
-            rows.append([name, label, mb, f"{seconds:.2f}", f"{seconds / sample_times:.4f}", f"{peak:.1f}", f"{resident:.1f}", note])
-            points.append({"model": name, "wrap": "fsdp2" if fsdp else "plain", "micro_batch": mb, "rows": args.rows, "times": args.times,
-                           "step_seconds": seconds, "seconds_per_sample_time": seconds / sample_times, "peak_gb": peak,
+            rows.append([name, label, mb, f"{seconds:.2f}", f"{busy:.2f}", f"{seconds / sample_times:.4f}", f"{peak:.1f}", f"{resident:.1f}", note])
+            points.append({"model": name, "wrap": wrap, "micro_batch": mb, "rows": args.rows, "times": args.times,
+                           "step_seconds": seconds, "gpu_kernel_seconds": busy, "seconds_per_sample_time": seconds / sample_times, "peak_gb": peak,
                            "resident_gb": resident, "first_loss": first["loss"], "resolution": resolution})
             print(rows[-1], flush=True)
             del policy, trainer, batch
@@ -128,11 +141,11 @@ def main() -> None:
         plain = sorted((p["micro_batch"], p["peak_gb"]) for p in points if p["model"] == name and p["wrap"] == "plain")
         if len(plain) >= 2:
             (m0, g0), (m1, g1) = plain[0], plain[-1]
-            rows.append([name, "activation GB a sample (peak slope)", f"{m0}-{m1}", "-", "-", f"{(g1 - g0) / (m1 - m0):.2f}", "-", ""])
+            rows.append([name, "activation GB a sample (peak slope)", f"{m0}-{m1}", "-", "-", "-", f"{(g1 - g0) / (m1 - m0):.2f}", "-", ""])
             points.append({"model": name, "activation_gb_per_sample": (g1 - g0) / (m1 - m0), "resolution": resolution})
     if dist.is_initialized():
         dist.destroy_process_group()
-    headers = ["model", "wrap", "micro_batch", "step s", "s per sample-time", "peak GB", "resident GB before", "note"]
+    headers = ["model", "wrap", "micro_batch", "step s", "GPU kernel s", "s per sample-time", "peak GB", "resident GB before", "note"]
     body = with_json_lines(headers, rows, points)
     if args.tiny:
         print(body)

@@ -109,6 +109,12 @@ class TrainConfig(_Strict):
     optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimizer.")
     micro_batch: int | None = _describe("Rows per forward/backward (None: the whole batch).", default=None, ge=1)
     updates_per_iteration: int = _describe("Optimizer steps per iteration, each on an equal share of the prompt groups (the method: 1).", default=1, ge=1)
+    sharding: Literal["fsdp", "replicate"] = _describe(
+        "How several learner ranks hold the transformer: 'fsdp' shards its weights over them (FSDP2, least memory); 'replicate' "
+        "keeps a whole copy on each and adds the LoRA gradients over ranks, faster where the copy fits (on an H200 FSDP2's "
+        "per-block host work nearly doubled an SD3.5-L step: docs/cluster.md).",
+        default="fsdp",
+    )
     keep_best: bool = _describe(
         "With periodic evals (eval.every) and eval.validation: lora/ holds the adapters of the eval with the best mean reward on "
         "the validation prompts (the final eval reports that one) and lora/last/ the last; off: lora/ holds the last.",

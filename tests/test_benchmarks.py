@@ -40,7 +40,7 @@ def test_gpu_learner_benchmark_runs_tiny_on_cpu_and_fsdp_takes_the_plain_step():
     assert out.returncode == 0, out.stderr[-3000:]
     points = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     steps = [p for p in points if "wrap" in p]
-    assert [(p["wrap"], p["micro_batch"]) for p in steps] == [("plain", 1), ("plain", 4), ("fsdp2", 4)], out.stdout
+    assert [(p["wrap"], p["micro_batch"]) for p in steps] == [("plain", 1), ("plain", 4), ("fsdp2", 4), ("fsdp2_keep", 4)], out.stdout
     assert all(p["step_seconds"] > 0 for p in steps)
     assert len({p["first_loss"] for p in steps}) == 1, steps  # the same step however split or wrapped (to the 4 digits printed)
     assert results.read_bytes() == before

@@ -1,5 +1,6 @@
-"""LearnerGroup ranks: two real gloo processes with FSDP2 take the same steps as one process, and
-a rank's state round-trips so a restored group continues exactly."""
+"""LearnerGroup ranks: two real gloo processes, with FSDP2 or as replicas (train.sharding), take
+the same steps as one process, and a rank's state round-trips so a restored group continues
+exactly."""
 
 import json
 
@@ -95,14 +96,15 @@ def _one_process_group_step(config, steps, world: int):
     return learner.state()
 
 
+@pytest.mark.parametrize("sharding", ["fsdp", "replicate"])
 @pytest.mark.parametrize("micro_batch", [None, 2])
-def test_one_process_takes_the_two_rank_step_bit_for_bit(config, tmp_path, micro_batch):
+def test_one_process_takes_the_two_rank_step_bit_for_bit(config, tmp_path, micro_batch, sharding):
     # micro_batch 2 over 5 and 4 rows: both ranks must run 3 passes per time or FSDP hangs
-    config = config.model_copy(update={"train": config.train.model_copy(update={"micro_batch": micro_batch})})
+    config = config.model_copy(update={"train": config.train.model_copy(update={"micro_batch": micro_batch, "sharding": sharding})})
     two, _ = _spawn(2, config, range(3), str(tmp_path / "two.safetensors"))
     one = _one_process_group_step(config, range(3), world=2)
     worst = max((one[k] - two[k]).abs().max().item() for k in one)
-    if micro_batch is None:
+    if micro_batch is None or sharding == "replicate":
         assert worst == 0.0
     else:
         # measured ~4e-8: passes of one row differ in the last bits on the sharded model (cause not

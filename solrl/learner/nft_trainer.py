@@ -60,6 +60,8 @@ class NFTTrainer:
         self.ema = [p.detach().clone() for p in params]
         # set by a sharded learner rank: gradient_sync(False) keeps a pass's gradient local
         self.gradient_sync: Callable[[bool], None] | None = None
+        # set by a replicated learner rank: adds this rank's gradients to the other ranks', in place
+        self.reduce_gradients: Callable[[list[torch.Tensor]], None] | None = None
 
 
     @classmethod
@@ -123,6 +125,9 @@ class NFTTrainer:
             self.optimizer.zero_grad(set_to_none=True)
             self._accumulate(shard, r, self._times(shard), torch.tensor_split(torch.arange(len(shard)), chunks), totals, n)
             summed = [g if s is None else (s if g is None else s + g) for s, g in zip(summed, (p.grad for p in params))]
+        if self.reduce_gradients is not None:
+            summed = [torch.zeros_like(p) if g is None else g for p, g in zip(params, summed)]  # every rank sends every one
+            self.reduce_gradients(summed)
         for p, g in zip(params, summed):
             p.grad = g
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.optim_cfg.grad_clip)

@@ -1,5 +1,5 @@
-"""One rank of the learner group: torch.distributed + FSDP2 around the same NFTTrainer the
-single-process loop uses.
+"""One rank of the learner group: torch.distributed + FSDP2 (or a whole replica per rank,
+train.sharding) around the same NFTTrainer the single-process loop uses.
 
 Every rank receives every row's labels (advantages need all rewards) and the samples of its own
 rows only (solrl.learner.plan); the ranks' gradients add up to the single-process gradient, so the
@@ -27,18 +27,29 @@ from solrl.sampling import SamplingConfig
 from solrl.types import TrainBatch, TrainLabels
 
 
-def shard_model(transformer: torch.nn.Module) -> None:
+def shard_model(transformer: torch.nn.Module, reshard_after_forward: bool = True) -> None:
     """FSDP2 over each transformer block, then the root; gradients are summed over ranks (each
-    rank's loss already carries its share of the batch mean), in a plain SUM gloo supports."""
+    rank's loss already carries its share of the batch mean), in a plain SUM gloo supports.
+    reshard_after_forward=False keeps each block's gathered weights until the backward (memory
+    for fewer gathers: benchmarks/gpu_learner.py measures both)."""
     # FLUX has a second stack of single-stream blocks
     for stack in ("transformer_blocks", "single_transformer_blocks"):
         for block in getattr(transformer, stack, []):
-            fully_shard(block)
-    fully_shard(transformer)
+            fully_shard(block, reshard_after_forward=reshard_after_forward)
+    fully_shard(transformer, reshard_after_forward=reshard_after_forward)
     for module in transformer.modules():
         if isinstance(module, FSDPModule):
             module.set_gradient_divide_factor(1.0)
             module.set_force_sum_reduction_for_comms(True)
+
+
+def add_over_ranks(grads: list[torch.Tensor]) -> None:
+    """Each gradient replaced by its sum over the ranks, in one collective (a replicated group's
+    reduction; with two ranks the sum is the one-process step's bit for bit)."""
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    for g, part in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+        g.copy_(part.view_as(g))
 
 
 @dataclass(frozen=True)
@@ -70,11 +81,14 @@ class LearnerRank:
             backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
             dist.init_process_group(backend, rank=rank, world_size=world, timeout=datetime.timedelta(minutes=5))
         self.policy = build_policy(config.model)
-        if world > 1:
+        sharded = world > 1 and config.train.sharding == "fsdp"
+        if sharded:
             shard_model(self.policy.transformer)
         self.trainer = NFTTrainer.for_run(self.policy, config.train, config.sampling, config.seed)
-        if world > 1:
+        if sharded:
             self.trainer.gradient_sync = self.policy.transformer.set_requires_gradient_sync
+        elif world > 1:
+            self.trainer.reduce_gradients = add_over_ranks
 
     @property
     def version(self) -> int:
