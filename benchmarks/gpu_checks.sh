@@ -36,6 +36,6 @@ if [[ $parts == *" learner "* ]]; then
     timeout "${LEARNER_TIMEOUT:-300}" python3 gpu_learner.py "$@" 2>&1 | tee "$out/gpu_learner.log"
 fi
 if [[ $parts == *" profile "* ]]; then
-    timeout "${PROFILE_TIMEOUT:-120}" python3 gpu_profile.py 2>&1 | tee "$out/gpu_profile.log"
+    timeout "${PROFILE_TIMEOUT:-120}" python3 gpu_profile.py --no-cudnn-attention 2>&1 | tee "$out/gpu_profile.log"
 fi
 cp RESULTS.md "$out/"

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 from common import append_results, with_json_lines
-from gpu_rollout import MODELS, RandomPolicy
+from gpu_rollout import MODELS, RandomPolicy, common_arguments, device_of
 
 from solrl.config import OptimConfig
 from solrl.learner.nft_trainer import NFTTrainer
@@ -74,21 +74,14 @@ def timed_steps(trainer: NFTTrainer, batch: TrainBatch, repeats: int, fsdp: bool
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--resolution", type=int, default=512)
+    common_arguments(parser)
     parser.add_argument("--rows", type=int, default=8, help="samples per optimizer step")
     parser.add_argument("--micro-batches", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--times", type=int, default=2, help="training times per sample (the method: 6 of a 10-step grid)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--fsdp-micro-batch", type=int, default=4, help="the micro-batch of the FSDP2 rows (0: none)")
-    parser.add_argument("--no-cudnn-attention", action="store_true", help="keep torch's SDPA off cuDNN (see gpu_rollout.py)")
-    parser.add_argument("--tiny", action="store_true", help="tiny configs on whatever device there is; nothing is appended")
     args = parser.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if args.no_cudnn_attention:
-        torch.backends.cuda.enable_cudnn_sdp(False)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    resolution = 64 if args.tiny else args.resolution
+    device, dtype, resolution = device_of(args)
     grid = 10
     nft = NFTConfig(timestep_fraction=args.times / grid)
     rows, points = [], []

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from gpu_rollout import MODELS, RandomPolicy, settings
+from gpu_rollout import MODELS, RandomPolicy, common_arguments, device_of, settings
 from torch.profiler import ProfilerActivity, profile
 
 from solrl.models.base import OLD
@@ -23,19 +23,15 @@ from solrl.sampling import SamplingConfig, sample
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["sd35l"], choices=list(MODELS))
-    parser.add_argument("--resolution", type=int, default=512)
+    common_arguments(parser, models=["sd35l"])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rows", type=int, default=15, help="kernels shown per table")
-    parser.add_argument("--tiny", action="store_true")
     args = parser.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    torch.backends.cuda.enable_cudnn_sdp(False)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    device, dtype, resolution = device_of(args)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     for name in args.models:
-        policy = RandomPolicy(name, MODELS[name], (64 if args.tiny else args.resolution) // 8, args.tiny, device, dtype)
+        policy = RandomPolicy(name, MODELS[name], resolution // 8, args.tiny, device, dtype)
         cond = policy.encode_prompts(["p"] * args.batch)
         seeds = list(range(args.batch))
         for precision, backend in settings(device):

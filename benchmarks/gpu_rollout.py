@@ -111,23 +111,32 @@ def settings(device: torch.device) -> list[tuple[str, str]]:
     return out
 
 
+def common_arguments(parser: argparse.ArgumentParser, models: list[str] | None = None) -> None:
+    """The arguments every GPU benchmark takes: which models, at what size, on what attention."""
+    parser.add_argument("--models", nargs="+", default=models or list(MODELS), choices=list(MODELS))
+    parser.add_argument("--resolution", type=int, default=512)
+    parser.add_argument("--no-cudnn-attention", action="store_true",
+                        help="keep torch's SDPA off cuDNN (its backward failed on FLUX.1's shapes under torch 2.11+cu130 on an H200)")
+    parser.add_argument("--tiny", action="store_true", help="tiny configs on whatever device there is; nothing is appended")
+
+
+def device_of(args: argparse.Namespace) -> tuple[torch.device, torch.dtype, int]:
+    """(device, dtype, resolution) of a run with common_arguments: bf16 on a GPU, fp32 on a CPU."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.no_cudnn_attention:
+        torch.backends.cuda.enable_cudnn_sdp(False)
+    return device, torch.bfloat16 if device.type == "cuda" else torch.float32, 64 if args.tiny else args.resolution
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--resolution", type=int, default=512)
+    common_arguments(parser)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--train-batch", type=int, default=2, help="samples per timed training step (no gradient checkpointing)")
-    parser.add_argument("--no-cudnn-attention", action="store_true",
-                        help="keep torch's SDPA off cuDNN (its backward failed on FLUX.1's shapes under torch 2.11+cu130 on an H200)")
-    parser.add_argument("--tiny", action="store_true", help="tiny configs on whatever device there is; nothing is appended")
     args = parser.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if args.no_cudnn_attention:
-        torch.backends.cuda.enable_cudnn_sdp(False)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    resolution = 64 if args.tiny else args.resolution
+    device, dtype, resolution = device_of(args)
     rows, points = [], []
     for name in args.models:
         policy = RandomPolicy(name, MODELS[name], resolution // 8, args.tiny, device, dtype)
