@@ -35,12 +35,12 @@ def test_gpu_learner_benchmark_runs_tiny_on_cpu_and_fsdp_takes_the_plain_step():
     step's, and RESULTS.md left alone."""
     results = ROOT / "benchmarks" / "RESULTS.md"
     before = results.read_bytes()
-    cmd = [sys.executable, "gpu_learner.py", "--tiny", "--models", "flux1", "--micro-batches", "1", "4", "--fsdp-micro-batch", "4", "--repeats", "1"]
+    cmd = [sys.executable, "gpu_learner.py", "--tiny", "--models", "flux1", "--rows", "4", "--times", "1", "--micro-batches", "1", "2", "--fsdp-micro-batch", "2", "--repeats", "1"]
     out = subprocess.run(cmd, cwd=ROOT / "benchmarks", capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     points = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     steps = [p for p in points if "wrap" in p]
-    assert [(p["wrap"], p["micro_batch"]) for p in steps] == [("plain", 1), ("plain", 4), ("fsdp2", 4), ("fsdp2_keep", 4)], out.stdout
+    assert [(p["wrap"], p["micro_batch"]) for p in steps] == [("plain", 1), ("plain", 2), ("fsdp2", 2), ("fsdp2_keep", 2)], out.stdout
     assert all(p["step_seconds"] > 0 for p in steps)
     assert len({p["first_loss"] for p in steps}) == 1, steps  # the same step however split or wrapped (to the 4 digits printed)
     assert results.read_bytes() == before
