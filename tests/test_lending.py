@@ -68,12 +68,12 @@ def test_a_lent_worker_and_a_learner_killed_mid_run_lose_nothing_and_the_lent_po
     extra = ["rollout.max_policy_lag=1", "cluster.regen_workers=1", "eval.every=0", "cluster.lend_learners=true"]
     (tmp_path / "ref").mkdir()
     _run(_config(tmp_path / "ref", *extra), tmp_path / "ref" / "run")
-    faults = ["lent-1:regenerate:1", "learner-0:step:2"]
+    faults = ["lent-0:regenerate:2", "learner-0:step:2"]
     report, runtime = _run(_config(tmp_path, *extra, f"cluster.faults={json.dumps(faults)}"), tmp_path / "run")
     assert report["restarts"]["lent"] >= 1 and report["restarts"]["learner"] >= 1, report["restarts"]
     assert audit_log(tmp_path / "run" / "candidates", ITERATIONS, PROMPTS, SEEDS) == {"trained": ITERATIONS * PROMPTS, "dropped": 0, "lost": 0, "duplicated": 0}
     assert _selected(tmp_path / "run").equals(_selected(tmp_path / "ref" / "run"))
-    assert any(line.startswith("lent-1 died") for line in runtime.lines), runtime.lines
+    assert any(line.startswith("lent-0 died") for line in runtime.lines), runtime.lines
     assert any(line.startswith("lent workers lent-") and "restarted learner group" in line for line in runtime.lines), runtime.lines
 
 

@@ -117,7 +117,8 @@ class Dispatcher:
         self.poll_s: float | None = 0.5  # how long collect waits before returning empty-handed (None: until a task ends)
         self.watch: list = []  # other refs whose end also wakes collect (a learner step's ranks)
         self.woken = True  # whether a watched ref has ended since the caller last looked
-        self.lending: Callable[[], bool] = lambda: True  # whether the lent workers may take work now (the driver's rule)
+        # the newest iteration whose regenerations the lent workers may take now, or None (the driver's rule)
+        self.lending: Callable[[], int | None] = lambda: None
         self.lent_tasks = 0  # regeneration tasks the lent workers took
 
     def put(self, stage: str, work: tuple, pieces: int = 1) -> None:
@@ -136,13 +137,15 @@ class Dispatcher:
 
     def dispatch(self) -> None:
         """Give every idle worker a task from its stages' queues; the regeneration queue's
-        leftovers to the workers lent beside the learners, while `lending()` allows it."""
+        leftovers to the workers lent beside the learners, but only groups of iterations up to
+        the one `lending()` names (at lag 1 the one the idle learners wait for, whose step needs
+        them anyway: a lent task of a later iteration would hold that step up once it is ready)."""
         for name, stage in self.stages.items():
-            lent = name == "regen" and "lent" in self.pools and self.lending()
-            for pool in (stage.pool, "lent") if lent else (stage.pool,):
+            lend = self.lending() if name == "regen" and "lent" in self.pools else None
+            for pool in (stage.pool, "lent") if lend is not None else (stage.pool,):
                 queue = self.queues[name]
                 for w in self.pools[pool].idle() if queue else ():
-                    if not queue:
+                    if not queue or pool == "lent" and queue[0].work[0].group.iteration > lend:  # FIFO: older iterations first
                         break
                     self._start(name, stage, pool, w, [queue.popleft() for _ in range(min(self.per_task if name == "explore" else 1, len(queue)))])
         self._dispatch_evals()

@@ -223,7 +223,7 @@ class Driver(EngineDuties):
             # at lag 0 a step also waits for its iteration's explore audit, which then checks the policy that explored
             ready = lambda: inflight is None and state is not None and state.complete and (lag > 0 or self.audits is None or self.audits.settled(it))  # noqa: B023
             launchable = lambda: ready() and not self.dispatcher.lent_busy()  # a lent worker shares its learner's GPU
-            self.dispatcher.lending = lambda: inflight is None and not ready()  # noqa: B023 (learners idle, no step to run)
+            self.dispatcher.lending = lambda: it + max(lag, 1) - 1 if inflight is None and not ready() else None  # noqa: B023 (idle learners: lag L leaves L - 1 steps of slack)
             self._pump(lambda: self._settled(inflight) or launchable() or self.rows.ready())  # noqa: B023
             yield from self._rows()
             if self._settled(inflight):
