@@ -1,6 +1,7 @@
 """Learners lent to regeneration (cluster.lend_learners): a BF16 regeneration worker in each learner
-rank's bundle takes regeneration tasks only while the learner group has no step to run, and a
-step waits for the lent tasks still running, so the two never share the GPU at once. The lent
+rank's bundle takes regeneration tasks only while the learner group has no step to run (and only
+of the iterations the lag allows), and a step waits for the lent tasks still running, so the two
+never share the GPU at once. The lent
 workers are ordinary regeneration samplers, so the run selects and trains exactly what it would
 without them; they follow the learner group into its new reservation when it restarts."""
 
