@@ -45,6 +45,14 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         ["rollout.explore_precision=bf16"],
     ),
     "kl_1": ("a KL weight that binds: train.nft.kl_weight 1e-4 -> 1.0", ["train.nft.kl_weight=1.0"]),
+    "batch_16x8": (
+        "twice the prompts a step, half the steps (same samples): 16 prompts x 8 iterations; does a larger batch drift less?",
+        ["rollout.prompts_per_iteration=16", "train.iterations=8"],
+    ),
+    "batch_16x16": (
+        "twice the prompts a step at the same explore cost: 16 prompts x 16 candidates (N = 2K), 16 iterations",
+        ["rollout.prompts_per_iteration=16", "rollout.candidates=16"],
+    ),
     "image_lora": (
         "LoRA on the image stream's attention only (the text stream's projections left as trained)",
         ["model.lora={rank: 32, alpha: 64, target_modules: [to_q, to_k, to_v, to_out.0]}"],

@@ -1,0 +1,54 @@
+"""The learning analyses of benchmarks/ (issue 29 item 1): failure_modes.py names each failing
+image by the first constraint it breaks; tilted_optimum.py tilts base samples by a reward."""
+
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+from failure_modes import first_broken
+
+from solrl.toy.captions import parse_caption
+from solrl.toy.detector import Detection
+
+
+def obj(shape, color, x=16.0, y=16.0, side=10.0):
+    return Detection(shape, color, x, y, side, side * side)
+
+
+@pytest.mark.parametrize(
+    "caption, found, verdict",
+    [
+        ("a green square", [obj("square", "green")], None),
+        ("a green square", [obj("square", "green"), obj("square", "green", x=40)], "extra objects"),
+        ("two triangles", [obj("triangle", "red")], "missing objects"),
+        ("a green square", [obj(None, None)], "unrecognised"),
+        ("a green square", [obj("circle", "green")], "wrong shape"),
+        ("a green square", [obj("square", "blue")], "wrong colour"),
+        ("a triangle left of a square", [obj("triangle", "red", x=40), obj("square", "blue", x=8)], "relation"),
+        ("a triangle left of a square", [obj("triangle", "red", x=8), obj("square", "blue", x=40)], None),
+    ],
+)
+def test_first_broken_names_the_first_constraint_an_image_breaks(caption, found, verdict):
+    assert first_broken(parse_caption(caption), found) == verdict
+
+
+def test_the_tilt_reads_the_base_at_zero_and_closes_the_gap_it_is_asked_to():
+    """benchmarks/tilted_optimum.py on made-up samples of two captions: lambda 0 is the base itself
+    (no KL); tilting by the preference closes 40 % of the best-of-32 gap, and where the bigger seeds
+    are the failing ones, that costs accuracy, which tilting by a gated reward does not."""
+    from tilted_optimum import at_gaps, tilted
+
+    rng = np.random.default_rng(0)
+    preference = rng.uniform(0, 1, size=(2, 64))
+    passed = (preference < 0.8).astype(float)  # the biggest fail, as merged objects do
+    measures = {"preference": preference, "passed": passed, "score": passed}
+    tasks = ["colors", "counting"]
+    pref, acc, kl = tilted(measures, preference, 0.0, tasks)
+    assert (pref, acc, kl) == pytest.approx((preference.mean(axis=1).mean(), passed.mean(axis=1).mean(), 0.0))
+    size_only = at_gaps(measures, preference, tasks)
+    gated = at_gaps(measures, 0.5 * passed + 0.5 * preference * passed, tasks)
+    assert size_only[0.4][0] < -0.05 and size_only[0.4][1] > 0
+    assert gated[0.4][0] > 0  # the gate pays only passing seeds: accuracy rises
