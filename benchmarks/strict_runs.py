@@ -1,11 +1,12 @@
 """The hour-long compositional runs of issue 29 (items 3 and 4): the strict GenEval-style check as
 the only reward, 160 iterations, a held-out eval every 20, on several seeds, with and without the
-online explore-precision controller (rollout.precision_control at its defaults); then one
+online explore-precision controller (rollout.precision_control at its defaults), and with a KL
+weight that binds (arm kl1: the drift's candidate fix); then one
 RESULTS.md entry from benchmarks/learning_curve.py: every run's curve, the drift of each (its last
 policy against its peak, paired), and the modeled cost to a held-out target with the controller's
 switches and the share of iterations its audited agreement held the floor.
 
-    python benchmarks/strict_runs.py [--seeds 0 1 2] [--arms off on] [--jobs 2] [--out runs/strict]
+    python benchmarks/strict_runs.py [--seeds 0 1 2] [--arms off on kl1] [--jobs 2] [--out runs/strict]
 
 Each run is `solrl train --local --out OUT/ARM-seed-S ...` in its own process (one torch thread
 each when --jobs > 1); finished runs (an eval.json) are read, not rerun, and an interrupted run resumes from its
@@ -26,7 +27,9 @@ from common import append_results
 from learning_curve import NOTES, report
 
 STRICT = ["reward=[{name: shapes_strict, weight: 1}]"]
-ARMS = {"off": [], "on": ["rollout.precision_control={}"]}
+# off / on: without and with the explore controller; kl1: without it, a KL weight that binds (the
+# drift's candidate fix: one exploratory run held the KL 16x lower, docs/method.md)
+ARMS = {"off": [], "on": ["rollout.precision_control={}"], "kl1": ["train.nft.kl_weight=1.0"]}
 
 
 def train(out: pathlib.Path, arm: str, seed: int, iterations: int, every: int, threads: int | None) -> pathlib.Path:
@@ -49,7 +52,7 @@ def train(out: pathlib.Path, arm: str, seed: int, iterations: int, every: int, t
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), help="off: explore in NVFP4 throughout; on: the controller chooses")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), help="off: explore in NVFP4 throughout; on: the controller chooses; kl1: off with train.nft.kl_weight=1.0")
     parser.add_argument("--iterations", type=int, default=160)
     parser.add_argument("--eval-every", type=int, default=20)
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, one torch thread each when more than 1")
@@ -61,7 +64,7 @@ def main() -> None:
     threads = 1 if args.jobs > 1 else None
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:  # each run is its own process
         runs = list(pool.map(lambda job: train(args.out, *job, args.iterations, args.eval_every, threads), todo))
-    title = f"Strict-reward runs, {args.iterations} iterations, seeds {args.seeds}, explore controller {' / '.join(args.arms)}"
+    title = f"Strict-reward runs, {args.iterations} iterations, seeds {args.seeds}, arms {' / '.join(args.arms)}"
     append_results(title, report(runs, args.target), NOTES)
 
 
