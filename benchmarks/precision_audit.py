@@ -1,7 +1,8 @@
 """The explore audit on the shapes run (`solrl train --local`, shapes.yaml, rollout.precision_control
 at its defaults unless --set says otherwise): per iteration the precision explore ran at, the
 Spearman of previews against BF16 on the selected seeds (what every run reports) and on the
-audited random seeds (what the controller acts on), the cheaper rung's, and each move.
+audited random seeds (what the controller acts on), the cheaper rung's, the safer rung's paired gain
+(while agreement is poor), and each move.
 
 It answers two questions: how much best/worst selection inflates the selected seeds' figure (the
 mean difference over iterations, with its standard error), and what the controller does with the
@@ -41,17 +42,19 @@ def main() -> None:
         a = r["audit"]
         move = f"{a['switch']['from']} -> {a['switch']['to']}" if "switch" in a else ""
         point = {"iteration": r["iteration"] + 1, "precision": a["precision"], "spearman_selected": r["spearman"], "spearman_audited": a["spearman"]}
-        point |= {"cheaper": a.get("cheaper"), "spearman_cheaper": a.get("cheaper_spearman"), "move": move or None, "modeled_cost": sum(r["modeled_cost"].values())}
+        point |= {"cheaper": a.get("cheaper"), "spearman_cheaper": a.get("cheaper_spearman"), "safer": a.get("safer"), "safer_gains": a.get("safer_gains")}
+        point |= {"move": move or None, "modeled_cost": sum(r["modeled_cost"].values())}
         points.append(point)
-        table_rows.append([point["iteration"], a["precision"], f"{r['spearman']:.3f}", f"{a['spearman']:.3f}", a.get("cheaper", "-"), _f(a.get("cheaper_spearman")), move, f"{point['modeled_cost']:.0f}"])
+        gain = f"{statistics.fmean(a['safer_gains']):+.3f} ({a['safer']})" if a.get("safer_gains") else "-"
+        table_rows.append([point["iteration"], a["precision"], f"{r['spearman']:.3f}", f"{a['spearman']:.3f}", a.get("cheaper", "-"), _f(a.get("cheaper_spearman")), gain, move, f"{point['modeled_cost']:.0f}"])
     gaps = [p["spearman_selected"] - p["spearman_audited"] for p in points if _finite(p["spearman_selected"]) and _finite(p["spearman_audited"])]
     se = statistics.stdev(gaps) / len(gaps) ** 0.5 if len(gaps) > 1 else float("nan")
-    headers = ["iteration", "explore precision", "Spearman, selected seeds", "Spearman, audited seeds", "cheaper rung", "its Spearman", "move", "modeled cost"]
+    headers = ["iteration", "explore precision", "Spearman, selected seeds", "Spearman, audited seeds", "cheaper rung", "its Spearman", "safer rung's gain", "move", "modeled cost"]
     c = config.rollout.precision_control
     body = with_json_lines(headers, table_rows, points, digits=4)
     body += (
         f"\n\nSelected minus audited Spearman, mean over {len(gaps)} iterations: {statistics.fmean(gaps):+.3f} ± {se:.3f} (s.e.). "
-        f"Controller: ladder {c.ladder}, floor {c.floor}, patience {c.patience}, recover {c.recover}, recover_patience {c.recover_patience}, audit {c.audit} seeds a group."
+        f"Controller: ladder {c.ladder}, floor {c.floor}, patience {c.patience}, recover {c.recover}, recover_patience {c.recover_patience}, gain {c.gain}, audit {c.audit} seeds a group."
     )
     append_results(f"Explore audit on the shapes run ({args.iterations} iterations, seed {args.seed})", body)
 

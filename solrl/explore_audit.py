@@ -4,8 +4,9 @@ distributed run's audit is solrl.cluster.audit_desk, its rollout workers' sample
 
 Each iteration, after the selected seeds are regenerated: every group's audit seeds (drawn at
 random) get their BF16 rewards (the selected ones from the training batch, the others from a
-regeneration made only for the audit, never trained on), and, while explore runs above the
-cheapest rung, previews at the next cheaper rung. The figures go into the metrics row under
+regeneration made only for the audit, never trained on), and previews at the rungs the controller
+probes (the next cheaper one while explore runs above the cheapest, the next safer one while its
+agreement has been poor). The figures go into the metrics row under
 "audit" (with the images the audit drew, which solrl.cost prices), and a move switches the explore
 sampler's precision before the next iteration.
 """
@@ -16,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 from solrl.config import RunConfig
 from solrl.learner.weight_sync import WeightUpdate
-from solrl.precision_control import PrecisionController, audit_agreement, audit_seeds
+from solrl.precision_control import PrecisionController, audit_agreement, audit_seeds, probe_figures
 from solrl.types import Candidates, PromptGroup, Selection, per_selection
 from solrl.workers.sampler import SamplerWorker, sampler_from_config
 
@@ -71,13 +72,15 @@ class ExploreAudit:
                 known[i].update(zip(sel.seeds, rewards, strict=True))
         truth = [[k[x] for x in d] for k, d in zip(known, drawn, strict=True)]
         previews = [[dict(zip(c.group.seeds, c.proxy_rewards, strict=True))[x] for x in d] for c, d in zip(candidates, drawn, strict=True)]
-        figures = {"precision": self.control.precision, "spearman": audit_agreement(previews, truth), "regenerated": sum(len(s.seeds) for _, s in extra)}
-        cheaper = self.control.cheaper
-        if cheaper is not None:
-            groups = [PromptGroup(c.group.prompt_id, c.group.prompt, d, iteration, c.group.version) for c, d in zip(candidates, drawn, strict=True)]
-            low = self.explorer(cheaper, update).explore(groups)
-            figures |= {"cheaper": cheaper, "cheaper_spearman": audit_agreement([c.proxy_rewards for c in low], truth), "previewed": sum(map(len, drawn))}
-        move = self.control.observe(iteration, figures["spearman"], figures.get("cheaper_spearman"))
+        control = self.control
+        figures = {"precision": control.precision, "spearman": audit_agreement(previews, truth), "regenerated": sum(len(s.seeds) for _, s in extra)}
+        probes = control.probes(control.precision)
+        groups = [PromptGroup(c.group.prompt_id, c.group.prompt, d, iteration, c.group.version) for c, d in zip(candidates, drawn, strict=True)]
+        probed = {rung: [c.proxy_rewards for c in self.explorer(rung, update).explore(groups)] for rung in probes}
+        figures |= probe_figures(control, probed, previews, truth)
+        if probes:
+            figures["previewed_at"] = {rung: sum(map(len, drawn)) for rung in probes}
+        move = control.observe(iteration, figures["spearman"], figures.get("cheaper_spearman"), figures.get("safer_gains", ()))
         if move is not None:
             self.log(f"explore precision {move.source} -> {move.target} after iteration {iteration + 1}: {move.reason}")
             figures["switch"] = {"from": move.source, "to": move.target, "reason": move.reason}

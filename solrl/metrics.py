@@ -134,7 +134,7 @@ class RunMetrics:
             self._observe_audit(row["audit"])
 
     def _observe_audit(self, audit: dict) -> None:
-        for rung, key in (("explore", "spearman"), ("cheaper", "cheaper_spearman")):
+        for rung, key in (("explore", "spearman"), ("cheaper", "cheaper_spearman"), ("safer", "safer_spearman")):
             if key in audit:
                 self.audit_spearman.labels(rung).set(audit[key])
         switch = audit.get("switch")

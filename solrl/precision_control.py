@@ -8,13 +8,16 @@ and the BF16 rewards on those seeds, averaged over groups. Measured on the selec
 it is inflated: best/worst selection keeps the seeds the previews put furthest apart.
 
 While explore runs above the ladder's cheapest rung, the audit seeds are also previewed at the next
-cheaper rung, so the run knows when that rung ranks well again.
+cheaper rung, so the run knows when that rung ranks well again; and while agreement has been poor
+for a while, at the next safer rung, so the run knows whether moving there would help.
 
 PrecisionController turns the figures into moves along the ladder (cheapest first, e.g. NVFP4 ->
 FP8 -> BF16): `patience` iterations in a row with the current rung's agreement below `floor` move
-explore one rung safer; `recover_patience` iterations in a row with the cheaper rung's agreement at
-or above `recover` (above `floor`: hysteresis, so it does not flap) move it back. Pure: no torch,
-no Ray; the engines run the audit and apply the moves.
+explore one rung safer, once the safer rung has ranked the same audit seeds measurably better
+(`gain`: a run whose policy has drifted ranks poorly at every precision, and a move would only
+cost); `recover_patience` iterations in a row with the cheaper rung's agreement at or above
+`recover` (above `floor`: hysteresis, so it does not flap) move it back. Pure: no torch, no Ray;
+the engines run the audit and apply the moves.
 """
 
 from __future__ import annotations
@@ -39,6 +42,15 @@ class PrecisionControl(BaseModel):
     recover: float = Field(default=0.7, ge=-1, le=1, description="The cheaper rung's audited Spearman at or above which an iteration counts toward moving back.")
     recover_patience: int = Field(default=5, ge=1, description="Such iterations in a row before explore moves back one rung cheaper.")
     audit: int = Field(default=4, ge=2, description="Seeds per prompt group drawn at random for the audit (BF16 rewards obtained for each).")
+    gain: float | None = Field(
+        default=0.0,
+        ge=-2,
+        le=2,
+        description="A move safer also needs the safer rung to rank the poor iterations' audit seeds better: the lower end of "
+        "the paired Spearman gain's interval (mean - 2 s.e. over the groups, safer minus current on the same seeds) at or "
+        "above this. The audit previews at the safer rung from the (patience-1)th poor iteration in a row. null: move on "
+        "the floor alone.",
+    )
 
     @model_validator(mode="after")
     def _sane(self) -> PrecisionControl:
@@ -70,10 +82,36 @@ def audit_seeds(seeds: Sequence[int], n: int, key: Sequence[int]) -> tuple[int, 
     return tuple(s for i, s in enumerate(seeds) if i in chosen)
 
 
+def paired_gains(current: Sequence[Sequence[float]], safer: Sequence[Sequence[float]], bf16: Sequence[Sequence[float]]) -> list[float]:
+    """Per group, how much better the safer rung's previews rank the audit seeds than the current
+    rung's did (Spearman against the same BF16 rewards), where both are defined; rounded as the
+    metrics rows log them, so a replay of the rows makes the same moves."""
+    gains = [spearman(s, b) - spearman(c, b) for c, s, b in zip(current, safer, bf16, strict=True)]
+    return [round(g, 4) for g in gains if math.isfinite(g)]
+
+
+def interval(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and its standard error (infinite below two values)."""
+    a = np.asarray(values, dtype=np.float64)
+    return (float(a.mean()) if len(a) else math.nan), (float(a.std(ddof=1) / math.sqrt(len(a))) if len(a) > 1 else math.inf)
+
+
 def audit_agreement(previews: Sequence[Sequence[float]], bf16: Sequence[Sequence[float]]) -> float:
     """Spearman's rho of each group's audit previews against their BF16 rewards, averaged over the
     groups where it is defined (NaN when it is nowhere)."""
     return finite_mean([spearman(p, b) for p, b in zip(previews, bf16, strict=True)])
+
+
+def probe_figures(control: PrecisionController, probed: dict[str, Sequence[Sequence[float]]], previews, bf16) -> dict:
+    """A row's figures for the audit seeds previewed at other rungs (`probed`: rung -> each
+    group's previews), beside the current rung's `previews` of the same groups."""
+    figures = {}
+    if control.cheaper in probed:
+        figures |= {"cheaper": control.cheaper, "cheaper_spearman": audit_agreement(probed[control.cheaper], bf16)}
+    if control.safer in probed:
+        gains = paired_gains(previews, probed[control.safer], bf16)
+        figures |= {"safer": control.safer, "safer_spearman": audit_agreement(probed[control.safer], bf16), "safer_gains": gains}
+    return figures
 
 
 class PrecisionController:
@@ -82,6 +120,7 @@ class PrecisionController:
             raise ValueError(f"rollout.explore_precision={start!r} is not on rollout.precision_control.ladder={config.ladder}; add it there")
         self.config, self.level = config, config.ladder.index(start)
         self.poor = self.good = 0  # iterations in a row below floor / with the cheaper rung at or above recover
+        self.gains: list[float] = []  # the safer rung's paired gains over the current poor streak
 
     @property
     def precision(self) -> str:
@@ -92,18 +131,44 @@ class PrecisionController:
         """The rung below the current one, whose agreement the audit also measures; None at the bottom."""
         return self.config.ladder[self.level - 1] if self.level > 0 else None
 
-    def observe(self, iteration: int, agreement: float, cheaper_agreement: float | None = None) -> Switch | None:
+    @property
+    def safer(self) -> str | None:
+        """The rung above the current one; None at the top."""
+        return self.config.ladder[self.level + 1] if self.level + 1 < len(self.config.ladder) else None
+
+    def probes(self, precision: str) -> tuple[str, ...]:
+        """The rungs at which the audit previews the seeds of a group explored at `precision`: the
+        one below (toward moving back), and, for the current rung while agreement has been poor
+        long enough that a move may be near, the one above (toward moving safer)."""
+        ladder = self.config.ladder
+        if precision not in ladder:  # a group whose slices ran at two precisions
+            return ()
+        at = ladder.index(precision)
+        below = (ladder[at - 1],) if at > 0 else ()
+        near = self.config.gain is not None and self.safer is not None and self.poor >= max(1, self.config.patience - 1)
+        return below + ((self.safer,) if near and at == self.level else ())
+
+    def observe(self, iteration: int, agreement: float, cheaper_agreement: float | None = None, safer_gains: Sequence[float] = ()) -> Switch | None:
         """One iteration's audited agreement (of the current rung, and of the cheaper one when
-        there is one); returns the move it causes, if any. An undefined figure (NaN: every audited
-        group's rewards tied) counts neither way."""
+        there is one) and the safer rung's paired gains (when it was previewed); returns the move
+        it causes, if any. An undefined figure (NaN: every audited group's rewards tied) counts
+        neither way."""
         c = self.config
         if not math.isnan(agreement):
             self.poor = self.poor + 1 if agreement < c.floor else 0
+        if self.poor:
+            self.gains.extend(safer_gains)
+        else:
+            self.gains.clear()
         if cheaper_agreement is not None and not math.isnan(cheaper_agreement):
             self.good = self.good + 1 if cheaper_agreement >= c.recover else 0
-        if self.poor >= c.patience and self.level + 1 < len(c.ladder):
+        if self.poor >= c.patience and self.safer is not None:
             reason = f"audited Spearman below floor {c.floor:g} for {self.poor} iterations (last {agreement:.3f})"
-            return self._move(iteration, +1, reason)
+            if c.gain is None:
+                return self._move(iteration, +1, reason)
+            mean, se = interval(self.gains)
+            if mean - 2 * se >= c.gain:
+                return self._move(iteration, +1, f"{reason}; {self.safer} ranks the same seeds better by {mean:.3f} ± {se:.3f} ({len(self.gains)} groups)")
         if self.cheaper is not None and self.good >= c.recover_patience:
             reason = f"{self.cheaper}'s audited Spearman at or above {c.recover:g} for {self.good} iterations (last {cheaper_agreement:.3f})"
             return self._move(iteration, -1, reason)
@@ -113,10 +178,12 @@ class PrecisionController:
         source = self.precision
         self.level += step
         self.poor = self.good = 0
+        self.gains.clear()
         return Switch(iteration, source, self.precision, reason)
 
     def state(self) -> dict:
-        return {"level": self.level, "poor": self.poor, "good": self.good}
+        return {"level": self.level, "poor": self.poor, "good": self.good, "gains": list(self.gains)}
 
     def load_state(self, state: dict) -> None:
         self.level, self.poor, self.good = state["level"], state["poor"], state["good"]
+        self.gains = list(state.get("gains", []))  # a checkpoint from before `gain` has none

@@ -273,16 +273,18 @@ def test_keep_best_keeps_the_adapters_of_the_best_validation_eval_across_a_resum
 
 
 def test_explore_precision_moves_with_the_audited_agreement_and_resumes_where_it_was(tmp_path):
-    """rollout.precision_control (floor 0.95, patience 1): each row's audit holds the precision explore
-    ran at, the audited Spearman and the cheaper rung's; its moves are what the controller makes
-    of those figures; the audit's extra regenerations are priced, never trained; and a run resumed
-    from its checkpoint explores at the precision it had reached, with the same figures."""
+    """rollout.precision_control (floor 0.95, patience 1; gain -2: any measured gain will do, so
+    the tiny model moves): each row's audit holds the precision explore ran at, the audited
+    Spearman, the cheaper rung's and the safer rung's paired gains; its moves are what the
+    controller makes of those figures; the audit's previews and extra regenerations are priced,
+    never trained; and a run resumed from its checkpoint explores at the precision it had reached,
+    with the same figures."""
     from solrl.cost import calls_per_image
     from solrl.precision_control import PrecisionController
 
     prompts = tmp_path / "eval.txt"
     prompts.write_text("a red circle\n")
-    control = "rollout.precision_control={floor: 0.95, patience: 1, recover: 0.95, recover_patience: 1, audit: 4}"
+    control = "rollout.precision_control={floor: 0.95, patience: 1, recover: 0.95, recover_patience: 1, audit: 4, gain: -2}"
     sets = [*TINY_RUN, "rollout.candidates=8", f"eval.prompts={prompts}", "eval.grid_rows=0", control]
     config = load_config(overrides=[*sets, "train.iterations=5"])
     lines = []
@@ -292,15 +294,17 @@ def test_explore_precision_moves_with_the_audited_agreement_and_resumes_where_it
     for row in rows:
         audit = row["audit"]
         assert audit["precision"] == precision == replay.precision and row["regenerated"] == 6  # 3 groups x k=2 trained, whatever was audited
-        move = replay.observe(row["iteration"], audit["spearman"], audit.get("cheaper_spearman"))
+        move = replay.observe(row["iteration"], audit["spearman"], audit.get("cheaper_spearman"), audit.get("safer_gains", ()))
         assert ("switch" in audit) == (move is not None) and (move is None or audit["switch"]["to"] == move.target)
         precision = move.target if move else precision
         explore = config.rollout.explore
         priced = 3 * 8 * calls_per_image(explore) * config.cost.price(audit["precision"])
-        priced += audit.get("previewed", 0) * calls_per_image(explore) * config.cost.price(audit.get("cheaper", "bf16"))
+        priced += sum(n * calls_per_image(explore) * config.cost.price(rung) for rung, n in audit.get("previewed_at", {}).items())
         assert row["modeled_cost"]["explore"] == pytest.approx(priced, abs=1e-3)
     switches = [line for line in lines if line.startswith("explore precision ")]
     assert switches and len(switches) == sum("switch" in r["audit"] for r in rows)
+    first = next(r["audit"] for r in rows if "switch" in r["audit"])  # it moved on the safer rung's measured gains
+    assert first["safer"] == first["switch"]["to"] and len(first["safer_gains"]) >= 2 and first["previewed_at"][first["safer"]] == 12
     assert (tmp_path / "whole" / "report.html").is_file() and not [line for line in lines if "report.html not written" in line]  # it draws the moves
     LocalRun(load_config(overrides=[*sets, "train.iterations=3"]), tmp_path / "split", log=lambda _: None).run()
     LocalRun(config, tmp_path / "split", log=lambda _: None).run(resume=tmp_path / "split")

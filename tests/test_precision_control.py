@@ -5,11 +5,11 @@ import math
 
 import pytest
 
-from solrl.precision_control import PrecisionControl, PrecisionController, audit_agreement, audit_seeds
+from solrl.precision_control import PrecisionControl, PrecisionController, audit_agreement, audit_seeds, paired_gains
 
 
 def test_poor_agreement_moves_explore_safer_after_patience_and_back_with_hysteresis():
-    c = PrecisionController(PrecisionControl(floor=0.5, patience=2, recover=0.8, recover_patience=2), "nvfp4")
+    c = PrecisionController(PrecisionControl(floor=0.5, patience=2, recover=0.8, recover_patience=2, gain=None), "nvfp4")
     assert c.precision == "nvfp4" and c.cheaper is None
     assert c.observe(0, 0.4) is None  # one poor iteration is not enough
     assert c.observe(1, 0.6) is None  # a good one resets the streak
@@ -24,14 +24,47 @@ def test_poor_agreement_moves_explore_safer_after_patience_and_back_with_hystere
 
 
 def test_the_ladder_ends_and_undefined_figures_count_neither_way():
-    c = PrecisionController(PrecisionControl(ladder=["nvfp4", "bf16"], patience=1), "nvfp4")
+    c = PrecisionController(PrecisionControl(ladder=["nvfp4", "bf16"], patience=1, gain=None), "nvfp4")
     assert c.observe(0, math.nan) is None and c.poor == 0
     assert c.observe(1, 0.0).target == "bf16"
     assert c.observe(2, -1.0) is None  # no safer rung
     state = c.state()
-    again = PrecisionController(PrecisionControl(ladder=["nvfp4", "bf16"], patience=1), "nvfp4")
+    again = PrecisionController(PrecisionControl(ladder=["nvfp4", "bf16"], patience=1, gain=None), "nvfp4")
     again.load_state(state)
     assert again.precision == "bf16" and again.state() == state
+
+
+def test_a_move_safer_waits_until_the_safer_rung_ranks_the_same_seeds_measurably_better():
+    """The safer rung is previewed once a move may be near (from the (patience-1)th poor iteration);
+    the move needs the lower end of its paired gain (mean - 2 s.e. over the streak's groups) at or
+    above `gain`; the evidence is the current streak's only, and survives a checkpoint."""
+    c = PrecisionController(PrecisionControl(floor=0.5, patience=3), "nvfp4")
+    assert c.probes("nvfp4") == ()  # agreement not poor yet: nothing previewed
+    assert c.observe(0, 0.2) is None and c.probes("nvfp4") == ()
+    assert c.observe(1, 0.2) is None and c.probes("nvfp4") == ("fp8_e4m3",)  # the next iteration may move
+    assert c.observe(2, 0.1, safer_gains=[0.9, -0.8, 0.4, 0.0]) is None  # poor for 3, but no better within the noise
+    assert c.observe(3, 0.9, safer_gains=[0.5, 0.6]) is None and c.gains == [] and c.probes("nvfp4") == ()  # a good one resets both
+    for it in (4, 5):
+        assert c.observe(it, 0.3) is None
+    assert c.observe(6, 0.3, safer_gains=[0.9, -0.6]) is None  # patience reached; mean 0.15 +- 0.75: not measurably better
+    state = c.state()
+    resumed = PrecisionController(PrecisionControl(floor=0.5, patience=3), "nvfp4")
+    resumed.load_state(state)
+    move = resumed.observe(7, 0.3, safer_gains=[0.6, 0.7, 0.5, 0.6, 0.7, 0.6])  # the streak's 8 groups: 0.50 +- 0.16
+    assert (move.source, move.target) == ("nvfp4", "fp8_e4m3") and "fp8_e4m3 ranks the same seeds better by 0.500 ± 0.163 (8 groups)" in move.reason
+    assert resumed.gains == [] and resumed.probes("fp8_e4m3") == ("nvfp4",) and resumed.probes("nvfp4") == ()
+    strict = PrecisionController(PrecisionControl(floor=0.5, patience=3, gain=0.2), "nvfp4")
+    strict.load_state(state)
+    assert strict.observe(7, 0.3, safer_gains=[0.6, 0.7, 0.5, 0.6, 0.7, 0.6]) is None  # lower end 0.17 < 0.2
+    top = PrecisionController(PrecisionControl(ladder=["nvfp4", "bf16"], patience=1), "bf16")
+    assert top.probes("bf16") == ("nvfp4",) and top.observe(0, 0.0) is None and top.probes("bf16") == ("nvfp4",)  # nothing safer to preview
+
+
+def test_paired_gains_compare_the_same_seeds_against_the_same_truth():
+    truth = [[1, 2, 3, 4], [1, 2, 3, 4], [1, 1, 1, 1]]
+    current = [[4, 3, 2, 1], [1, 2, 3, 4], [1, 2, 3, 4]]
+    safer = [[1, 2, 3, 4], [1, 2, 4, 3], [1, 2, 3, 4]]
+    assert paired_gains(current, safer, truth) == [2.0, -0.2]  # the tied group has no figure
 
 
 def test_settings_that_cannot_work_are_refused_by_name():

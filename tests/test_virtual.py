@@ -214,7 +214,8 @@ def test_a_starting_worker_says_what_it_waits_for_and_how_long_each_stage_took(t
 
 
 def test_explore_precision_moves_on_the_distributed_run_as_its_audit_says(tmp_path):
-    """rollout.precision_control at lag 1 (floor 1: any swap of two audited seeds is poor): each row
+    """rollout.precision_control at lag 1 (floor 1: any swap of two audited seeds is poor; gain null:
+    the floor alone moves it): each row
     waits for its audit; the moves replay exactly from the logged figures; explore tasks handed out
     after a move run at the new precision (the rows count the images explored at each, and the
     cost prices them so); a group explored before the move does not count toward the new rung's
@@ -222,7 +223,7 @@ def test_explore_precision_moves_on_the_distributed_run_as_its_audit_says(tmp_pa
     from solrl.cost import CostMeter
     from solrl.precision_control import PrecisionController
 
-    control = "rollout.precision_control={floor: 1.0, patience: 1, recover: 1.0, recover_patience: 1, audit: 16}"
+    control = "rollout.precision_control={floor: 1.0, patience: 1, recover: 1.0, recover_patience: 1, audit: 16, gain: null}"
     config = _config(tmp_path, "rollout.max_policy_lag=1", "train.iterations=4", control, "cluster.checkpoint_every=1",
                      f"cluster.faults={json.dumps(['rollout-0:explore:30'])}")  # fmt: skip
     lines = []

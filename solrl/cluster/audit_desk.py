@@ -5,8 +5,9 @@ audit solrl.explore_audit's).
 When a group is selected, `audit` of its seeds are drawn at random, as the local run draws them.
 The drawn seeds the selector left are regenerated for the audit only (an `audit` task on the
 regeneration pool, never trained on); the selected ones' BF16 rewards come from their training
-regeneration. While explore runs above the ladder's cheapest rung, the drawn seeds are also
-previewed at the rung below (a `preview` task on the rollout pool). An iteration's row waits for
+regeneration. The drawn seeds are also previewed at the rungs the controller probes (a `preview`
+task on the rollout pool for each): the rung below while explore runs above the cheapest, the rung
+above while its agreement has been poor. An iteration's row waits for
 its audit (solrl.cluster.eval_tasks.HeldRows); rows are given out in order, so the controller
 observes the iterations in order, as in the local run.
 
@@ -32,7 +33,7 @@ from solrl.cluster.dispatch import Dispatcher, Done
 from solrl.cluster.pools import WorkerPool
 from solrl.config import RunConfig
 from solrl.explore_audit import with_explore_precision
-from solrl.precision_control import PrecisionController, audit_agreement, audit_seeds
+from solrl.precision_control import PrecisionController, audit_agreement, audit_seeds, probe_figures
 from solrl.types import Candidates, Preview, PromptGroup, Selection
 from solrl.workers.store import GroupKey, group_key
 
@@ -42,19 +43,19 @@ STAGES = ("audit", "score_audit", "preview", "score_preview")  # the dispatcher'
 @dataclass
 class GroupAudit:
     """One selected group's audit: its drawn seeds' previews, their BF16 rewards as they come in,
-    and their previews at the rung below (when asked)."""
+    and their previews at the other rungs the controller asked for."""
 
     drawn: tuple[int, ...]
     previews: tuple[float, ...]
     precision: str | None  # the precision the group was explored at (None: its slices ran at two)
-    cheaper: str | None  # the rung its seeds are also previewed at
+    probes: tuple[str, ...]  # the rungs its seeds are also previewed at
     truth: dict[int, float] = field(default_factory=dict)
-    cheaper_previews: tuple[float, ...] | None = None
+    probed: dict[str, tuple[float, ...]] = field(default_factory=dict)  # rung -> previews
     regenerated: int = 0  # seeds regenerated for the audit only
 
     @property
     def done(self) -> bool:
-        return len(self.truth) == len(self.drawn) and (self.cheaper is None or self.cheaper_previews is not None)
+        return len(self.truth) == len(self.drawn) and len(self.probed) == len(self.probes)
 
     def bf16(self) -> list[float]:
         return [self.truth[s] for s in self.drawn]
@@ -103,15 +104,14 @@ class AuditDesk:
         preview = dict(zip(group.seeds, candidates.proxy_rewards, strict=True))
         ran = self.precisions.pop(key, set())
         precision = next(iter(ran)) if len(ran) == 1 else None
-        ladder = self.control.config.ladder
-        cheaper = ladder[ladder.index(precision) - 1] if precision in ladder and ladder.index(precision) > 0 else None
-        audit = self.groups[key] = GroupAudit(drawn, tuple(preview[s] for s in drawn), precision, cheaper)
+        probes = self.control.probes(precision) if precision is not None else ()
+        audit = self.groups[key] = GroupAudit(drawn, tuple(preview[s] for s in drawn), precision, probes)
         extra = tuple(s for s in drawn if s not in sel.seeds)
         if extra:
             audit.regenerated = len(extra)
             self.dispatcher.put("audit", (Selection(group, extra, tuple(preview[s] for s in extra)),))
-        if cheaper is not None:
-            self.dispatcher.put("preview", (Preview(PromptGroup(group.prompt_id, group.prompt, drawn, group.iteration, group.version), cheaper),))
+        for rung in probes:
+            self.dispatcher.put("preview", (Preview(PromptGroup(group.prompt_id, group.prompt, drawn, group.iteration, group.version), rung),))
 
     def regenerated(self, sel: Selection, rewards) -> None:
         """A training regeneration's BF16 rewards: those of the group's audited seeds."""
@@ -127,7 +127,7 @@ class AuditDesk:
             rewards = done.summary["rewards"][0] if done.stage == "audit" else done.summary["rewards"]
             audit.truth.update(zip(work.seeds, rewards, strict=True))
         else:
-            audit.cheaper_previews = tuple(done.summary["rewards"])
+            audit.probed[work.precision] = tuple(done.summary["rewards"])
 
     def settled(self, iteration: int) -> bool:
         """Whether every selected group of `iteration` has its audit in."""
@@ -142,9 +142,8 @@ class AuditDesk:
     def report(self, audit: IterationAudit) -> dict:
         for key in [k for k in self.groups if k[0] == audit.iteration]:  # every result of the iteration is in
             del self.groups[key]
-        current, cheaper = self.control.precision, self.control.cheaper
+        current = self.control.precision
         mine = [g for g in audit.groups if g.precision == current]
-        below = [g for g in mine if g.cheaper == cheaper and g.cheaper_previews is not None]
         figures = {
             "precision": current,
             "spearman": audit_agreement([g.previews for g in mine], [g.bf16() for g in mine]),
@@ -154,15 +153,16 @@ class AuditDesk:
         }
         previewed = Counter()
         for g in audit.groups:
-            if g.cheaper is not None:
-                previewed[g.cheaper] += len(g.drawn)
+            for rung in g.probes:
+                previewed[rung] += len(g.drawn)
         if previewed:
             figures["previewed_at"] = dict(previewed)
-        cheaper_figure = None
-        if cheaper is not None and below:
-            cheaper_figure = audit_agreement([g.cheaper_previews for g in below], [g.bf16() for g in below])
-            figures |= {"cheaper": cheaper, "cheaper_spearman": cheaper_figure}
-        move = self.control.observe(audit.iteration, figures["spearman"], cheaper_figure)
+        for rung in (r for r in (self.control.cheaper, self.control.safer) if r is not None):
+            both = [g for g in mine if rung in g.probed]  # the rung's figure is over the current rung's groups only
+            if both:
+                probed = {rung: [g.probed[rung] for g in both]}
+                figures |= probe_figures(self.control, probed, [g.previews for g in both], [g.bf16() for g in both])
+        move = self.control.observe(audit.iteration, figures["spearman"], figures.get("cheaper_spearman"), figures.get("safer_gains", ()))
         if move is not None:
             self.log(f"explore precision {move.source} -> {move.target} after iteration {audit.iteration + 1}: {move.reason}")
             figures["switch"] = {"from": move.source, "to": move.target, "reason": move.reason}
