@@ -13,17 +13,23 @@ then average over prompts:
 
 Rules (each adds to the model's own skip list: embedders, norms, final layer): `all` quantizes
 every other GEMM; `mlp` only the MLPs of both streams; `image_mlp` only the image stream's MLP
-(the reference's SD3.5-L rule); `attention` only attention projections; `none` explores in BF16,
-which isolates the step-count gap. Explore cost is seconds per preview image on this machine,
-and its ratio to an fp32 preview.
+(the reference's SD3.5-L rule); `attention` only attention projections; `fp8` is `mlp` in FP8
+(the explore controller's middle rung); `none` explores in BF16, which isolates the step-count gap.
+Explore cost is seconds per preview image on this machine, and its ratio to an fp32 preview.
 
-    python benchmarks/fidelity.py [--n 32] [--prompts eval] [--rules all mlp image_mlp attention none]
-        [--explore-steps 6] [--regen-steps 10] [--solver euler]
+With --run, the policy is that trained run's (its lora/last adapter, `old` by default: what its
+rollout sampled from at the end) and the reward is the run's: how well previews rank seeds on a
+policy that has trained for a while (a drifted one, for instance), which is what the explore
+controller's audit measures on random seeds.
+
+    python benchmarks/fidelity.py [--n 32] [--prompts eval] [--rules all mlp image_mlp attention fp8 none]
+        [--explore-steps 6] [--regen-steps 10] [--solver euler] [--run RUN [--adapter old|policy|ema]]
 """
 
 from __future__ import annotations
 
 import argparse
+import pathlib
 import time
 
 import numpy as np
@@ -35,6 +41,8 @@ from solrl.models.shapes import ShapesModel
 from solrl.quant.linear import QuantRecipe, SkipRules
 from solrl.rewards.registry import build_reward
 from solrl.sampling import SamplingConfig, derive_seeds, sample
+from safetensors.torch import load_file
+
 from solrl.stats import kendall, spearman, top_k_overlap
 from solrl.toy.captions import load_prompts
 
@@ -46,11 +54,15 @@ RULES = {
 }
 
 
-def explore_model(policy: ShapesModel, rule: str):
+def explore_model(policy: ShapesModel, rule: str, adapter: dict | None = None):
     if rule == "none":
-        return policy.inference_copy("bf16", adapter=None)
-    recipe = QuantRecipe(skip=SkipRules(name_patterns=[*policy.quant_skip_patterns, *RULES[rule]]))
-    return policy.inference_copy("nvfp4", adapter=None, quant=recipe)
+        model = policy.inference_copy("bf16", adapter=None)
+    else:
+        recipe = QuantRecipe(skip=SkipRules(name_patterns=[*policy.quant_skip_patterns, *RULES["mlp" if rule == "fp8" else rule]]))
+        model = policy.inference_copy("fp8_e4m3" if rule == "fp8" else "nvfp4", adapter=None, quant=recipe)
+    if adapter is not None:
+        model.update_adapter(adapter)
+    return model
 
 
 def rewards_for(model, prompts: list[str], seeds: list[list[int]], sampling: SamplingConfig, reward) -> tuple[np.ndarray, float]:
@@ -84,27 +96,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=32)
     parser.add_argument("--prompts", default="eval")
-    parser.add_argument("--rules", nargs="+", default=["all", "mlp", "image_mlp", "attention", "none"], choices=[*RULES, "none"])
+    parser.add_argument("--rules", nargs="+", default=["all", "mlp", "image_mlp", "attention", "none"], choices=[*RULES, "fp8", "none"])
     parser.add_argument("--explore-steps", type=int, default=6)
     parser.add_argument("--regen-steps", type=int, default=10)
     parser.add_argument("--solver", default="euler", choices=["euler", "dpm2"])
     parser.add_argument("--model", help="ShapesModel folder (default: shipped weights)")
+    parser.add_argument("--run", type=pathlib.Path, help="a trained shapes run (solrl train --out): its last adapter and its reward")
+    parser.add_argument("--adapter", default="old", choices=["old", "policy", "ema"], help="which of --run's last adapters")
     args = parser.parse_args()
-    config = load_config()
+    config = load_config(args.run / "config.yaml" if args.run else None)
     reward = build_reward(config.reward)
-    policy = ShapesModel.from_pretrained(args.model)
+    policy = ShapesModel.from_pretrained(args.model, lora=config.model.lora if args.run else None)
+    adapter = load_file(args.run / "lora" / "last" / f"{args.adapter}.safetensors") if args.run else None
     prompts = load_prompts(args.prompts)
     seeds = [derive_seeds(0, 0, i, args.n) for i in range(len(prompts))]
     explore = SamplingConfig(steps=args.explore_steps, solver=args.solver)
     regen = SamplingConfig(steps=args.regen_steps, solver=args.solver)
-    regen_model = policy.inference_copy("bf16", adapter=None)
+    regen_model = explore_model(policy, "none", adapter)
     rewards_for(regen_model, prompts[:1], [seeds[0][:2]], regen, reward)
     truth, _ = rewards_for(regen_model, prompts, seeds, regen, reward)
-    _, fp32_seconds = rewards_for(policy.inference_copy("fp32", adapter=None), prompts, seeds, explore, reward)
+    fp32_model = policy.inference_copy("fp32", adapter=None)
+    if adapter is not None:
+        fp32_model.update_adapter(adapter)
+    _, fp32_seconds = rewards_for(fp32_model, prompts, seeds, explore, reward)
     images = len(prompts) * args.n
     rows = []
     for rule in args.rules:
-        model = explore_model(policy, rule)
+        model = explore_model(policy, rule, adapter)
         rewards_for(model, prompts[:1], [seeds[0][:2]], explore, reward)  # compile the fused fake-quant before timing
         proxy, seconds = rewards_for(model, prompts, seeds, explore, reward)
         quantized = len(model.quant_report.quantized) if rule != "none" else 0
@@ -119,7 +137,8 @@ def main() -> None:
                "explore ms/image", "x fp32 explore"]
     append_results(
         f"Proxy fidelity per quantization rule: {args.explore_steps}-step explore vs BF16 {args.regen_steps}-step, {args.solver}, "
-        f"N={args.n}, {len(prompts)} {args.prompts} prompts, reward {getattr(reward, 'name', '?')}",
+        f"N={args.n}, {len(prompts)} {args.prompts} prompts, reward {getattr(reward, 'name', '?')}"
+        + (f", policy: {args.run}'s last {args.adapter} adapter" if args.run else ""),
         table(headers, rows),
         f"per-prompt statistics averaged over prompts (± their standard error over prompts); explore cost is sampling time only (fp32 preview: {1e3 * fp32_seconds / images:.1f} ms/image)",
     )
