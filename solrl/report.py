@@ -132,6 +132,10 @@ def fidelity_figure(rows: list[dict]) -> str:
     audited = [r for r in rows if "audit" in r]  # rollout.precision_control: random seeds, not the selected ones
     if audited:
         ax.plot([r["iteration"] + 1 for r in audited], [r["audit"]["spearman"] for r in audited], "^-", label="Spearman, audited seeds")
+        for key, marker, label in (("cheaper", "v", "cheaper rung"), ("safer", "s", "safer rung")):  # the controller's probes
+            probed = [r for r in audited if f"{key}_spearman" in r["audit"]]
+            if probed:
+                ax.plot([r["iteration"] + 1 for r in probed], [r["audit"][f"{key}_spearman"] for r in probed], marker, alpha=0.6, label=f"Spearman, audited seeds, {label}")
         for r in (r for r in audited if "switch" in r["audit"]):
             ax.axvline(r["iteration"] + 1.5, color="tab:red", alpha=0.5)
             ax.annotate(f"{r['audit']['switch']['from']} -> {r['audit']['switch']['to']}", (r["iteration"] + 1.5, -0.95), fontsize=7, rotation=90)
