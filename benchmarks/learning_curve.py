@@ -104,7 +104,7 @@ def _precisions(window: list[dict]) -> str:
 def curve(run: pathlib.Path) -> list[list[object]]:
     """One row per eval point: iteration, seconds, modeled cost so far, held-out accuracy ± s.e., its paired
     change from the base, score, per task, then over the iterations since the previous point: means of the
-    proxy reward, the learner's KL to the base model and gradient norm (before clipping), the preview's
+    proxy reward, the learner's KL to the base model, its weight (train.nft.kl_target adapts it) and gradient norm (before clipping), the preview's
     Spearman against BF16 on the selected seeds and on the audited ones, and the explore precisions."""
     rows = _rows(run)
     out, start, base = [], 0, _points(run)[0][2]
@@ -114,7 +114,7 @@ def curve(run: pathlib.Path) -> list[list[object]]:
         change, se = accuracy_change(base, ev)
         audited = _mean([r["audit"] for r in window if "audit" in r], "spearman")
         out.append([iteration, f"{seconds:.0f}", f"{_cost(rows, iteration):.0f}", f"{ev['accuracy']:.3f} ± {ev['accuracy_se']:.3f}", f"{change:+.3f} ± {se:.3f}",
-                    f"{ev['score']:.3f}", tasks, *[_mean(window, key) for key in ("proxy_reward_mean", "kl", "grad_norm", "spearman")], audited, _precisions(window)])  # fmt: skip
+                    f"{ev['score']:.3f}", tasks, *[_mean(window, key) for key in ("proxy_reward_mean", "kl", "kl_weight", "grad_norm", "spearman")], audited, _precisions(window)])  # fmt: skip
         start = iteration
     return out
 
@@ -169,7 +169,7 @@ NOTES = (
 
 def report(runs: list[pathlib.Path], target: float | None = None) -> str:
     """The RESULTS.md entry's body: each run's curve, the drift table, the cost-to-target table."""
-    headers = ["iterations", "run s", "modeled cost", "held-out accuracy (EMA)", "change from base (paired s.e.)", "score", "per task", "proxy mean", "KL to base",
+    headers = ["iterations", "run s", "modeled cost", "held-out accuracy (EMA)", "change from base (paired s.e.)", "score", "per task", "proxy mean", "KL to base", "KL weight",
                "grad norm", "preview Spearman", "audited Spearman", "explore precision"]  # fmt: skip
     body, drifts = [], [drift(run) for run in runs]
     for run in runs:

@@ -117,7 +117,7 @@ class LocalRun:
         with single_threaded(self.config.deterministic):
             updates = [self.trainer.step(part, world=world) for part in batch.split_by_group(self.config.train.updates_per_iteration)]
         stats = {k: float(np.mean([u[k] for u in updates])) for k in updates[0]}
-        stats["old_decay"] = updates[-1]["old_decay"]
+        stats.update(old_decay=updates[-1]["old_decay"], kl_weight=updates[-1]["kl_weight"])
         times["learn"] = time.perf_counter() - start
         start = time.perf_counter()
         self._sync()

@@ -140,6 +140,7 @@ class IterationRow(TypedDict, total=False):
     loss: float
     policy_loss: float
     kl: float
+    kl_weight: float  # the weight the step used (train.nft.kl_target adapts it)
     grad_norm: float
     old_decay: float
     # the distributed engine
@@ -188,5 +189,5 @@ def iteration_row(
         "candidates": len(proxy_all),
         "regenerated": len(flat),
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
-        **{k: stats[k] for k in ("loss", "policy_loss", "kl", "grad_norm", "old_decay")},
+        **{k: stats[k] for k in ("loss", "policy_loss", "kl", "kl_weight", "grad_norm", "old_decay")},
     }

@@ -11,6 +11,7 @@ from solrl.models.base import OLD, POLICY
 from solrl.models.tiny import TinyPolicyModel
 from solrl.objectives.nft import (
     NFTConfig,
+    adapt_kl_weight,
     ema_,
     ema_decay_at,
     group_advantages,
@@ -261,3 +262,33 @@ def test_policy_loss_is_scaled_by_adv_clip():
     one = nft_loss(v_theta, v_old, v_ref, x0, x_t, t, r, NFTConfig(adv_clip=1.0, kl_weight=0.0))[1]["policy_loss"]
     five = nft_loss(v_theta, v_old, v_ref, x0, x_t, t, r, NFTConfig(kl_weight=0.0))[1]["policy_loss"]
     assert five == pytest.approx(5 * one, rel=1e-6)
+
+
+def test_adaptive_kl_weight_doubles_above_the_target_and_halves_back_to_its_floor():
+    cfg = NFTConfig(kl_weight=1e-4, kl_target=0.02)
+    assert adapt_kl_weight(1e-4, 0.03, cfg) == 2e-4  # above the target
+    assert adapt_kl_weight(0.4, 0.015, cfg) == 0.4  # between half the target and the target: held
+    assert adapt_kl_weight(0.4, 0.005, cfg) == 0.2 and adapt_kl_weight(1.5e-4, 0.0, cfg) == 1e-4  # never below kl_weight
+    assert adapt_kl_weight(0.4, 1.0, NFTConfig()) == 1e-4  # no target: the fixed weight
+
+
+def test_a_trainer_adapts_its_kl_weight_to_the_measured_kl_and_checkpoints_it():
+    """Each step trains at the weight the steps before it set; the weight is in the checkpoint
+    tensors, so a restored trainer steps as the uninterrupted one does; without a target the
+    weight never moves."""
+    from solrl.learner.trainer_state import load_trainer_state, trainer_state
+
+    cfg = NFTConfig(kl_weight=1e-4, kl_target=1e-9)  # any drift from the base is over the target
+    model = TinyPolicyModel(size=8, width=32, layers=1)
+    trainer = NFTTrainer(model, cfg, OptimConfig(lr=1e-2), seed=0)
+    used = [trainer.step(_contrast_batch(model, n=8))["kl_weight"] for _ in range(3)]
+    assert used == [1e-4, 1e-4, 2e-4] and trainer.kl_weight == 4e-4  # step 0 starts at the base (LoRA B = 0): KL 0, held
+    state = trainer_state(model, trainer)
+    twin = TinyPolicyModel(size=8, width=32, layers=1)
+    resumed = NFTTrainer(twin, cfg, OptimConfig(lr=1e-2), seed=0)
+    load_trainer_state(twin, resumed, state, trainer.step_count)
+    assert resumed.kl_weight == 4e-4
+    a, b = trainer.step(_contrast_batch(model, n=8)), resumed.step(_contrast_batch(twin, n=8))
+    assert a["kl_weight"] == b["kl_weight"] == 4e-4 and a["loss"] == b["loss"]
+    fixed = NFTTrainer(TinyPolicyModel(size=8, width=32, layers=1), NFTConfig(), OptimConfig(lr=1e-2), seed=0)
+    assert [fixed.step(_contrast_batch(fixed.model, n=8))["kl_weight"] for _ in range(2)] == [1e-4, 1e-4]

@@ -40,7 +40,7 @@ class LearnerActor:
         shards = plan.shards(self.rank.rank, pieces)
         stats = [self.rank.step(plan.labels(p), shard) for p, shard in enumerate(shards)]
         out = {k: float(sum(s[k] for s in stats) / len(stats)) for k in ("loss", "policy_loss", "kl", "grad_norm")}
-        out.update(old_decay=stats[-1]["old_decay"], version=self.rank.version, seconds=time.perf_counter() - start)
+        out.update(old_decay=stats[-1]["old_decay"], kl_weight=stats[-1]["kl_weight"], version=self.rank.version, seconds=time.perf_counter() - start)
         sync_start = time.perf_counter()
         self.faults.reached("publish")
         update = self.rank.weight_update()

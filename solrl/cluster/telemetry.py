@@ -15,7 +15,7 @@ from solrl.cluster.traffic import Traffic
 from solrl.cluster.v1 import control_pb2
 from solrl.runs import IterationRow, iteration_row
 
-STAT_KEYS = ("loss", "policy_loss", "kl", "grad_norm", "old_decay")
+STAT_KEYS = ("loss", "policy_loss", "kl", "kl_weight", "grad_norm", "old_decay")
 
 
 class Telemetry:

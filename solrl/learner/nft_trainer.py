@@ -16,6 +16,7 @@ from solrl.config import OptimConfig, TrainConfig
 from solrl.models.base import OLD, POLICY
 from solrl.objectives.nft import (
     NFTConfig,
+    adapt_kl_weight,
     ema_,
     ema_decay_at,
     group_advantages,
@@ -51,6 +52,7 @@ class NFTTrainer:
         self.seed = seed
         self.micro_batch = micro_batch
         self.step_count = 0
+        self.kl_weight = self.nft.kl_weight  # moves with the measured KL under nft.kl_target
         params = model.trainable_parameters()
         # foreach=False: one implementation for plain and sharded (DTensor) parameters, so a
         # data-parallel group and its single-process reference round alike
@@ -94,12 +96,18 @@ class NFTTrainer:
         gradients summed, which with two ranks (where the sum is exact) is bit-for-bit the group's
         step. Returns the loss statistics averaged over times."""
         shards = {rank: batch.select(rank_rows(len(batch), rank, world)) for rank in range(world)}
-        return self._step(batch.labels(), shards, world)
+        return self.adapt(self._step(batch.labels(), shards, world))
 
     def step_shard(self, labels: TrainLabels, shard: TrainBatch, rank: int, world: int) -> dict[str, float]:
         """Data-parallel rank `rank`'s part of one optimizer step: `labels` are every row's, `shard`
-        holds this rank's rows (rank_rows of the labels' order); the group sums the gradients."""
+        holds this rank's rows (rank_rows of the labels' order); the group sums the gradients, and
+        then its statistics, which it passes to `adapt`."""
         return self._step(labels, {rank: shard}, world)
+
+    def adapt(self, stats: dict[str, float]) -> dict[str, float]:
+        """After a step whose statistics are the whole batch's: the next step's KL weight."""
+        self.kl_weight = adapt_kl_weight(self.kl_weight, stats["kl"], self.nft)
+        return stats
 
     def _step(self, labels: TrainLabels, shards: dict[int, TrainBatch], world: int) -> dict[str, float]:
         # A sample whose BF16 reward failed (e.g. a remote reward under on_failure="nan") is left
@@ -136,7 +144,7 @@ class NFTTrainer:
         eta = old_policy_decay(self.step_count, self.nft)
         ema_(self.model.adapter_parameters(OLD).values(), self.model.adapter_parameters(POLICY).values(), eta)
         ema_(self.ema, params, ema_decay_at(self.step_count - 1, self.nft))
-        totals.update(grad_norm=float(grad_norm), old_decay=eta, step=self.step_count, quarantined=len(labels) - n)
+        totals.update(grad_norm=float(grad_norm), old_decay=eta, kl_weight=self.kl_weight, step=self.step_count, quarantined=len(labels) - n)
         return totals
 
     def _accumulate(self, batch: TrainBatch, r: torch.Tensor, times: torch.Tensor, chunks: tuple[torch.Tensor, ...], totals: dict[str, float], n: int) -> None:
@@ -155,7 +163,7 @@ class NFTTrainer:
                 v_old = model.velocity(x_t, tt, cond, adapter=OLD)
                 v_ref = model.velocity(x_t, tt, cond, adapter=None)
             v_theta = model.velocity(x_t, tt, cond, adapter=POLICY)
-            loss, stats = nft_loss(v_theta, v_old, v_ref, x0, x_t, tt, r[idx], self.nft)
+            loss, stats = nft_loss(v_theta, v_old, v_ref, x0, x_t, tt, r[idx], self.nft, self.kl_weight)
             if self.gradient_sync is not None:
                 # A sharded model reduces the rank's accumulated gradient once, after its last
                 # pass, so the sum runs in the order the one-process step sums in.

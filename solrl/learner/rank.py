@@ -103,7 +103,7 @@ class LearnerRank:
             summed = torch.tensor([stats[k] for k in keys], dtype=torch.float64)
             dist.all_reduce(summed)
             stats.update(zip(keys, summed.tolist()))
-        return stats
+        return self.trainer.adapt(stats)
 
     def adapter_state(self, adapter: str = OLD) -> dict[str, torch.Tensor]:
         """One adapter's full (unsharded) weights; every rank must call it."""

@@ -31,6 +31,7 @@ def trainer_state(policy, trainer: NFTTrainer) -> dict[str, torch.Tensor]:
     for key, p in params.items():
         for name, value in trainer.optimizer.state.get(p, {}).items():
             out[f"optim.{key}.{name}"] = full(value) if value.dim() else value.detach().float().cpu().reshape(()).clone()
+    out["kl_weight"] = torch.tensor(trainer.kl_weight, dtype=torch.float64)  # nft.kl_target's adaptive weight
     return out
 
 
@@ -49,3 +50,4 @@ def load_trainer_state(policy, trainer: NFTTrainer, tensors: dict[str, torch.Ten
         if names:
             trainer.optimizer.state[p] = {n: tensors[f"optim.{k}.{n}"].clone() if n == "step" else shard_like(tensors[f"optim.{k}.{n}"], p) for n in names}
     trainer.step_count = step
+    trainer.kl_weight = float(tensors["kl_weight"]) if "kl_weight" in tensors else trainer.nft.kl_weight  # older checkpoints: the fixed weight

@@ -20,6 +20,13 @@ class NFTConfig(BaseModel):
     adv_clip: float = Field(default=5.0, gt=0, description="r = 0.5 + 0.5 clip(A / adv_clip, -1, 1); the loss is scaled by it.")
     adv_eps: float = Field(default=1e-4, gt=0, description="A = (R - mean over the prompt) / (std over the batch + adv_eps).")
     kl_weight: float = Field(default=1e-4, ge=0, description="Weight of mean((v_theta - v_ref)^2).")
+    kl_target: float | None = Field(
+        default=None,
+        gt=0,
+        description="Not in the paper: an adaptive KL weight. After a step whose KL (mean (v_theta - v_ref)^2) exceeds it "
+        "the weight doubles; after one below half of it the weight halves, never below kl_weight. A run that stays below "
+        "it trains as with kl_weight alone; one that runs away from the base is held near it. None: kl_weight throughout.",
+    )
     timestep_fraction: float = Field(default=0.6, gt=0, le=1, description="Share of the sampler grid's times trained per step.")
     weight_floor: float = Field(default=1e-5, gt=0, description="Floor of the adaptive x0-space weight.")
     old_decay_rate: float = Field(default=1e-3, ge=0, description="Old-policy decay eta = min(rate * step, old_decay_max).")
@@ -94,8 +101,10 @@ def nft_loss(
     t: torch.Tensor,
     r: torch.Tensor,
     config: NFTConfig | None = None,
+    kl_weight: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The DiffusionNFT loss of one batch at times t (per sample), averaged over the batch.
+    """The DiffusionNFT loss of one batch at times t (per sample), averaged over the batch;
+    `kl_weight` overrides the config's (an adaptive weight, NFTConfig.kl_target).
 
     v+ = (1 - beta) v_old + beta v_theta,  v- = (1 + beta) v_old - beta v_theta;
     x0± = x_t - t v±;  term± = mean((x0± - x0)^2) / stopgrad(mean|x0± - x0|) per sample;
@@ -119,7 +128,7 @@ def nft_loss(
     r = r.to(pos.dtype)
     policy_loss = (r * pos + (1.0 - r) * neg).mean() / beta * cfg.adv_clip
     kl = _per_sample_mean((v_theta - v_ref) ** 2).mean()
-    loss = policy_loss + cfg.kl_weight * kl
+    loss = policy_loss + (cfg.kl_weight if kl_weight is None else kl_weight) * kl
     stats = {
         "loss": float(loss.detach()),
         "policy_loss": float(policy_loss.detach()),
@@ -128,6 +137,18 @@ def nft_loss(
         "term_neg": float(neg.detach().mean()),
     }
     return loss, stats
+
+
+def adapt_kl_weight(weight: float, kl: float, config: NFTConfig) -> float:
+    """The KL weight of the next step, after a step that measured `kl` at `weight` (kl_target;
+    the rule is adaptive-KL PPO's: double above the target, halve below half of it)."""
+    if config.kl_target is None:
+        return config.kl_weight
+    if kl > config.kl_target:
+        return weight * 2.0
+    if kl < config.kl_target / 2:
+        return max(config.kl_weight, weight / 2.0)
+    return weight
 
 
 def old_policy_decay(step: int, config: NFTConfig | None = None) -> float:
