@@ -261,3 +261,28 @@ def test_explore_precision_moves_on_the_distributed_run_as_its_audit_says(tmp_pa
     Driver(config, resumed, log=lambda _: None, runtime=VirtualRuntime(), resume=states[3]).run()
     again = [json.loads(line)["audit"] for line in (resumed / "metrics.jsonl").read_text().splitlines()]
     assert [a["precision"] for a in again] == [a["precision"] for a in audits] and again[3]["explored"] == {"bf16": PROMPTS * SEEDS}
+
+
+def test_the_distributed_controller_previews_the_safer_rung_under_lag_and_moves_on_its_measured_gain(tmp_path):
+    """rollout.precision_control at lag 1 with the safer rung's check (floor 1, patience 2, gain 0:
+    a move needs the safer rung measurably better, which the stand-in's less noisy FP8 previews
+    are): groups selected once agreement has been poor are also previewed one rung up, the rows log
+    the per-group gains, the move waits for them, and the moves replay exactly from the rows."""
+    from solrl.precision_control import PrecisionController
+
+    control = "rollout.precision_control={floor: 1.0, patience: 2, recover: 1.0, recover_patience: 9, audit: 16, gain: 0.0}"
+    config = _config(tmp_path, "rollout.max_policy_lag=1", "train.iterations=6", control)
+    lines = []
+    Driver(config, tmp_path / "run", log=lines.append, runtime=VirtualRuntime()).run()
+    audits = [json.loads(line)["audit"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    replay = PrecisionController(config.rollout.precision_control, "nvfp4")
+    for it, a in enumerate(audits):
+        assert a["precision"] == replay.precision
+        move = replay.observe(it, a["spearman"] if a["groups"] else float("nan"), a.get("cheaper_spearman"), a.get("safer_gains", ()))
+        assert (move is None) == ("switch" not in a), (it, a)
+    assert "safer_gains" not in audits[0] and "safer_gains" not in audits[1]  # iteration 1 was selected before row 0 was out
+    first = next(i for i, a in enumerate(audits) if "switch" in a)
+    assert first == 2 and audits[1]["spearman"] < 1.0  # row 1 reached patience without gains: no move yet
+    assert audits[first]["switch"]["to"] == "fp8_e4m3" and "ranks the same seeds better by" in audits[first]["switch"]["reason"], audits
+    assert audits[first]["previewed_at"]["fp8_e4m3"] == PROMPTS * 16 and len(audits[first]["safer_gains"]) >= 2
+    assert sum(line.startswith("explore precision ") for line in lines) == sum("switch" in a for a in audits)
