@@ -270,6 +270,8 @@ def test_adaptive_kl_weight_doubles_above_the_target_and_halves_back_to_its_floo
     assert adapt_kl_weight(0.4, 0.015, cfg) == 0.4  # between half the target and the target: held
     assert adapt_kl_weight(0.4, 0.005, cfg) == 0.2 and adapt_kl_weight(1.5e-4, 0.0, cfg) == 1e-4  # never below kl_weight
     assert adapt_kl_weight(0.4, 1.0, NFTConfig()) == 1e-4  # no target: the fixed weight
+    with pytest.raises(ValueError, match=r"kl_target=0.02 adapts the KL weight by doubling it from train.nft.kl_weight=0"):
+        NFTConfig(kl_weight=0.0, kl_target=0.02)
 
 
 def test_a_trainer_adapts_its_kl_weight_to_the_measured_kl_and_checkpoints_it():

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class NFTConfig(BaseModel):
@@ -40,6 +40,12 @@ class NFTConfig(BaseModel):
         default=False,
         description="Not in the paper: one training-noise draw per prompt group and time (common random numbers).",
     )
+
+    @model_validator(mode="after")
+    def _adaptive_needs_a_start(self) -> NFTConfig:
+        if self.kl_target is not None and self.kl_weight == 0:
+            raise ValueError(f"train.nft.kl_target={self.kl_target} adapts the KL weight by doubling it from train.nft.kl_weight=0, which stays 0; set kl_weight > 0 (e.g. 1e-4)")
+        return self
 
 
 def group_advantages(rewards: torch.Tensor, groups: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
