@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pathlib
 from importlib import resources
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -195,10 +195,8 @@ class RunConfig(_Strict):
         control = self.rollout.precision_control
         if control is not None and self.rollout.mode != "sol":
             raise ValueError("rollout.precision_control audits previews against their regenerations; it needs rollout.mode='sol'")
-        if control is not None and self.rollout.explore_precision not in control.ladder:
-            raise ValueError(
-                f"rollout.explore_precision={self.rollout.explore_precision!r} is not on rollout.precision_control.ladder={control.ladder}; add it there"
-            )
+        if control is not None:
+            control.check(self.rollout.explore_precision, get_args(Precision))
         if self.cluster.explore_split > self.rollout.candidates:
             raise ValueError(
                 f"cluster.explore_split={self.cluster.explore_split} exceeds rollout.candidates={self.rollout.candidates}; "

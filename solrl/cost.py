@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from solrl.precision_control import rung_parts
+
 if TYPE_CHECKING:  # the metrics endpoint and the cluster verbs import this module; they need no torch
     from solrl.sampling.loop import SamplingConfig
 
@@ -55,6 +57,12 @@ def calls_per_image(sampling: SamplingConfig) -> int:
     return sampling.steps
 
 
+def rung_calls(rung: str, sampling: SamplingConfig) -> int:
+    """Model calls per image of an explore ladder rung: at its own step count where it names one."""
+    steps = rung_parts(rung)[1]
+    return calls_per_image(sampling) if steps is None else steps
+
+
 def train_times(config) -> int:
     """Training times per sample: the share `nft.timestep_fraction` of the regeneration grid's steps."""
     return max(1, round(config.train.nft.timestep_fraction * config.rollout.regenerate.steps))
@@ -76,22 +84,26 @@ class CostMeter:
         rollout = self.config.rollout
         trained = row["regenerated"]  # in direct mode: the explored samples trained on
         audit = row.get("audit", {})  # rollout.precision_control: the precision explore ran at, and what the audit drew
-        explore_calls, regenerate_calls = calls_per_image(rollout.explore), calls_per_image(rollout.regenerate)
-        # images explored at each precision: the distributed run's audit counts them (a move can fall inside an iteration)
+        regenerate_calls = calls_per_image(rollout.regenerate)
+        # images explored at each rung: the distributed run's audit counts them (a move can fall inside an iteration)
         explored = audit.get("explored") or {audit.get("precision", rollout.explore_precision): row["candidates"]}
         spent = {
-            "explore": sum(n * explore_calls * self.cost.price(p) for p, n in explored.items()),
+            "explore": sum(self.explore_price(rung, n) for rung, n in explored.items()),
             "regenerate": 0.0 if rollout.mode == "direct" else (trained + audit.get("regenerated", 0)) * regenerate_calls * self.cost.price(rollout.regenerate_precision),
             "train": trained * train_times(self.config) * self.cost.train_per_sample_time,
             "eval": self.pending_eval,
         }
         previewed = audit.get("previewed_at") or ({audit["cheaper"]: audit["previewed"]} if "previewed" in audit else {})
-        for precision, n in previewed.items():  # the audit's previews at the rung below
-            spent["explore"] += n * explore_calls * self.cost.price(precision)
+        for rung, n in previewed.items():  # the audit's previews at the rungs it probed
+            spent["explore"] += self.explore_price(rung, n)
         self.pending_eval = 0.0
         for purpose, value in spent.items():
             self.total[purpose] += value
         return {k: round(v, 3) for k, v in spent.items()}
+
+    def explore_price(self, rung: str, images: int) -> float:
+        """Modeled cost of `images` explored at a ladder rung (or at rollout.explore_precision)."""
+        return images * rung_calls(rung, self.config.rollout.explore) * self.cost.price(rung_parts(rung)[0])
 
     def flush(self) -> dict[str, float]:
         """Evals recorded since the last row (the final evals) join the total."""

@@ -17,13 +17,17 @@ from collections.abc import Callable, Sequence
 
 from solrl.config import RunConfig
 from solrl.learner.weight_sync import WeightUpdate
-from solrl.precision_control import PrecisionController, audit_agreement, audit_seeds, probe_figures
+from solrl.precision_control import PrecisionController, audit_agreement, audit_seeds, probe_figures, rung_parts
 from solrl.types import Candidates, PromptGroup, Selection, per_selection
 from solrl.workers.sampler import SamplerWorker, sampler_from_config
 
 
-def with_explore_precision(config: RunConfig, precision: str) -> RunConfig:
-    return config.model_copy(update={"rollout": config.rollout.model_copy(update={"explore_precision": precision})})
+def with_explore_rung(config: RunConfig, rung: str) -> RunConfig:
+    """`config` exploring at a ladder rung: its precision, and its step count where it names one."""
+    precision, steps = rung_parts(rung)
+    ro = config.rollout
+    explore = ro.explore if steps is None else ro.explore.model_copy(update={"steps": steps})
+    return config.model_copy(update={"rollout": ro.model_copy(update={"explore_precision": precision, "explore": explore})})
 
 
 class ExploreSamplers:
@@ -38,7 +42,7 @@ class ExploreSamplers:
         """The explore sampler at `precision`, serving `update` (the current rollout policy; None:
         as it is)."""
         if precision not in self.samplers:
-            config = with_explore_precision(self.config, precision)
+            config = with_explore_rung(self.config, precision)
             self.samplers[precision] = sampler_from_config(config, "explore", self.policy, with_reward=self.with_reward)
         sampler = self.samplers[precision]
         if update is not None and sampler.version != update.version:

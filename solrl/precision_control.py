@@ -11,6 +11,9 @@ While explore runs above the ladder's cheapest rung, the audit seeds are also pr
 cheaper rung, so the run knows when that rung ranks well again; and while agreement has been poor
 for a while, at the next safer rung, so the run knows whether moving there would help.
 
+A rung is a precision, or a precision at a step count ('fp8_e4m3@10'): on a policy that has
+drifted, few-step previews rank poorly at any precision, and only more steps help.
+
 PrecisionController turns the figures into moves along the ladder (cheapest first, e.g. NVFP4 ->
 FP8 -> BF16): `patience` iterations in a row with the current rung's agreement below `floor` move
 explore one rung safer, once the safer rung has ranked the same audit seeds measurably better
@@ -23,6 +26,7 @@ the engines run the audit and apply the moves.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,7 +40,11 @@ class PrecisionControl(BaseModel):
     """Explore precision chosen online from the audited agreement of previews with BF16."""
 
     model_config = ConfigDict(extra="forbid")
-    ladder: list[str] = Field(default_factory=lambda: ["nvfp4", "fp8_e4m3", "bf16"], description="Explore precisions, cheapest first.")
+    ladder: list[str] = Field(
+        default_factory=lambda: ["nvfp4", "fp8_e4m3", "bf16"],
+        description="Explore settings (rungs), cheapest first: a precision ('nvfp4': at rollout.explore's step count) or a precision "
+        "at a step count ('fp8_e4m3@10': FP8 previews in 10 steps).",
+    )
     floor: float = Field(default=0.5, ge=-1, le=1, description="Audited Spearman below which an iteration counts as poor.")
     patience: int = Field(default=3, ge=1, description="Poor iterations in a row before explore moves one rung safer.")
     recover: float = Field(default=0.7, ge=-1, le=1, description="The cheaper rung's audited Spearman at or above which an iteration counts toward moving back.")
@@ -61,7 +69,24 @@ class PrecisionControl(BaseModel):
                 f"rollout.precision_control.recover={self.recover} is below floor={self.floor}; set recover >= floor so a rung that just "
                 "failed is not taken back at once"
             )
+        for rung in self.ladder:
+            if not re.fullmatch(r"[a-z0-9_]+(@[1-9][0-9]*)?", rung):
+                raise ValueError(f"rollout.precision_control.ladder has rung {rung!r}; write a precision, or one at a step count, e.g. nvfp4 or fp8_e4m3@10")
         return self
+
+    def check(self, start: str, precisions: Sequence[str]) -> None:
+        """Refuse a ladder whose rungs name an unknown precision, or that lacks the run's start."""
+        for rung in self.ladder:
+            if rung_parts(rung)[0] not in precisions:
+                raise ValueError(f"rollout.precision_control.ladder has rung {rung!r}, whose precision is not one of {list(precisions)}; use one of them")
+        if start not in self.ladder:
+            raise ValueError(f"rollout.explore_precision={start!r} is not on rollout.precision_control.ladder={self.ladder}; add it there")
+
+
+def rung_parts(rung: str) -> tuple[str, int | None]:
+    """A rung's precision and explore step count (None: rollout.explore's own)."""
+    precision, _, steps = rung.partition("@")
+    return precision, int(steps) if steps else None
 
 
 @dataclass(frozen=True)

@@ -266,10 +266,10 @@ def test_a_run_the_cluster_has_no_room_for_fails_naming_what_it_waited_for(clust
 
 def test_explore_precision_control_on_the_cluster_equals_the_single_process_run(cluster, tmp_path):
     """rollout.precision_control at lag 0 with a reward pool (floor 1: any swap is poor; gain -2: any
-    measured gain of the safer rung will do): the audit's previews at both neighbouring rungs and its
+    measured gain of the safer rung will do; that rung previews in 3 steps, not the sampler's 2): the audit's previews at both neighbouring rungs and its
     regenerations are pool tasks, yet every row's audit figures and moves equal the one-process
     run's, and so do the trained adapters."""
-    control = "rollout.precision_control={floor: 1.0, patience: 1, recover: 1.0, recover_patience: 1, audit: 4, gain: -2}"
+    control = "rollout.precision_control={ladder: [nvfp4, fp8_e4m3@3, bf16], floor: 1.0, patience: 1, recover: 1.0, recover_patience: 1, audit: 4, gain: -2}"
     config = _cfg(cluster, control, "eval.every=0", "train.iterations=3", "cluster.reward_workers=1")
     Driver(config, tmp_path / "dist", log=lambda _: None).run()
     LocalRun(config, tmp_path / "local", log=lambda _: None).run()
@@ -278,7 +278,7 @@ def test_explore_precision_control_on_the_cluster_equals_the_single_process_run(
     audits = {name: [{k: r["audit"].get(k) for k in keys} for r in rs] for name, rs in rows.items()}
     assert audits["dist"] == audits["local"]
     local = [r["audit"] for r in rows["local"]]  # poor, then previewed above and moved there, then previewed below
-    assert "safer" not in local[0] and local[1]["safer"] == "fp8_e4m3" and local[1]["switch"]["to"] == "fp8_e4m3" and local[2]["cheaper"] == "nvfp4", local
+    assert "safer" not in local[0] and local[1]["safer"] == "fp8_e4m3@3" and local[1]["switch"]["to"] == "fp8_e4m3@3" and local[2]["cheaper"] == "nvfp4", local
     assert [r["modeled_cost"] for r in rows["dist"]] == [r["modeled_cost"] for r in rows["local"]]
     a, _ = load_lora(tmp_path / "dist" / "lora", "policy")
     b, _ = load_lora(tmp_path / "local" / "lora", "policy")

@@ -284,7 +284,8 @@ def test_explore_precision_moves_with_the_audited_agreement_and_resumes_where_it
 
     prompts = tmp_path / "eval.txt"
     prompts.write_text("a red circle\n")
-    control = "rollout.precision_control={floor: 0.95, patience: 1, recover: 0.95, recover_patience: 1, audit: 4, gain: -2}"
+    # the middle rung previews in 3 steps where the explore sampler takes 2: a rung may name a step count
+    control = "rollout.precision_control={ladder: [nvfp4, fp8_e4m3@3, bf16], floor: 0.95, patience: 1, recover: 0.95, recover_patience: 1, audit: 4, gain: -2}"
     sets = [*TINY_RUN, "rollout.candidates=8", f"eval.prompts={prompts}", "eval.grid_rows=0", control]
     config = load_config(overrides=[*sets, "train.iterations=5"])
     lines = []
@@ -297,14 +298,15 @@ def test_explore_precision_moves_with_the_audited_agreement_and_resumes_where_it
         move = replay.observe(row["iteration"], audit["spearman"], audit.get("cheaper_spearman"), audit.get("safer_gains", ()))
         assert ("switch" in audit) == (move is not None) and (move is None or audit["switch"]["to"] == move.target)
         precision = move.target if move else precision
-        explore = config.rollout.explore
-        priced = 3 * 8 * calls_per_image(explore) * config.cost.price(audit["precision"])
-        priced += sum(n * calls_per_image(explore) * config.cost.price(rung) for rung, n in audit.get("previewed_at", {}).items())
+        explore, price = config.rollout.explore, lambda rung: config.cost.price(rung.split("@")[0])
+        steps = {"nvfp4": calls_per_image(explore), "fp8_e4m3@3": 3, "bf16": calls_per_image(explore)}
+        priced = 3 * 8 * steps[audit["precision"]] * price(audit["precision"])
+        priced += sum(n * steps[rung] * price(rung) for rung, n in audit.get("previewed_at", {}).items())
         assert row["modeled_cost"]["explore"] == pytest.approx(priced, abs=1e-3)
     switches = [line for line in lines if line.startswith("explore precision ")]
     assert switches and len(switches) == sum("switch" in r["audit"] for r in rows)
     first = next(r["audit"] for r in rows if "switch" in r["audit"])  # it moved on the safer rung's measured gains
-    assert first["safer"] == first["switch"]["to"] and len(first["safer_gains"]) >= 2 and first["previewed_at"][first["safer"]] == 12
+    assert first["safer"] == first["switch"]["to"] == "fp8_e4m3@3" and len(first["safer_gains"]) >= 2 and first["previewed_at"][first["safer"]] == 12
     assert (tmp_path / "whole" / "report.html").is_file() and not [line for line in lines if "report.html not written" in line]  # it draws the moves
     LocalRun(load_config(overrides=[*sets, "train.iterations=3"]), tmp_path / "split", log=lambda _: None).run()
     LocalRun(config, tmp_path / "split", log=lambda _: None).run(resume=tmp_path / "split")

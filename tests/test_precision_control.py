@@ -5,7 +5,10 @@ import math
 
 import pytest
 
-from solrl.precision_control import PrecisionControl, PrecisionController, audit_agreement, audit_seeds, paired_gains
+from solrl.config import ConfigError, load_config
+from solrl.cost import CostMeter
+from solrl.explore_audit import with_explore_rung
+from solrl.precision_control import PrecisionControl, PrecisionController, audit_agreement, audit_seeds, paired_gains, rung_parts
 
 
 def test_poor_agreement_moves_explore_safer_after_patience_and_back_with_hysteresis():
@@ -74,6 +77,24 @@ def test_settings_that_cannot_work_are_refused_by_name():
         PrecisionControl(ladder=["nvfp4", "nvfp4"])
     with pytest.raises(ValueError, match="rollout.explore_precision='fp32' is not on rollout.precision_control.ladder"):
         PrecisionController(PrecisionControl(), "fp32")
+    with pytest.raises(ValueError, match="rung 'fp8@ten'; write a precision, or one at a step count"):
+        PrecisionControl(ladder=["nvfp4", "fp8@ten"])
+    with pytest.raises(ConfigError, match="rung 'fp4@10', whose precision is not one of"):
+        load_config(overrides=["rollout.precision_control={ladder: [nvfp4, fp4@10]}"])
+    with pytest.raises(ConfigError, match="rollout.explore_precision='bf16' is not on rollout.precision_control.ladder"):
+        load_config(overrides=["rollout.explore_precision=bf16", "rollout.precision_control={ladder: [nvfp4, bf16@10]}"])
+
+
+def test_a_rung_is_a_precision_or_one_at_a_step_count():
+    assert rung_parts("nvfp4") == ("nvfp4", None) and rung_parts("fp8_e4m3@10") == ("fp8_e4m3", 10)
+    config = load_config(overrides=["rollout.precision_control={ladder: [nvfp4, fp8_e4m3@10, bf16@10]}"])
+    at = with_explore_rung(config, "fp8_e4m3@10").rollout
+    assert (at.explore_precision, at.explore.steps) == ("fp8_e4m3", 10)
+    back = with_explore_rung(config, "nvfp4").rollout  # a plain rung keeps the explore sampler's own steps
+    assert (back.explore_precision, back.explore.steps) == ("nvfp4", config.rollout.explore.steps)
+    meter = CostMeter(config)
+    assert meter.explore_price("fp8_e4m3@10", 3) == 3 * 10 * config.cost.price("fp8_e4m3")
+    assert meter.explore_price("nvfp4", 3) == 3 * config.rollout.explore.steps * config.cost.price("nvfp4")
 
 
 def test_audit_seeds_are_a_reproducible_draw_independent_of_selection():

@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from solrl.cluster.dispatch import Dispatcher, Done
 from solrl.cluster.pools import WorkerPool
 from solrl.config import RunConfig
-from solrl.explore_audit import with_explore_precision
 from solrl.precision_control import PrecisionController, audit_agreement, audit_seeds, probe_figures
 from solrl.types import Candidates, Preview, PromptGroup, Selection
 from solrl.workers.store import GroupKey, group_key
@@ -172,7 +171,6 @@ class AuditDesk:
     def apply(self) -> None:
         """Explore at the controller's precision: every rollout worker from its next task, and every
         worker spawned from now."""
-        precision = self.control.precision
-        self.rollout.config = with_explore_precision(self.rollout.config, precision)
+        precision = self.rollout.explore_rung = self.control.precision
         for w in list(self.rollout.workers.values()):
             self.rollout.runtime.call(w.handle, "set_explore_precision", precision)

@@ -60,6 +60,7 @@ class WorkerPool:
     free: dict[str, Worker] = field(default_factory=dict)  # started, staying, holding no task: the next task's takers
     waiting: dict[str, Worker] = field(default_factory=dict)  # spawned, not started yet
     spares: int = 0  # spare workers to keep
+    explore_rung: str | None = None  # rollout.precision_control's current rung, which a new explore worker is moved to
     # lent workers: the learner group's current reservation; each worker takes a bundle no live one holds
     reservation: Callable[[], object] | None = None
     _ids: itertools.count = field(default_factory=itertools.count)
@@ -80,6 +81,8 @@ class WorkerPool:
         if self.update is not None:
             w.updated, w.serving = rt.call(handle, "apply_update", self.update), self.update_version
             self.traffic.add("weight_update", self.update_bytes)
+        if self.explore_rung is not None:
+            rt.call(handle, "set_explore_precision", self.explore_rung)
         self.workers[name] = self.waiting[name] = w
         self.history.append(w)
         return w

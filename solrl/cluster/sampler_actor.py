@@ -36,6 +36,7 @@ class SamplerActor:
         audited = role == "explore" and config.rollout.precision_control is not None
         self.explorers = ExploreSamplers(config, self.worker.policy, self.worker.reward is not None, first=self.worker) if audited else None
         self.update: WeightUpdate | None = None
+        self.rung = self.worker.precision  # the ladder rung explore runs at (a precision, or one at a step count)
 
     def info(self) -> dict:
         """Name, role, process id and the policy version served."""
@@ -80,7 +81,7 @@ class SamplerActor:
         return (*shards, cond, images, self._report(start) | {"bytes": {"images": images.nbytes}, "kept_bytes": kept_bytes(shards, cond)})
 
     def _report(self, start: float) -> dict:
-        return {"seconds": time.perf_counter() - start, "version": self.worker.version, "worker": self.name, "precision": self.worker.precision}
+        return {"seconds": time.perf_counter() - start, "version": self.worker.version, "worker": self.name, "precision": self.rung}
 
     def apply_update(self, update: WeightUpdate) -> int:
         """Verify and merge a published weight update; the version now served."""
@@ -92,7 +93,7 @@ class SamplerActor:
     # -- the explore audit (rollout.precision_control; solrl.cluster.audit_desk) --------------------
     def set_explore_precision(self, precision: str) -> str:
         """Explore at `precision` from the next task on (actor calls run in order)."""
-        self.worker = self.explorers.at(precision, self.update)
+        self.worker, self.rung = self.explorers.at(precision, self.update), precision
         return precision
 
     def preview(self, previews: Sequence[Preview]) -> dict:

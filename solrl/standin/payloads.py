@@ -14,6 +14,7 @@ import torch
 
 from solrl.model_dims import COMPUTE, MODELS, ModelDims
 from solrl.models.base import Conditioning
+from solrl.precision_control import rung_parts
 
 PROXY_NOISE = 0.05  # spread of the NVFP4 explore preview's reward around the BF16 one
 # a preview at a safer precision ranks better (rollout.precision_control's ladder)
@@ -86,4 +87,4 @@ def reward(prompt: str, seed: int, proxy: bool = False, precision: str = "nvfp4"
     one plus noise."""
     rng = random.Random(f"{prompt}\0{seed}")
     value = rng.random()
-    return value + NOISE_BY_PRECISION[precision] * rng.gauss(0.0, 1.0) if proxy else value
+    return value + NOISE_BY_PRECISION[rung_parts(precision)[0]] * rng.gauss(0.0, 1.0) if proxy else value

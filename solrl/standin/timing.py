@@ -24,8 +24,9 @@ import random
 import time
 from dataclasses import dataclass
 
-from solrl.cost import CostConfig, calls_per_image, train_times
+from solrl.cost import CostConfig, rung_calls, train_times
 from solrl.model_dims import StandInModel
+from solrl.precision_control import rung_parts
 
 PAPER_SECONDS = {"flux1": (79.0, 169.0), "sd35": (187.0, 427.0), "sana": (46.0, 76.0)}  # rollout, end to end
 PAPER_GPUS, PAPER_PROMPTS, PAPER_N, PAPER_K, PAPER_EXPLORE_STEPS, PAPER_STEPS, PAPER_TRAIN_TIMES = 8, 48, 96, 24, 6, 10, 6
@@ -80,8 +81,9 @@ class Clock:
         return self.elapsed if self.virtual else time.perf_counter()
 
     def sample(self, images: int, sampling, precision: str) -> float:
-        """Sleep as long as drawing `images` with `sampling` at `precision` takes; the seconds."""
-        return self._wait(images * calls_per_image(sampling) * self.config.cost.price(precision) * self.per_call.sample * self.pixels)
+        """Sleep as long as drawing `images` with `sampling` at `precision` (a ladder rung: at its
+        step count where it names one) takes; the seconds."""
+        return self._wait(images * rung_calls(precision, sampling) * self.config.cost.price(rung_parts(precision)[0]) * self.per_call.sample * self.pixels)
 
     def train(self, samples: int) -> float:
         return self._wait(samples * train_times(self.config) * self.config.cost.train_per_sample_time * self.per_call.train * self.pixels)
