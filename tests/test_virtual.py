@@ -253,7 +253,7 @@ def test_explore_precision_moves_on_the_distributed_run_as_its_audit_says(tmp_pa
     plain = meter.iteration({"candidates": PROMPTS * SEEDS, "regenerated": rows[1]["regenerated"]})["explore"]
     assert rows[1]["modeled_cost"]["explore"] == pytest.approx(plain)
     assert rows[2]["modeled_cost"]["explore"] > rows[1]["modeled_cost"]["explore"] * config.cost.price("fp8_e4m3") / config.cost.price("nvfp4") * 0.99
-    assert driver.pools["rollout"].restarts == 1 and driver.pools["rollout"].config.rollout.explore_precision == "bf16"
+    assert driver.pools["rollout"].restarts == 1 and driver.pools["rollout"].explore_rung == "bf16"
     # a resume from the checkpoint after row 2 (its move made) explores the last iteration in BF16
     states = {json.loads((c / "state.json").read_text())["iteration"]: c for c in (tmp_path / "run" / "checkpoints").glob("step-*")}
     resumed = tmp_path / "resumed"
