@@ -13,7 +13,9 @@ about an hour alone on two CPU cores):
 
 Drift: after each run's curve, its last policy's held-out accuracy against the curve's peak, with
 the paired standard error of the difference (the same captions and seeds), and whether the end is
-within one of them of the peak; a JSON line a run. (The peak is read off the held-out evals: a
+within one of them of the peak; and the trend of the second half (each caption's slope over the
+eval points from the half-way iteration on, averaged), which a flat but noisy curve does not bias
+the way the best of several eval points does; a JSON line a run. (The peak is read off the held-out evals: a
 diagnosis of drift, not a choice of what to report; train.keep_best chooses on validation prompts.)
 
 Explore precision chosen online (rollout.precision_control): each row also says which precisions
@@ -38,10 +40,13 @@ import json
 import math
 import pathlib
 
+import numpy as np
 import yaml
 from common import append_results, table, with_json_lines
 
 from solrl.config import load_config
+from solrl.stats import stratified_mean
+from solrl.toy.captions import parse_caption
 from solrl.toy_app.evaluate import accuracy_change
 
 SHORT = {"single_object": "single", "two_object": "two", "counting": "count", "colors": "colors", "position": "pos", "color_attr": "attr"}
@@ -144,15 +149,33 @@ def peak_change(run: pathlib.Path) -> float:
     return max(accuracy_change(points[0][2], ev)[0] for _, _, ev in points)
 
 
+def late_trend(points: list[tuple[int, float, dict]]) -> tuple[float, float, int]:
+    """Held-out accuracy's trend over the run's second half, per 100 iterations: each caption's
+    least-squares slope over the eval points from the half-way iteration on (the same captions and
+    seeds at each point, so a caption is its own control), averaged by task as the accuracy is;
+    with its standard error over captions, and the number of points. Unlike the end against the
+    best of several noisy points, it is not biased downward on a flat curve."""
+    late = [(it, ev) for it, _, ev in points if it >= points[-1][0] / 2]
+    t = np.array([it for it, _ in late], dtype=float)
+    captions = list(late[0][1]["per_caption"])
+    y = np.array([[ev["per_caption"][c] for _, ev in late] for c in captions])
+    slopes = (y - y.mean(axis=1, keepdims=True)) @ (t - t.mean()) / float(((t - t.mean()) ** 2).sum())
+    mean, se = stratified_mean(100 * slopes, [parse_caption(c).task for c in captions])
+    return round(mean, 4), round(se, 4), len(late)
+
+
 def drift(run: pathlib.Path) -> dict:
-    """The run's last policy (its lora/last/ when train.keep_best kept another) against its best eval point."""
+    """The run's last policy (its lora/last/ when train.keep_best kept another) against its best
+    eval point, and the second half's trend."""
     points = _points(run)
     base, last = points[0][2], points[-1][2]
     peak_at, _, peak = max(points[1:], key=lambda p: p[2]["accuracy"])
     change, se = accuracy_change(peak, last)
+    slope, slope_se, n = late_trend(points)
     return {
         "run": run.name, "peak_iteration": peak_at, "peak_change_from_base": accuracy_change(base, peak)[0],
         "final_change_from_base": accuracy_change(base, last)[0], "final_minus_peak": change, "paired_se": se, "within_one_se": bool(-change <= se),
+        "late_slope_per_100": slope, "late_slope_se": slope_se, "late_points": n, "late_decline": bool(slope + 2 * slope_se < 0),
     }  # fmt: skip
 
 
@@ -175,8 +198,10 @@ def report(runs: list[pathlib.Path], target: float | None = None) -> str:
     for run in runs:
         body.append(f"{run.name}: {label(run)}\n\n" + table(headers, curve(run)))
     drift_rows = [[d["run"], d["peak_iteration"], f"{d['peak_change_from_base']:+.3f}", f"{d['final_change_from_base']:+.3f}",
-                   f"{d['final_minus_peak']:+.3f} ± {d['paired_se']:.3f}", "yes" if d["within_one_se"] else "no"] for d in drifts]  # fmt: skip
-    drift_headers = ["run", "peak at iteration", "peak change from base", "final change from base", "final - peak (paired s.e.)", "within one s.e."]
+                   f"{d['final_minus_peak']:+.3f} ± {d['paired_se']:.3f}", "yes" if d["within_one_se"] else "no",
+                   f"{d['late_slope_per_100']:+.3f} ± {d['late_slope_se']:.3f} ({d['late_points']} points)", "yes" if d["late_decline"] else "no"] for d in drifts]  # fmt: skip
+    drift_headers = ["run", "peak at iteration", "peak change from base", "final change from base", "final - peak (paired s.e.)", "within one s.e.",
+                     "second half's trend per 100 iterations (s.e.)", "declining (trend + 2 s.e. < 0)"]  # fmt: skip
     body.append("Drift: the last policy against the curve's peak\n\n" + with_json_lines(drift_headers, drift_rows, drifts))
     target = target if target is not None else 0.8 * min(peak_change(run) for run in runs)
     costs = [cost_to_target(run, target) for run in runs]

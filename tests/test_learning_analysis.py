@@ -52,3 +52,23 @@ def test_the_tilt_reads_the_base_at_zero_and_closes_the_gap_it_is_asked_to():
     gated = at_gaps(measures, 0.5 * passed + 0.5 * preference * passed, tasks)
     assert size_only[0.4][0] < -0.05 and size_only[0.4][1] > 0
     assert gated[0.4][0] > 0  # the gate pays only passing seeds: accuracy rises
+
+
+def test_the_second_halfs_trend_reads_each_captions_slope_and_ignores_the_first_half():
+    """benchmarks/learning_curve.py's drift trend on made-up evals of 160 iterations: every caption
+    rising by 0.1 over the first half then falling by 0.05 per 100 iterations reads -0.05 with no
+    spread; a caption that alternates 0/1 from point to point has a slope of zero but widens the
+    standard error."""
+    from learning_curve import late_trend
+
+    captions = ["a red circle", "a blue square", "a green triangle", "a red square"]  # one task: a plain mean over captions
+    iterations = [0, 40, 80, 120, 160]
+
+    def ev(acc: dict) -> dict:
+        return {"per_caption": acc}
+
+    falling = [(it, 0.0, ev({c: 0.5 + (0.1 * it / 80 if it <= 80 else 0.1 - 0.05 * (it - 80) / 100) for c in captions})) for it in iterations]
+    assert late_trend(falling) == (-0.05, 0.0, 3)
+    mixed = [(it, 0.0, ev({c: (0.5 + 0.1 * it / 160) if c != "a blue square" else float(i % 2) for c in captions})) for i, it in enumerate(iterations)]
+    slope, se, n = late_trend(mixed)
+    assert n == 3 and se > 0 and slope == pytest.approx(np.mean([0.0625, 0.0625, 0.0625, 0.0]), abs=0.02)
