@@ -66,6 +66,8 @@ class ExploreAudit:
         """The audit of one iteration: its figures for the metrics row, and the move (if any) applied
         to the controller. `bf16`: the selected seeds' rewards, per selection."""
         n, seed = self.config.rollout.precision_control.audit, self.config.seed
+        if not self.config.rollout.precision_control.audits(iteration):
+            return {"precision": self.control.precision}
         drawn = [audit_seeds(c.group.seeds, n, (seed, iteration, c.group.prompt_id)) for c in candidates]
         known = [dict(zip(s.seeds, r, strict=True)) for s, r in zip(selections, bf16, strict=True)]
         missing = [Selection(c.group, tuple(x for x in d if x not in k), ()) for c, d, k in zip(candidates, drawn, known, strict=True)]

@@ -129,7 +129,7 @@ def fidelity_figure(rows: list[dict]) -> str:
     x = [r["iteration"] + 1 for r in rows]
     ax.plot(x, [r.get("spearman") for r in rows], ".-", label="Spearman")
     ax.plot(x, [r.get("kendall") for r in rows], ".-", label="Kendall")
-    audited = [r for r in rows if "audit" in r]  # rollout.precision_control: random seeds, not the selected ones
+    audited = [r for r in rows if "spearman" in r.get("audit", {})]  # rollout.precision_control: random seeds, not the selected ones
     if audited:
         ax.plot([r["iteration"] + 1 for r in audited], [r["audit"]["spearman"] for r in audited], "^-", label="Spearman, audited seeds")
         for key, marker, label in (("cheaper", "v", "cheaper rung"), ("safer", "s", "safer rung")):  # the controller's probes

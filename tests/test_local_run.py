@@ -272,6 +272,19 @@ def test_keep_best_keeps_the_adapters_of_the_best_validation_eval_across_a_resum
             assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), (folder, which)
 
 
+def test_an_audit_every_other_iteration_leaves_the_others_unaudited_and_unpriced(tmp_path):
+    """rollout.precision_control.every=2 in the one-process run: iteration 1 explores at the
+    controller's precision with no audit (no figures, no regenerations beyond the trained ones)."""
+    prompts = tmp_path / "eval.txt"
+    prompts.write_text("a red circle\n")
+    control = "rollout.precision_control={floor: 0.95, recover: 0.95, patience: 1, audit: 4, every: 2}"
+    config = load_config(overrides=[*TINY_RUN, "rollout.candidates=8", f"eval.prompts={prompts}", "eval.grid_rows=0", control, "train.iterations=2"])
+    LocalRun(config, tmp_path / "run", log=lambda _: None).run()
+    first, second = rows_of(tmp_path / "run")
+    assert "spearman" in first["audit"] and first["audit"]["regenerated"] > 0 and second["audit"] | {"seconds": 0} == {"precision": first["audit"].get("switch", {}).get("to", "nvfp4"), "seconds": 0}
+    assert second["modeled_cost"]["regenerate"] < first["modeled_cost"]["regenerate"]
+
+
 def test_explore_precision_moves_with_the_audited_agreement_and_resumes_where_it_was(tmp_path):
     """rollout.precision_control (floor 0.95, patience 1; gain -2: any measured gain will do, so
     the tiny model moves): each row's audit holds the precision explore ran at, the audited

@@ -286,3 +286,29 @@ def test_the_distributed_controller_previews_the_safer_rung_under_lag_and_moves_
     assert audits[first]["switch"]["to"] == "fp8_e4m3" and "ranks the same seeds better by" in audits[first]["switch"]["reason"], audits
     assert audits[first]["previewed_at"]["fp8_e4m3"] == PROMPTS * 16 and len(audits[first]["safer_gains"]) >= 2
     assert sum(line.startswith("explore precision ") for line in lines) == sum("switch" in a for a in audits)
+
+
+def test_an_audit_every_other_iteration_skips_the_others_and_prices_only_what_it_drew(tmp_path):
+    """rollout.precision_control.every=2 at lag 1 (floor 1, patience 1: every audited iteration is
+    poor; gain null): iterations 1, 3, 5 are explored unaudited (no figures, no regenerations, no
+    previews, priced as plain explore) and count neither way, so the moves come after the audited
+    iterations 0 and 2, as a replay of the audited rows alone makes them."""
+    from solrl.precision_control import PrecisionController
+
+    control = "rollout.precision_control={floor: 1.0, patience: 1, recover: 1.0, recover_patience: 9, audit: 16, gain: null, every: 2}"
+    config = _config(tmp_path, "rollout.max_policy_lag=1", "train.iterations=6", control)
+    Driver(config, tmp_path / "run", log=lambda _: None, runtime=VirtualRuntime()).run()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    replay = PrecisionController(config.rollout.precision_control, "nvfp4")
+    for it, row in enumerate(rows):
+        a = row["audit"]
+        assert a["precision"] == replay.precision
+        if it % 2:
+            assert set(a) == {"precision", "explored"}, a
+            continue
+        assert a["regenerated"] > 0
+        move = replay.observe(it, a["spearman"] if a["groups"] else float("nan"), a.get("cheaper_spearman"), a.get("safer_gains", ()))
+        assert (move is None) == ("switch" not in a), (it, a)
+    assert [r["audit"].get("switch", {}).get("to") for r in rows] == ["fp8_e4m3", None, "bf16", None, None, None], [r["audit"] for r in rows]
+    plain = [r["modeled_cost"]["regenerate"] for r in rows]
+    assert plain[1] == plain[3] == plain[5] < min(plain[0], plain[2], plain[4])  # an unaudited iteration regenerates only what it trains

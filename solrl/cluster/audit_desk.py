@@ -99,9 +99,11 @@ class AuditDesk:
     def selected(self, sel: Selection, candidates: Candidates) -> None:
         """A group was selected: draw its audit seeds and queue what the audit needs."""
         group, key = candidates.group, group_key(candidates)
+        ran = self.precisions.pop(key, set())
+        if not self.control.config.audits(group.iteration):
+            return
         drawn = audit_seeds(group.seeds, self.control.config.audit, (self.config.seed, group.iteration, group.prompt_id))
         preview = dict(zip(group.seeds, candidates.proxy_rewards, strict=True))
-        ran = self.precisions.pop(key, set())
         precision = next(iter(ran)) if len(ran) == 1 else None
         probes = self.control.probes(precision) if precision is not None else ()
         audit = self.groups[key] = GroupAudit(drawn, tuple(preview[s] for s in drawn), precision, probes)
@@ -142,6 +144,8 @@ class AuditDesk:
         for key in [k for k in self.groups if k[0] == audit.iteration]:  # every result of the iteration is in
             del self.groups[key]
         current = self.control.precision
+        if not self.control.config.audits(audit.iteration):
+            return {"precision": current, "explored": audit.explored}
         mine = [g for g in audit.groups if g.precision == current]
         figures = {
             "precision": current,
