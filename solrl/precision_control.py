@@ -61,7 +61,7 @@ class PrecisionControl(BaseModel):
         ge=-2,
         le=2,
         description="A move safer also needs the safer rung to rank the poor iterations' audit seeds better: the lower end of "
-        "the paired Spearman gain's interval (mean - 2 s.e. over the groups, safer minus current on the same seeds) at or "
+        "the paired Spearman gain's interval (mean - 2 s.e. over the groups, safer minus current on the same seeds) "
         "above this. The audit previews at the safer rung from the (patience-1)th poor iteration in a row. null: move on "
         "the floor alone.",
     )
@@ -201,7 +201,7 @@ class PrecisionController:
             if c.gain is None:
                 return self._move(iteration, +1, reason)
             mean, se = interval(self.gains)
-            if mean - 2 * se >= c.gain:
+            if mean - 2 * se > c.gain:  # strictly: gains of exactly 0 (same ranks) have no spread, and are no gain
                 return self._move(iteration, +1, f"{reason}; {self.safer} ranks the same seeds better by {mean:.3f} ± {se:.3f} ({len(self.gains)} groups)")
         if self.cheaper is not None and self.good >= c.recover_patience:
             reason = f"{self.cheaper}'s audited Spearman at or above {c.recover:g} for {self.good} iterations (last {cheaper_agreement:.3f})"

@@ -63,6 +63,14 @@ def test_a_move_safer_waits_until_the_safer_rung_ranks_the_same_seeds_measurably
     assert top.probes("bf16") == ("nvfp4",) and top.observe(0, 0.0) is None and top.probes("bf16") == ("nvfp4",)  # nothing safer to preview
 
 
+def test_gains_of_exactly_zero_are_no_gain():
+    """Two groups that the safer rung ranks exactly as the current one did: mean 0 with no spread,
+    which must not pass as measurably better (it once did, with >=)."""
+    c = PrecisionController(PrecisionControl(patience=1), "nvfp4")
+    assert c.observe(0, 0.2) is None and c.observe(1, 0.2, safer_gains=[0.0, 0.0]) is None and c.precision == "nvfp4"
+    assert c.observe(2, 0.2, safer_gains=[0.6, 0.7, 0.65, 0.6]).target == "fp8_e4m3"  # the streak's six gains: 0.425 ± 0.135
+
+
 def test_paired_gains_compare_the_same_seeds_against_the_same_truth():
     truth = [[1, 2, 3, 4], [1, 2, 3, 4], [1, 1, 1, 1]]
     current = [[4, 3, 2, 1], [1, 2, 3, 4], [1, 2, 3, 4]]
