@@ -19,8 +19,9 @@ FP8 -> BF16): `patience` iterations in a row with the current rung's agreement b
 explore one rung safer, once the safer rung has ranked the same audit seeds measurably better
 (`gain`: a run whose policy has drifted ranks poorly at every precision, and a move would only
 cost); `recover_patience` iterations in a row with the cheaper rung's agreement at or above
-`recover` (above `floor`: hysteresis, so it does not flap) move it back. Pure: no torch, no Ray;
-the engines run the audit and apply the moves.
+`recover` (above `floor`: hysteresis, so it does not flap) move it back. With `window` > 1 each
+figure is first averaged with the audits before it (a running mean), so sparse audits react to a
+sustained fall. Pure: no torch, no Ray; the engines run the audit and apply the moves.
 """
 
 from __future__ import annotations
@@ -55,6 +56,13 @@ class PrecisionControl(BaseModel):
         ge=1,
         description="Audit every this many iterations (0, every, 2 x every, ...); the others explore on unaudited and count neither "
         "way. At the shapes defaults an audit costs about 7 % of an iteration (its BF16 regenerations), so `every` divides that.",
+    )
+    window: int = Field(
+        default=1,
+        ge=1,
+        description="Audited iterations whose agreement is averaged before it is compared with floor (and the cheaper rung's "
+        "with recover): a running mean, so a sparse audit (`every` > 1) reacts to a sustained fall instead of waiting for "
+        "several noisy audits in a row each to fall below floor. 1: each audit on its own.",
     )
     gain: float | None = Field(
         default=0.0,
@@ -155,6 +163,8 @@ class PrecisionController:
         self.config, self.level = config, config.ladder.index(start)
         self.poor = self.good = 0  # iterations in a row below floor / with the cheaper rung at or above recover
         self.gains: list[float] = []  # the safer rung's paired gains over the current poor streak
+        self.recent: list[float] = []  # the current rung's last `window` audited agreements
+        self.recent_cheaper: list[float] = []  # the cheaper rung's
 
     @property
     def precision(self) -> str:
@@ -188,36 +198,53 @@ class PrecisionController:
         it causes, if any. An undefined figure (NaN: every audited group's rewards tied) counts
         neither way."""
         c = self.config
-        if not math.isnan(agreement):
-            self.poor = self.poor + 1 if agreement < c.floor else 0
+        level = self._running(self.recent, agreement)
+        if level is not None:
+            self.poor = self.poor + 1 if level < c.floor else 0
         if self.poor:
             self.gains.extend(safer_gains)
         else:
             self.gains.clear()
-        if cheaper_agreement is not None and not math.isnan(cheaper_agreement):
-            self.good = self.good + 1 if cheaper_agreement >= c.recover else 0
+        cheaper_level = self._running(self.recent_cheaper, cheaper_agreement)
+        if cheaper_level is not None:
+            self.good = self.good + 1 if cheaper_level >= c.recover else 0
         if self.poor >= c.patience and self.safer is not None:
-            reason = f"audited Spearman below floor {c.floor:g} for {self.poor} iterations (last {agreement:.3f})"
+            reason = f"audited Spearman below floor {c.floor:g} for {self.poor} iterations ({self._last(self.recent)})"
             if c.gain is None:
                 return self._move(iteration, +1, reason)
             mean, se = interval(self.gains)
             if mean - 2 * se > c.gain:  # strictly: gains of exactly 0 (same ranks) have no spread, and are no gain
                 return self._move(iteration, +1, f"{reason}; {self.safer} ranks the same seeds better by {mean:.3f} ± {se:.3f} ({len(self.gains)} groups)")
         if self.cheaper is not None and self.good >= c.recover_patience:
-            reason = f"{self.cheaper}'s audited Spearman at or above {c.recover:g} for {self.good} iterations (last {cheaper_agreement:.3f})"
+            reason = f"{self.cheaper}'s audited Spearman at or above {c.recover:g} for {self.good} iterations ({self._last(self.recent_cheaper)})"
             return self._move(iteration, -1, reason)
         return None
+
+    def _running(self, recent: list[float], figure: float | None) -> float | None:
+        """The running mean with this audit's figure in it; None (counts neither way) when it is undefined."""
+        if figure is None or math.isnan(figure):
+            return None
+        recent.append(figure)
+        del recent[: -self.config.window]
+        return sum(recent) / len(recent)
+
+    def _last(self, recent: list[float]) -> str:
+        if self.config.window == 1:
+            return f"last {recent[-1]:.3f}"
+        return f"mean of the last {len(recent)} audits {sum(recent) / len(recent):.3f}"
 
     def _move(self, iteration: int, step: int, reason: str) -> Switch:
         source = self.precision
         self.level += step
         self.poor = self.good = 0
-        self.gains.clear()
+        for figures in (self.gains, self.recent, self.recent_cheaper):  # the rungs' figures start afresh at the new level
+            figures.clear()
         return Switch(iteration, source, self.precision, reason)
 
     def state(self) -> dict:
-        return {"level": self.level, "poor": self.poor, "good": self.good, "gains": list(self.gains)}
+        return {"level": self.level, "poor": self.poor, "good": self.good, "gains": list(self.gains), "recent": list(self.recent), "recent_cheaper": list(self.recent_cheaper)}
 
     def load_state(self, state: dict) -> None:
         self.level, self.poor, self.good = state["level"], state["poor"], state["good"]
         self.gains = list(state.get("gains", []))  # a checkpoint from before `gain` has none
+        self.recent, self.recent_cheaper = list(state.get("recent", [])), list(state.get("recent_cheaper", []))

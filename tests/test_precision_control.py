@@ -71,6 +71,30 @@ def test_gains_of_exactly_zero_are_no_gain():
     assert c.observe(2, 0.2, safer_gains=[0.6, 0.7, 0.65, 0.6]).target == "fp8_e4m3"  # the streak's six gains: 0.425 ± 0.135
 
 
+def test_a_running_mean_of_audits_catches_a_sustained_fall_that_no_streak_of_single_audits_shows():
+    """Sparse, noisy audits around 0.45 (below a 0.5 floor) never fall below it three times in a row;
+    their running mean over three audits does, and the move still waits for the safer rung's gain.
+    The window survives a checkpoint and starts afresh at the new rung."""
+    noisy = [0.45, 0.55, 0.35, 0.52, 0.40, 0.51, 0.42]
+    single = PrecisionController(PrecisionControl(patience=3, gain=None), "nvfp4")
+    assert [single.observe(i, a) for i, a in enumerate(noisy)] == [None] * len(noisy)
+    windowed = PrecisionController(PrecisionControl(patience=2, window=3), "nvfp4")
+    assert windowed.observe(0, 0.45) is None and windowed.poor == 1  # the mean of what there is so far
+    assert windowed.observe(1, 0.55) is None and windowed.poor == 0  # mean 0.50: not below
+    assert windowed.observe(2, 0.35) is None and windowed.poor == 1 and windowed.probes("nvfp4") == ("fp8_e4m3",)
+    assert windowed.observe(3, 0.52, safer_gains=[0.3, -0.3]) is None  # mean 0.473, poor for 2; no measurable gain yet
+    state = windowed.state()
+    assert state["recent"] == [0.55, 0.35, 0.52]
+    resumed = PrecisionController(PrecisionControl(patience=2, window=3), "nvfp4")
+    resumed.load_state(state)
+    move = resumed.observe(4, 0.40, safer_gains=[0.5, 0.6, 0.4, 0.5])
+    assert move.target == "fp8_e4m3" and "mean of the last 3 audits 0.423" in move.reason
+    assert resumed.recent == [] and resumed.recent_cheaper == []
+    assert resumed.observe(5, 0.9, cheaper_agreement=0.4) is None and resumed.recent_cheaper == [0.4]
+    with pytest.raises(ValueError, match="window"):
+        PrecisionControl(window=0)
+
+
 def test_paired_gains_compare_the_same_seeds_against_the_same_truth():
     truth = [[1, 2, 3, 4], [1, 2, 3, 4], [1, 1, 1, 1]]
     current = [[4, 3, 2, 1], [1, 2, 3, 4], [1, 2, 3, 4]]
