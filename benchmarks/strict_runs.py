@@ -1,6 +1,6 @@
 """The hour-long compositional runs of issue 29 (items 3 and 4): the strict GenEval-style check as
 the only reward, 160 iterations, a held-out eval every 20, on several seeds, with and without the
-online explore-precision controller (rollout.precision_control at its defaults), and with a KL
+online explore-precision controller (rollout.precision_control on the ladder nvfp4, fp8_e4m3, bf16), and with a KL
 weight that binds (arm kl1: the drift's candidate fix; klt: an adaptive one; kl1_on: kl1 with the
 controller; on_steps: with a ladder of more explore steps); then one
 RESULTS.md entry from benchmarks/learning_curve.py: every run's curve, the drift of each (its last
@@ -39,7 +39,7 @@ STRICT = ["reward=[{name: shapes_strict, weight: 1}]"]
 # on_steps_e4w3: every 4th iteration, poor when the running mean of the last 3 audits is below the floor, patience 2
 ARMS = {
     "off": [],
-    "on": ["rollout.precision_control={}"],
+    "on": ["rollout.precision_control={ladder: [nvfp4, fp8_e4m3, bf16]}"],  # the ladder that was the default when it ran
     "kl1": ["train.nft.kl_weight=1.0"],
     "klt": ["train.nft.kl_target=0.02"],
     "kl1_on": ["train.nft.kl_weight=1.0", "rollout.precision_control={}"],
@@ -70,7 +70,7 @@ def train(out: pathlib.Path, arm: str, seed: int, iterations: int, every: int, t
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), help="off: explore in NVFP4 throughout; on: the controller chooses; kl1: off with train.nft.kl_weight=1.0; klt: off with train.nft.kl_target=0.02; kl1_on: kl1 with the controller; on_steps: on with the ladder nvfp4, fp8_e4m3@10, bf16@10; on_steps_e4: on_steps auditing every 4th iteration; on_steps_e4p1: on_steps_e4 with patience 1; on_steps_e4w3: on_steps_e4 judged on the running mean of 3 audits, patience 2")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), help="off: explore in NVFP4 throughout; on: the controller chooses on the ladder nvfp4, fp8_e4m3, bf16 (6 steps); kl1: off with train.nft.kl_weight=1.0; klt: off with train.nft.kl_target=0.02; kl1_on: kl1 with the controller; on_steps: on with the ladder nvfp4, fp8_e4m3@10, bf16@10; on_steps_e4: on_steps auditing every 4th iteration; on_steps_e4p1: on_steps_e4 with patience 1; on_steps_e4w3: on_steps_e4 judged on the running mean of 3 audits, patience 2")
     parser.add_argument("--iterations", type=int, default=160)
     parser.add_argument("--eval-every", type=int, default=20)
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, one torch thread each when more than 1")

@@ -72,7 +72,7 @@ class RolloutConfig(_Strict):
     quant: QuantRecipe = Field(default_factory=QuantRecipe, description="What the low-precision copies quantize, in which format, on which backend.")
     precision_control: PrecisionControl | None = _describe(
         "Explore precision chosen online: audit a few random seeds per group against BF16 and move along a ladder "
-        "(NVFP4 -> FP8 -> BF16) when their rank agreement stays below a floor, back when it recovers (docs/method.md). "
+        "(NVFP4, then FP8 and BF16 at the regeneration's steps) when their rank agreement stays below a floor, back when it recovers (docs/method.md). "
         "None: explore_precision throughout.",
         default=None,
     )
@@ -196,6 +196,7 @@ class RunConfig(_Strict):
         if control is not None and self.rollout.mode != "sol":
             raise ValueError("rollout.precision_control audits previews against their regenerations; it needs rollout.mode='sol'")
         if control is not None:
+            control = self.rollout.precision_control = control.at_regen_steps(self.rollout.regenerate.steps)
             control.check(self.rollout.explore_precision, get_args(Precision))
         if self.cluster.explore_split > self.rollout.candidates:
             raise ValueError(

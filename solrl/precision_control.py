@@ -42,9 +42,11 @@ class PrecisionControl(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     ladder: list[str] = Field(
-        default_factory=lambda: ["nvfp4", "fp8_e4m3", "bf16"],
+        default_factory=lambda: ["nvfp4", "fp8_e4m3@regen", "bf16@regen"],
         description="Explore settings (rungs), cheapest first: a precision ('nvfp4': at rollout.explore's step count) or a precision "
-        "at a step count ('fp8_e4m3@10': FP8 previews in 10 steps).",
+        "at a step count ('fp8_e4m3@10': FP8 previews in 10 steps; '@regen': at rollout.regenerate's, written out when the config "
+        "loads). The safer rungs preview at the regeneration's step count because on a drifted policy the step gap, not the "
+        "precision, is what ranks seeds poorly (docs/method.md).",
     )
     floor: float = Field(default=0.5, ge=-1, le=1, description="Audited Spearman below which an iteration counts as poor.")
     patience: int = Field(default=3, ge=1, description="Poor iterations in a row before explore moves one rung safer.")
@@ -84,9 +86,16 @@ class PrecisionControl(BaseModel):
                 "failed is not taken back at once"
             )
         for rung in self.ladder:
-            if not re.fullmatch(r"[a-z0-9_]+(@[1-9][0-9]*)?", rung):
-                raise ValueError(f"rollout.precision_control.ladder has rung {rung!r}; write a precision, or one at a step count, e.g. nvfp4 or fp8_e4m3@10")
+            if not re.fullmatch(r"[a-z0-9_]+(@[1-9][0-9]*|@regen)?", rung):
+                raise ValueError(
+                    f"rollout.precision_control.ladder has rung {rung!r}; write a precision, or one at a step count, e.g. nvfp4, "
+                    "fp8_e4m3@10 or bf16@regen"
+                )
         return self
+
+    def at_regen_steps(self, steps: int) -> PrecisionControl:
+        """This control with each '@regen' rung written out at the regeneration's step count."""
+        return self.model_copy(update={"ladder": [r.replace("@regen", f"@{steps}") if r.endswith("@regen") else r for r in self.ladder]})
 
     def audits(self, iteration: int) -> bool:
         return iteration % self.every == 0
@@ -96,6 +105,8 @@ class PrecisionControl(BaseModel):
         for rung in self.ladder:
             if rung_parts(rung)[0] not in precisions:
                 raise ValueError(f"rollout.precision_control.ladder has rung {rung!r}, whose precision is not one of {list(precisions)}; use one of them")
+        if len(set(self.ladder)) != len(self.ladder):
+            raise ValueError(f"rollout.precision_control.ladder={self.ladder} names a rung twice once '@regen' is written out; drop one")
         if start not in self.ladder:
             raise ValueError(f"rollout.explore_precision={start!r} is not on rollout.precision_control.ladder={self.ladder}; add it there")
 

@@ -11,8 +11,13 @@ from solrl.explore_audit import with_explore_rung
 from solrl.precision_control import PrecisionControl, PrecisionController, audit_agreement, audit_seeds, paired_gains, rung_parts
 
 
+def Control(**settings) -> PrecisionControl:
+    """A control on a ladder of plain precisions, whose rungs the rule's tests name."""
+    return PrecisionControl(ladder=["nvfp4", "fp8_e4m3", "bf16"], **settings)
+
+
 def test_poor_agreement_moves_explore_safer_after_patience_and_back_with_hysteresis():
-    c = PrecisionController(PrecisionControl(floor=0.5, patience=2, recover=0.8, recover_patience=2, gain=None), "nvfp4")
+    c = PrecisionController(Control(floor=0.5, patience=2, recover=0.8, recover_patience=2, gain=None), "nvfp4")
     assert c.precision == "nvfp4" and c.cheaper is None
     assert c.observe(0, 0.4) is None  # one poor iteration is not enough
     assert c.observe(1, 0.6) is None  # a good one resets the streak
@@ -41,7 +46,7 @@ def test_a_move_safer_waits_until_the_safer_rung_ranks_the_same_seeds_measurably
     """The safer rung is previewed once a move may be near (from the (patience-1)th poor iteration);
     the move needs the lower end of its paired gain (mean - 2 s.e. over the streak's groups) at or
     above `gain`; the evidence is the current streak's only, and survives a checkpoint."""
-    c = PrecisionController(PrecisionControl(floor=0.5, patience=3), "nvfp4")
+    c = PrecisionController(Control(floor=0.5, patience=3), "nvfp4")
     assert c.probes("nvfp4") == ()  # agreement not poor yet: nothing previewed
     assert c.observe(0, 0.2) is None and c.probes("nvfp4") == ()
     assert c.observe(1, 0.2) is None and c.probes("nvfp4") == ("fp8_e4m3",)  # the next iteration may move
@@ -51,12 +56,12 @@ def test_a_move_safer_waits_until_the_safer_rung_ranks_the_same_seeds_measurably
         assert c.observe(it, 0.3) is None
     assert c.observe(6, 0.3, safer_gains=[0.9, -0.6]) is None  # patience reached; mean 0.15 +- 0.75: not measurably better
     state = c.state()
-    resumed = PrecisionController(PrecisionControl(floor=0.5, patience=3), "nvfp4")
+    resumed = PrecisionController(Control(floor=0.5, patience=3), "nvfp4")
     resumed.load_state(state)
     move = resumed.observe(7, 0.3, safer_gains=[0.6, 0.7, 0.5, 0.6, 0.7, 0.6])  # the streak's 8 groups: 0.50 +- 0.16
     assert (move.source, move.target) == ("nvfp4", "fp8_e4m3") and "fp8_e4m3 ranks the same seeds better by 0.500 ± 0.163 (8 groups)" in move.reason
     assert resumed.gains == [] and resumed.probes("fp8_e4m3") == ("nvfp4",) and resumed.probes("nvfp4") == ()
-    strict = PrecisionController(PrecisionControl(floor=0.5, patience=3, gain=0.2), "nvfp4")
+    strict = PrecisionController(Control(floor=0.5, patience=3, gain=0.2), "nvfp4")
     strict.load_state(state)
     assert strict.observe(7, 0.3, safer_gains=[0.6, 0.7, 0.5, 0.6, 0.7, 0.6]) is None  # lower end 0.17 < 0.2
     top = PrecisionController(PrecisionControl(ladder=["nvfp4", "bf16"], patience=1), "bf16")
@@ -66,7 +71,7 @@ def test_a_move_safer_waits_until_the_safer_rung_ranks_the_same_seeds_measurably
 def test_gains_of_exactly_zero_are_no_gain():
     """Two groups that the safer rung ranks exactly as the current one did: mean 0 with no spread,
     which must not pass as measurably better (it once did, with >=)."""
-    c = PrecisionController(PrecisionControl(patience=1), "nvfp4")
+    c = PrecisionController(Control(patience=1), "nvfp4")
     assert c.observe(0, 0.2) is None and c.observe(1, 0.2, safer_gains=[0.0, 0.0]) is None and c.precision == "nvfp4"
     assert c.observe(2, 0.2, safer_gains=[0.6, 0.7, 0.65, 0.6]).target == "fp8_e4m3"  # the streak's six gains: 0.425 ± 0.135
 
@@ -76,16 +81,16 @@ def test_a_running_mean_of_audits_catches_a_sustained_fall_that_no_streak_of_sin
     their running mean over three audits does, and the move still waits for the safer rung's gain.
     The window survives a checkpoint and starts afresh at the new rung."""
     noisy = [0.45, 0.55, 0.35, 0.52, 0.40, 0.51, 0.42]
-    single = PrecisionController(PrecisionControl(patience=3, gain=None), "nvfp4")
+    single = PrecisionController(Control(patience=3, gain=None), "nvfp4")
     assert [single.observe(i, a) for i, a in enumerate(noisy)] == [None] * len(noisy)
-    windowed = PrecisionController(PrecisionControl(patience=2, window=3), "nvfp4")
+    windowed = PrecisionController(Control(patience=2, window=3), "nvfp4")
     assert windowed.observe(0, 0.45) is None and windowed.poor == 1  # the mean of what there is so far
     assert windowed.observe(1, 0.55) is None and windowed.poor == 0  # mean 0.50: not below
     assert windowed.observe(2, 0.35) is None and windowed.poor == 1 and windowed.probes("nvfp4") == ("fp8_e4m3",)
     assert windowed.observe(3, 0.52, safer_gains=[0.3, -0.3]) is None  # mean 0.473, poor for 2; no measurable gain yet
     state = windowed.state()
     assert state["recent"] == [0.55, 0.35, 0.52]
-    resumed = PrecisionController(PrecisionControl(patience=2, window=3), "nvfp4")
+    resumed = PrecisionController(Control(patience=2, window=3), "nvfp4")
     resumed.load_state(state)
     move = resumed.observe(4, 0.40, safer_gains=[0.5, 0.6, 0.4, 0.5])
     assert move.target == "fp8_e4m3" and "mean of the last 3 audits 0.423" in move.reason
@@ -104,11 +109,11 @@ def test_paired_gains_compare_the_same_seeds_against_the_same_truth():
 
 def test_settings_that_cannot_work_are_refused_by_name():
     with pytest.raises(ValueError, match="recover=0.3 is below floor=0.5"):
-        PrecisionControl(floor=0.5, recover=0.3)
+        Control(floor=0.5, recover=0.3)
     with pytest.raises(ValueError, match="needs distinct precisions"):
         PrecisionControl(ladder=["nvfp4", "nvfp4"])
     with pytest.raises(ValueError, match="rollout.explore_precision='fp32' is not on rollout.precision_control.ladder"):
-        PrecisionController(PrecisionControl(), "fp32")
+        PrecisionController(Control(), "fp32")
     with pytest.raises(ValueError, match="rung 'fp8@ten'; write a precision, or one at a step count"):
         PrecisionControl(ladder=["nvfp4", "fp8@ten"])
     with pytest.raises(ConfigError, match="rung 'fp4@10', whose precision is not one of"):
@@ -127,6 +132,20 @@ def test_a_rung_is_a_precision_or_one_at_a_step_count():
     meter = CostMeter(config)
     assert meter.explore_price("fp8_e4m3@10", 3) == 3 * 10 * config.cost.price("fp8_e4m3")
     assert meter.explore_price("nvfp4", 3) == 3 * config.rollout.explore.steps * config.cost.price("nvfp4")
+
+
+def test_the_default_ladder_previews_its_safer_rungs_at_the_regenerations_step_count():
+    """'@regen' is written out when the config loads, so the run's config.yaml, rows and metric
+    labels name the step count, and a resumed run reads the same ladder."""
+    default = load_config(overrides=["rollout.precision_control={}"]).rollout.precision_control
+    assert default.ladder == ["nvfp4", "fp8_e4m3@10", "bf16@10"]
+    longer = load_config(overrides=["rollout.precision_control={ladder: [nvfp4, bf16@regen]}", "rollout.regenerate.steps=14"])
+    assert longer.rollout.precision_control.ladder == ["nvfp4", "bf16@14"]
+    assert load_config(overrides=[f"rollout.precision_control={{ladder: {longer.rollout.precision_control.ladder}}}"]).rollout.precision_control.ladder == ["nvfp4", "bf16@14"]
+    with pytest.raises(ConfigError, match="names a rung twice once '@regen' is written out"):
+        load_config(overrides=["rollout.precision_control={ladder: [nvfp4, bf16@10, bf16@regen]}"])
+    with pytest.raises(ConfigError, match="rung 'bf16@regenerate'"):
+        load_config(overrides=["rollout.precision_control={ladder: [nvfp4, bf16@regenerate]}"])
 
 
 def test_audit_seeds_are_a_reproducible_draw_independent_of_selection():

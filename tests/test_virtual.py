@@ -223,7 +223,7 @@ def test_explore_precision_moves_on_the_distributed_run_as_its_audit_says(tmp_pa
     from solrl.cost import CostMeter
     from solrl.precision_control import PrecisionController
 
-    control = "rollout.precision_control={floor: 1.0, patience: 1, recover: 1.0, recover_patience: 1, audit: 16, gain: null}"
+    control = "rollout.precision_control={ladder: [nvfp4, fp8_e4m3, bf16], floor: 1.0, patience: 1, recover: 1.0, recover_patience: 1, audit: 16, gain: null}"
     config = _config(tmp_path, "rollout.max_policy_lag=1", "train.iterations=4", control, "cluster.checkpoint_every=1",
                      f"cluster.faults={json.dumps(['rollout-0:explore:30'])}")  # fmt: skip
     lines = []
@@ -270,7 +270,7 @@ def test_the_distributed_controller_previews_the_safer_rung_under_lag_and_moves_
     the per-group gains, the move waits for them, and the moves replay exactly from the rows."""
     from solrl.precision_control import PrecisionController
 
-    control = "rollout.precision_control={floor: 1.0, patience: 2, recover: 1.0, recover_patience: 9, audit: 16, gain: 0.0}"
+    control = "rollout.precision_control={ladder: [nvfp4, fp8_e4m3, bf16], floor: 1.0, patience: 2, recover: 1.0, recover_patience: 9, audit: 16, gain: 0.0}"
     config = _config(tmp_path, "rollout.max_policy_lag=1", "train.iterations=6", control)
     lines = []
     Driver(config, tmp_path / "run", log=lines.append, runtime=VirtualRuntime()).run()
@@ -295,7 +295,7 @@ def test_an_audit_every_other_iteration_skips_the_others_and_prices_only_what_it
     iterations 0 and 2, as a replay of the audited rows alone makes them."""
     from solrl.precision_control import PrecisionController
 
-    control = "rollout.precision_control={floor: 1.0, patience: 1, recover: 1.0, recover_patience: 9, audit: 16, gain: null, every: 2}"
+    control = "rollout.precision_control={ladder: [nvfp4, fp8_e4m3, bf16], floor: 1.0, patience: 1, recover: 1.0, recover_patience: 9, audit: 16, gain: null, every: 2}"
     config = _config(tmp_path, "rollout.max_policy_lag=1", "train.iterations=6", control)
     Driver(config, tmp_path / "run", log=lambda _: None, runtime=VirtualRuntime()).run()
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
