@@ -63,3 +63,26 @@ def test_the_analysis_finds_the_ratio_the_curves_were_built_with(runs, tmp_path)
     assert table["d"][7] == "1.8"  # 440 / 250: iterations to target
     assert table["c"][5] == "inf" and table["c"][8] == "0/3"
     assert (tmp_path / "curves.png").stat().st_size > 10_000
+
+
+def test_the_group_size_summary_gives_a_lower_bound_where_n_equal_k_misses_the_target(tmp_path):
+    """benchmarks/group_size.py on curves that rise linearly per iteration, twice as fast at N = 2K
+    as at N = K (8 iterations of 10 cost units each): at half the best final gain N = K takes about
+    twice the iterations; at 90 % it misses within the run, and the ratio becomes a lower bound that
+    counts its seeds at the run's 8 iterations."""
+    import group_size
+
+    slopes = {8: [0.010, 0.012], 16: [0.020, 0.020]}  # preference gained per iteration, per seed
+    for n, per_seed in slopes.items():
+        for seed, slope in enumerate(per_seed):
+            _write_run(tmp_path / f"N-{n}" / f"seed-{seed}", lambda cost, s=slope: 0.4 + s * cost / 10, [10.0 * i for i in range(1, 9)])
+    text = group_size.summarize(tmp_path, [8, 16], 8, [0.5, 0.9], iterations=8)  # its JSON lines round to 4 digits
+    points = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    half = {p["n"]: p for p in points if p["target_share"] == 0.5}
+    assert half[16]["iterations_to_target"] == pytest.approx(4.0, abs=1e-3) and half[8]["iterations_to_target"] == pytest.approx((8.0 + 0.08 / 0.012) / 2, abs=1e-3)
+    assert half[16]["fewer_iterations_than_n_eq_k"] == pytest.approx((8.0 + 0.08 / 0.012) / 2 / 4.0, abs=1e-3) and half[16]["fewer_iterations_than_n_eq_k_at_least"] is None
+    high = {p["n"]: p for p in points if p["target_share"] == 0.9}
+    assert high[8]["iterations_to_target"] is None and high[16]["fewer_iterations_than_n_eq_k"] is None
+    # the target 0.544: N = 2K reaches it at 7.2 iterations; N = K (0.480 and 0.496 at the end) on neither seed, counted as 8
+    assert high[16]["fewer_iterations_than_n_eq_k_at_least"] == pytest.approx(8.0 / 7.2, abs=1e-3)
+    assert "at least 1.11" in text
