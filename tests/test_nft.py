@@ -264,14 +264,18 @@ def test_policy_loss_is_scaled_by_adv_clip():
     assert five == pytest.approx(5 * one, rel=1e-6)
 
 
-def test_adaptive_kl_weight_doubles_above_the_target_and_halves_back_to_its_floor():
-    cfg = NFTConfig(kl_weight=1e-4, kl_target=0.02)
-    assert adapt_kl_weight(1e-4, 0.03, cfg) == 2e-4  # above the target
-    assert adapt_kl_weight(0.4, 0.015, cfg) == 0.4  # between half the target and the target: held
-    assert adapt_kl_weight(0.4, 0.005, cfg) == 0.2 and adapt_kl_weight(1.5e-4, 0.0, cfg) == 1e-4  # never below kl_weight
+def test_adaptive_kl_weight_moves_by_the_kl_over_its_target_bounded_per_step_and_overall():
+    cfg = NFTConfig(kl_weight=1e-4, kl_target=0.02, kl_weight_max=1.0)
+    assert adapt_kl_weight(0.1, 0.03, cfg) == pytest.approx(0.15)  # 1.5x the target: 1.5x the weight
+    assert adapt_kl_weight(0.1, 0.015, cfg) == pytest.approx(0.075)  # below it: proportionally less
+    assert adapt_kl_weight(0.1, 5.0, cfg) == 0.2 and adapt_kl_weight(0.1, 0.0, cfg) == 0.05  # at most 2x either way a step
+    assert adapt_kl_weight(0.8, 0.05, cfg) == 1.0  # never above kl_weight_max
+    assert adapt_kl_weight(1.5e-4, 0.0, cfg) == 1e-4  # never below kl_weight
     assert adapt_kl_weight(0.4, 1.0, NFTConfig()) == 1e-4  # no target: the fixed weight
-    with pytest.raises(ValueError, match=r"kl_target=0.02 adapts the KL weight by doubling it from train.nft.kl_weight=0"):
+    with pytest.raises(ValueError, match=r"kl_target=0.02 adapts the KL weight by multiplying train.nft.kl_weight=0"):
         NFTConfig(kl_weight=0.0, kl_target=0.02)
+    with pytest.raises(ValueError, match=r"train.nft.kl_weight_max=0.001 is below train.nft.kl_weight=0.01"):
+        NFTConfig(kl_weight=0.01, kl_target=0.02, kl_weight_max=1e-3)
 
 
 def test_a_trainer_adapts_its_kl_weight_to_the_measured_kl_and_checkpoints_it():
