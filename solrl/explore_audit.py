@@ -68,6 +68,9 @@ class ExploreAudit:
         n, seed = self.config.rollout.precision_control.audit, self.config.seed
         if not self.config.rollout.precision_control.audits(iteration):
             return {"precision": self.control.precision}
+        # in prompt order, as the distributed desk reports, so per-group figures list alike in both engines
+        order = sorted(range(len(candidates)), key=lambda i: candidates[i].group.prompt_id)
+        candidates, selections, bf16 = [candidates[i] for i in order], [selections[i] for i in order], [bf16[i] for i in order]
         drawn = [audit_seeds(c.group.seeds, n, (seed, iteration, c.group.prompt_id)) for c in candidates]
         known = [dict(zip(s.seeds, r, strict=True)) for s, r in zip(selections, bf16, strict=True)]
         missing = [Selection(c.group, tuple(x for x in d if x not in k), ()) for c, d, k in zip(candidates, drawn, known, strict=True)]

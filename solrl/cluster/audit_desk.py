@@ -136,7 +136,9 @@ class AuditDesk:
 
     def closing(self, iteration: int) -> IterationAudit:
         """The audit the row of `iteration` (all its groups selected by now) waits for."""
-        groups = [g for k, g in self.groups.items() if k[0] == iteration]  # still looked up by the results to come
+        # in prompt order, not the order explores finished, so per-group figures list as in the local run;
+        # still looked up by the results to come
+        groups = [g for k, g in sorted(self.groups.items()) if k[0] == iteration]
         return IterationAudit(self, iteration, groups, dict(self.explored.pop(iteration, {})))
 
     # -- the row's figures and the move ----------------------------------------------------------------
