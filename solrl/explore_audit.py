@@ -13,11 +13,14 @@ sampler's precision before the next iteration.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
+from solrl.audit_schedule import AuditSchedule
 from solrl.config import RunConfig
 from solrl.learner.weight_sync import WeightUpdate
 from solrl.precision_control import PrecisionController, audit_agreement, audit_seeds, probe_figures, rung_parts
+from solrl.stats import finite_mean, spearman
 from solrl.types import Candidates, PromptGroup, Selection, per_selection
 from solrl.workers.sampler import SamplerWorker, sampler_from_config
 
@@ -54,6 +57,7 @@ class ExploreAudit:
     def __init__(self, config: RunConfig, policy, log: Callable[[str], None]):
         self.config, self.log = config, log
         self.control = PrecisionController(config.rollout.precision_control, config.rollout.explore_precision)
+        self.schedule = AuditSchedule(config.rollout.precision_control)
         self.samplers = ExploreSamplers(config, policy)
 
     def explorer(self, precision: str, update: WeightUpdate | None) -> SamplerWorker:
@@ -66,11 +70,12 @@ class ExploreAudit:
         """The audit of one iteration: its figures for the metrics row, and the move (if any) applied
         to the controller. `bf16`: the selected seeds' rewards, per selection."""
         n, seed = self.config.rollout.precision_control.audit, self.config.seed
-        if not self.config.rollout.precision_control.audits(iteration):
-            return {"precision": self.control.precision}
         # in prompt order, as the distributed desk reports, so per-group figures list alike in both engines
         order = sorted(range(len(candidates)), key=lambda i: candidates[i].group.prompt_id)
         candidates, selections, bf16 = [candidates[i] for i in order], [selections[i] for i in order], [bf16[i] for i in order]
+        self.schedule.record(iteration, finite_mean([spearman(s.proxy_rewards, b) for s, b in zip(selections, bf16, strict=True)]))
+        if not self.schedule.audits(iteration, self.control.precision):
+            return {"precision": self.control.precision} | self.sentinel(iteration)
         drawn = [audit_seeds(c.group.seeds, n, (seed, iteration, c.group.prompt_id)) for c in candidates]
         known = [dict(zip(s.seeds, r, strict=True)) for s, r in zip(selections, bf16, strict=True)]
         missing = [Selection(c.group, tuple(x for x in d if x not in k), ()) for c, d, k in zip(candidates, drawn, known, strict=True)]
@@ -83,6 +88,7 @@ class ExploreAudit:
         previews = [[dict(zip(c.group.seeds, c.proxy_rewards, strict=True))[x] for x in d] for c, d in zip(candidates, drawn, strict=True)]
         control = self.control
         figures = {"precision": control.precision, "spearman": audit_agreement(previews, truth), "regenerated": sum(len(s.seeds) for _, s in extra)}
+        figures |= self.sentinel(iteration)
         probes = control.probes(control.precision)
         groups = [PromptGroup(c.group.prompt_id, c.group.prompt, d, iteration, c.group.version) for c, d in zip(candidates, drawn, strict=True)]
         probed = {rung: [c.proxy_rewards for c in self.explorer(rung, update).explore(groups)] for rung in probes}
@@ -94,3 +100,18 @@ class ExploreAudit:
             self.log(f"explore precision {move.source} -> {move.target} after iteration {iteration + 1}: {move.reason}")
             figures["switch"] = {"from": move.source, "to": move.target, "reason": move.reason}
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}
+
+    def sentinel(self, iteration: int) -> dict:
+        """The row's sentinel figure (rollout.precision_control.sentinel): what scheduled the audit or skipped it."""
+        if self.config.rollout.precision_control.sentinel is None:
+            return {}
+        level = self.schedule.running(iteration)
+        return {"sentinel": round(level, 4) if math.isfinite(level) else None}
+
+    def state(self, through: int) -> dict:
+        """The controller's state and the sentinel's figures, for a checkpoint after iteration `through`."""
+        return self.control.state() | {"sentinel": self.schedule.state(through)}
+
+    def load_state(self, state: dict) -> None:
+        self.control.load_state(state)
+        self.schedule.load_state(state.get("sentinel", {}))

@@ -147,7 +147,7 @@ class LocalRun:
 
     # -- checkpoints (written and resumed by solrl.run.Checkpoints) ---------------------------------
     def checkpoint_state(self, iteration: int) -> tuple[dict[str, torch.Tensor], dict]:
-        precision = {"precision": self.audit.control.state()} if self.audit else {}
+        precision = {"precision": self.audit.state(iteration)} if self.audit else {}
         return trainer_state(self.policy, self.trainer), {"step": self.version, "order": self.order.state()} | precision
 
     def restore(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
@@ -155,7 +155,7 @@ class LocalRun:
         self.start_iteration = state["iteration"]
         self.order.load_state(state["order"])
         if self.audit is not None and "precision" in state:
-            self.audit.control.load_state(state["precision"])
+            self.audit.load_state(state["precision"])
             self.explorer = self.audit.explorer(self.audit.control.precision, None)
         self._sync()
 

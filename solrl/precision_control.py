@@ -66,6 +66,16 @@ class PrecisionControl(BaseModel):
         "with recover): a running mean, so a sparse audit (`every` > 1) reacts to a sustained fall instead of waiting for "
         "several noisy audits in a row each to fall below floor. 1: each audit on its own.",
     )
+    sentinel: float | None = Field(
+        default=None,
+        ge=-1,
+        le=1,
+        description="Audit at the ladder's cheapest rung only while the selected seeds' preview Spearman (free: the run "
+        "regenerates them to train), averaged over the last sentinel_window iterations, is below this; above the cheapest "
+        "rung every scheduled iteration is audited. Selection inflates that figure, so it only schedules audits; moves are "
+        "decided on the audit (solrl/audit_schedule.py). null: audit every scheduled iteration.",
+    )
+    sentinel_window: int = Field(default=4, ge=1, description="Iterations whose selected-seed Spearman the sentinel averages.")
     gain: float | None = Field(
         default=0.0,
         ge=-2,

@@ -129,6 +129,9 @@ def fidelity_figure(rows: list[dict]) -> str:
     x = [r["iteration"] + 1 for r in rows]
     ax.plot(x, [r.get("spearman") for r in rows], ".-", label="Spearman")
     ax.plot(x, [r.get("kendall") for r in rows], ".-", label="Kendall")
+    sentinel = [r for r in rows if r.get("audit", {}).get("sentinel") is not None]  # precision_control.sentinel: what scheduled the audits
+    if sentinel:
+        ax.plot([r["iteration"] + 1 for r in sentinel], [r["audit"]["sentinel"] for r in sentinel], ":", label="Spearman, selected seeds, sentinel's mean")
     audited = [r for r in rows if "spearman" in r.get("audit", {})]  # rollout.precision_control: random seeds, not the selected ones
     if audited:
         ax.plot([r["iteration"] + 1 for r in audited], [r["audit"]["spearman"] for r in audited], "^-", label="Spearman, audited seeds")

@@ -325,3 +325,31 @@ def test_explore_precision_moves_with_the_audited_agreement_and_resumes_where_it
     LocalRun(config, tmp_path / "split", log=lambda _: None).run(resume=tmp_path / "split")
     again = rows_of(tmp_path / "split")
     assert [r["audit"] | {"seconds": 0} for r in again] == [r["audit"] | {"seconds": 0} for r in rows]
+
+
+def test_the_sentinel_skips_audits_while_the_selected_seeds_rank_well_and_resumes_with_its_window(tmp_path):
+    """rollout.precision_control.sentinel in the one-process run (floor -1: explore stays at NVFP4):
+    an iteration is audited only while the mean of the row's own `spearman` (the selected seeds',
+    free) over the last two iterations is below the sentinel; the threshold is the middle of what a
+    fully audited run logged, so both kinds occur. Training is that run's, and a run resumed
+    after iteration 2 decides as the uninterrupted one (the window is in the checkpoint)."""
+    prompts = tmp_path / "eval.txt"
+    prompts.write_text("a red circle\n")
+    sets = [*TINY_RUN, "rollout.candidates=8", "selection.k=4", f"eval.prompts={prompts}", "eval.grid_rows=0"]
+    control = "rollout.precision_control={floor: -1.0, recover: 1.0, audit: 4, sentinel_window: 2"
+    LocalRun(load_config(overrides=[*sets, control + "}", "train.iterations=6"]), tmp_path / "all", log=lambda _: None).run()
+    every = rows_of(tmp_path / "all")
+    free = [r["spearman"] for r in every]
+    level = [sum(free[max(0, i - 1) : i + 1]) / len(free[max(0, i - 1) : i + 1]) for i in range(len(free))]
+    threshold = sorted(level)[len(level) // 2]
+    sets.append(control + f", sentinel: {threshold}}}")
+    config = load_config(overrides=[*sets, "train.iterations=6"])
+    LocalRun(config, tmp_path / "whole", log=lambda _: None).run()
+    rows = rows_of(tmp_path / "whole")
+    audited = ["spearman" in r["audit"] for r in rows]
+    assert audited == [x < threshold for x in level] and any(audited) and not all(audited), (level, threshold)
+    assert [r["audit"]["sentinel"] for r in rows] == pytest.approx(level, abs=1e-3)
+    assert [r["loss"] for r in rows] == [r["loss"] for r in every]  # the audit never trains
+    LocalRun(load_config(overrides=[*sets, "train.iterations=3"]), tmp_path / "split", log=lambda _: None).run()
+    LocalRun(config, tmp_path / "split", log=lambda _: None).run(resume=tmp_path / "split")
+    assert [r["audit"] | {"seconds": 0} for r in rows_of(tmp_path / "split")] == [r["audit"] | {"seconds": 0} for r in rows]

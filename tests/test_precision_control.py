@@ -1,6 +1,7 @@
 """The online explore-precision controller (solrl.precision_control): its moves along the ladder
 with patience and hysteresis, the audit's seed draw, and the agreement figure."""
 
+import json
 import math
 
 import pytest
@@ -198,3 +199,29 @@ def test_the_distributed_audit_takes_results_that_come_after_its_row_was_closed(
     figures = audit.report()
     assert figures["precision"] == "nvfp4" and figures["groups"] == 1 and figures["regenerated"] == len(work.seeds)
     assert not desk.groups  # reported: forgotten
+
+
+def test_the_sentinel_audits_the_cheapest_rung_only_while_the_free_figure_is_low_and_always_above_it():
+    from solrl.audit_schedule import AuditSchedule
+
+    config = PrecisionControl(ladder=["nvfp4", "fp8_e4m3", "bf16"], sentinel=0.6, sentinel_window=2)
+    schedule = AuditSchedule(config)
+    schedule.record(0, 0.7)
+    assert not schedule.audits(0, "nvfp4") and schedule.audits(0, "fp8_e4m3") and schedule.audits(0, None)  # above the cheapest (or mixed): always
+    schedule.record(1, 0.45)
+    assert schedule.running(1) == pytest.approx(0.575) and schedule.audits(1, "nvfp4")  # the window's mean fell below 0.6
+    schedule.record(2, 0.8)
+    assert not schedule.audits(2, "nvfp4")  # 0.45 and 0.8: 0.625
+    schedule.record(3, math.nan)
+    assert schedule.running(3) == 0.8 and not schedule.audits(3, "nvfp4")  # an undefined figure counts neither way
+    schedule.record(4, math.nan)
+    schedule.record(5, math.nan)
+    assert math.isnan(schedule.running(5)) and schedule.audits(5, "nvfp4")  # nothing says the previews rank well: audit
+    resumed = AuditSchedule(config)
+    resumed.load_state(json.loads(json.dumps(schedule.state(2))))  # a checkpoint after iteration 2 holds its window
+    assert resumed.free == {1: 0.45, 2: 0.8} and resumed.running(2) == schedule.running(2)
+    plain = AuditSchedule(PrecisionControl(every=2))
+    assert [plain.audits(i, "nvfp4") for i in range(4)] == [True, False, True, False]  # no sentinel: the schedule alone
+    sparse = AuditSchedule(PrecisionControl(every=2, sentinel=0.6))
+    sparse.record(1, 0.1)
+    assert not sparse.audits(1, "nvfp4")  # the sentinel only ever drops scheduled audits

@@ -312,3 +312,28 @@ def test_an_audit_every_other_iteration_skips_the_others_and_prices_only_what_it
     assert [r["audit"].get("switch", {}).get("to") for r in rows] == ["fp8_e4m3", None, "bf16", None, None, None], [r["audit"] for r in rows]
     plain = [r["modeled_cost"]["regenerate"] for r in rows]
     assert plain[1] == plain[3] == plain[5] < min(plain[0], plain[2], plain[4])  # an unaudited iteration regenerates only what it trains
+
+
+def test_the_sentinel_audits_only_the_iterations_whose_selected_seeds_ranked_poorly(tmp_path):
+    """rollout.precision_control.sentinel at lag 1 (floor -1: nothing is poor, so explore stays at
+    NVFP4): the audit waits for the whole iteration's regenerations, then runs only where the
+    selected seeds' preview Spearman (the row's own `spearman`, free) is below the sentinel; the
+    others are explored unaudited and unpriced, and training is the same as with every iteration
+    audited. The threshold is the middle of the figures a fully audited run logged, so both kinds occur."""
+    control = "rollout.precision_control={ladder: [nvfp4, fp8_e4m3, bf16], floor: -1.0, recover: 1.0, audit: 16, sentinel_window: 1"
+    base = _config(tmp_path, "rollout.max_policy_lag=1", "train.iterations=6", control + "}")
+    Driver(base, tmp_path / "all", log=lambda _: None, runtime=VirtualRuntime()).run()
+    every = [json.loads(line) for line in (tmp_path / "all" / "metrics.jsonl").read_text().splitlines()]
+    free = [r["spearman"] for r in every]
+    threshold = sorted(free)[len(free) // 2]
+    config = _config(tmp_path, "rollout.max_policy_lag=1", "train.iterations=6", control + f", sentinel: {threshold}}}")
+    Driver(config, tmp_path / "run", log=lambda _: None, runtime=VirtualRuntime()).run()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    audited = ["spearman" in r["audit"] for r in rows]
+    assert audited == [f < threshold for f in free] and any(audited) and not all(audited), (free, threshold)
+    for r, f, a in zip(rows, free, audited, strict=True):
+        assert r["audit"]["sentinel"] == pytest.approx(f, abs=1e-3) and r["audit"]["precision"] == "nvfp4"
+        assert (r["audit"].get("regenerated", 0) > 0) == a
+    assert [r["spearman"] for r in rows] == free and [r["loss"] for r in rows] == [r["loss"] for r in every]  # the audit never trains
+    plain = [r["modeled_cost"]["regenerate"] for r, a in zip(rows, audited, strict=True) if not a]
+    assert max(plain) < min(r["modeled_cost"]["regenerate"] for r, a in zip(rows, audited, strict=True) if a)

@@ -3,6 +3,8 @@
 audit solrl.explore_audit's).
 
 When a group is selected, `audit` of its seeds are drawn at random, as the local run draws them.
+With rollout.precision_control.sentinel the audit's work waits until the whole iteration is
+regenerated: the selected seeds' Spearman (solrl.audit_schedule) then decides whether it runs.
 The drawn seeds the selector left are regenerated for the audit only (an `audit` task on the
 regeneration pool, never trained on); the selected ones' BF16 rewards come from their training
 regeneration. The drawn seeds are also previewed at the rungs the controller probes (a `preview`
@@ -29,10 +31,12 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from solrl.audit_schedule import AuditSchedule
 from solrl.cluster.dispatch import Dispatcher, Done
 from solrl.cluster.pools import WorkerPool
 from solrl.config import RunConfig
 from solrl.precision_control import PrecisionController, audit_agreement, audit_seeds, probe_figures
+from solrl.stats import finite_mean, spearman
 from solrl.types import Candidates, Preview, PromptGroup, Selection
 from solrl.workers.store import GroupKey, group_key
 
@@ -44,17 +48,19 @@ class GroupAudit:
     """One selected group's audit: its drawn seeds' previews, their BF16 rewards as they come in,
     and their previews at the other rungs the controller asked for."""
 
+    selection: Selection
     drawn: tuple[int, ...]
     previews: tuple[float, ...]
     precision: str | None  # the precision the group was explored at (None: its slices ran at two)
-    probes: tuple[str, ...]  # the rungs its seeds are also previewed at
+    probes: tuple[str, ...] = ()  # the rungs its seeds are also previewed at (set when its audit starts)
+    started: bool = False
     truth: dict[int, float] = field(default_factory=dict)
     probed: dict[str, tuple[float, ...]] = field(default_factory=dict)  # rung -> previews
     regenerated: int = 0  # seeds regenerated for the audit only
 
     @property
     def done(self) -> bool:
-        return len(self.truth) == len(self.drawn) and len(self.probed) == len(self.probes)
+        return self.started and len(self.truth) == len(self.drawn) and len(self.probed) == len(self.probes)
 
     def bf16(self) -> list[float]:
         return [self.truth[s] for s in self.drawn]
@@ -69,6 +75,7 @@ class IterationAudit:
     iteration: int
     groups: list[GroupAudit]
     explored: dict[str, int]  # precision -> images explored
+    sentinel: float | None  # rollout.precision_control.sentinel's figure when it decided (None: not set or undefined)
 
     @property
     def done(self) -> bool:
@@ -85,6 +92,9 @@ class AuditDesk:
         self.groups: dict[GroupKey, GroupAudit] = {}
         self.precisions: dict[GroupKey, set[str]] = {}  # the precisions a group's explore slices ran at
         self.explored: dict[int, Counter] = {}  # iteration -> images explored at each precision
+        self.schedule = AuditSchedule(config.rollout.precision_control)
+        self.free: dict[GroupKey, float] = {}  # each regenerated group's selected seeds' preview Spearman
+        self.decided: dict[int, tuple[bool, float | None]] = {}  # iteration -> audited?, the sentinel's figure
 
     def attach(self, dispatcher: Dispatcher, rollout: WorkerPool) -> None:
         self.dispatcher, self.rollout = dispatcher, rollout
@@ -97,7 +107,8 @@ class AuditDesk:
             self.explored.setdefault(c.group.iteration, Counter())[precision] += len(c.group.seeds)
 
     def selected(self, sel: Selection, candidates: Candidates) -> None:
-        """A group was selected: draw its audit seeds and queue what the audit needs."""
+        """A group was selected: draw its audit seeds, and queue what the audit needs unless the
+        sentinel is to decide first."""
         group, key = candidates.group, group_key(candidates)
         ran = self.precisions.pop(key, set())
         if not self.control.config.audits(group.iteration):
@@ -105,20 +116,46 @@ class AuditDesk:
         drawn = audit_seeds(group.seeds, self.control.config.audit, (self.config.seed, group.iteration, group.prompt_id))
         preview = dict(zip(group.seeds, candidates.proxy_rewards, strict=True))
         precision = next(iter(ran)) if len(ran) == 1 else None
-        probes = self.control.probes(precision) if precision is not None else ()
-        audit = self.groups[key] = GroupAudit(drawn, tuple(preview[s] for s in drawn), precision, probes)
-        extra = tuple(s for s in drawn if s not in sel.seeds)
+        self.groups[key] = GroupAudit(sel, drawn, tuple(preview[s] for s in drawn), precision)
+        if self.control.config.sentinel is None:
+            self._start(self.groups[key])
+
+    def _start(self, audit: GroupAudit) -> None:
+        sel, group = audit.selection, audit.selection.group
+        preview = dict(zip(audit.drawn, audit.previews, strict=True))
+        audit.probes = self.control.probes(audit.precision) if audit.precision is not None else ()
+        audit.started = True
+        extra = tuple(s for s in audit.drawn if s not in sel.seeds)
         if extra:
             audit.regenerated = len(extra)
             self.dispatcher.put("audit", (Selection(group, extra, tuple(preview[s] for s in extra)),))
-        for rung in probes:
-            self.dispatcher.put("preview", (Preview(PromptGroup(group.prompt_id, group.prompt, drawn, group.iteration, group.version), rung),))
+        for rung in audit.probes:
+            self.dispatcher.put("preview", (Preview(PromptGroup(group.prompt_id, group.prompt, audit.drawn, group.iteration, group.version), rung),))
 
     def regenerated(self, sel: Selection, rewards) -> None:
-        """A training regeneration's BF16 rewards: those of the group's audited seeds."""
-        audit = self.groups.get(group_key(sel))
+        """A training regeneration's BF16 rewards: those of the group's audited seeds, and the
+        sentinel's figure of the group."""
+        key = group_key(sel)
+        self.free[key] = spearman(sel.proxy_rewards, list(rewards))
+        audit = self.groups.get(key)
         if audit is not None:
             audit.truth.update((s, r) for s, r in zip(sel.seeds, rewards, strict=True) if s in audit.drawn)
+
+    def decide(self, iteration: int) -> None:
+        """Every group of `iteration` is regenerated (called in iteration order): the sentinel's
+        figure, and whether the iteration's audit runs."""
+        keys = sorted(k for k in self.free if k[0] == iteration)
+        self.schedule.record(iteration, finite_mean([self.free.pop(k) for k in keys]))
+        mine = [g for k, g in sorted(self.groups.items()) if k[0] == iteration]
+        ran = {g.precision for g in mine}
+        audited = self.schedule.audits(iteration, next(iter(ran)) if len(ran) == 1 else None)
+        level = self.schedule.running(iteration) if self.control.config.sentinel is not None else math.nan
+        self.decided[iteration] = (audited, round(level, 4) if math.isfinite(level) else None)
+        for key in [k for k in self.groups if k[0] == iteration]:
+            if not audited:
+                del self.groups[key]
+            elif not self.groups[key].started:
+                self._start(self.groups[key])
 
     def delivered(self, done: Done) -> None:
         """An audit regeneration's or a preview's rewards."""
@@ -139,17 +176,19 @@ class AuditDesk:
         # in prompt order, not the order explores finished, so per-group figures list as in the local run;
         # still looked up by the results to come
         groups = [g for k, g in sorted(self.groups.items()) if k[0] == iteration]
-        return IterationAudit(self, iteration, groups, dict(self.explored.pop(iteration, {})))
+        audited, level = self.decided.pop(iteration, (self.control.config.audits(iteration), None))
+        return IterationAudit(self, iteration, groups if audited else [], dict(self.explored.pop(iteration, {})), level)
 
     # -- the row's figures and the move ----------------------------------------------------------------
     def report(self, audit: IterationAudit) -> dict:
         for key in [k for k in self.groups if k[0] == audit.iteration]:  # every result of the iteration is in
             del self.groups[key]
         current = self.control.precision
-        if not self.control.config.audits(audit.iteration):
-            return {"precision": current, "explored": audit.explored}
+        sentinel = {"sentinel": audit.sentinel} if self.control.config.sentinel is not None else {}
+        if not audit.groups:
+            return {"precision": current, "explored": audit.explored} | sentinel
         mine = [g for g in audit.groups if g.precision == current]
-        figures = {
+        figures = sentinel | {
             "precision": current,
             "spearman": audit_agreement([g.previews for g in mine], [g.bf16() for g in mine]),
             "regenerated": sum(g.regenerated for g in audit.groups),
@@ -180,3 +219,11 @@ class AuditDesk:
         precision = self.rollout.explore_rung = self.control.precision
         for w in list(self.rollout.workers.values()):
             self.rollout.runtime.call(w.handle, "set_explore_precision", precision)
+
+    def state(self, through: int) -> dict:
+        """The controller's state and the sentinel's figures, for a checkpoint after iteration `through`."""
+        return self.control.state() | {"sentinel": self.schedule.state(through)}
+
+    def load_state(self, state: dict) -> None:
+        self.control.load_state(state)
+        self.schedule.load_state(state.get("sentinel", {}))

@@ -139,6 +139,10 @@ class Driver(EngineDuties):
             self.ledger.regenerated(Regenerated.of(done.work[0], done.outputs, rewards, origin))
             if audits is not None:
                 audits.regenerated(done.work[0], rewards)
+        if audits is not None:  # each iteration whose groups are all regenerated or dropped, in order: its audit is decided
+            while (state := self.ledger.iterations.get(self.audit_next)) is not None and state.complete:
+                audits.decide(self.audit_next)
+                self.audit_next += 1
 
     def _pump(self, until: Callable[[], bool]) -> None:
         """Hand out work and collect results until `until()` holds."""
@@ -212,6 +216,7 @@ class Driver(EngineDuties):
         total, lag, per_step = self.config.train.iterations, self.config.rollout.max_policy_lag, self.config.train.updates_per_iteration
         self.session.show(total, self.start_iteration)
         first, base = self.start_iteration, self.version
+        self.audit_next = first  # the next iteration whose explore audit is to be decided
         queued, it, inflight, halt = first, first, None, False
         while True:
             while queued < total and not halt and self.version + lag >= base + (queued - first) * per_step:

@@ -21,7 +21,7 @@ class EngineDuties:
         last = self.rows.last  # iteration it's: its state was kept if later steps could end before its row
         tensors = self.runtime.get(last.saved if last.saved is not None else self.learners.checkpoint_state(self.version))
         state = {"step": last.version, "order": self.order_states.get(it + 1, self.order.state()), "log_parts": last.log_parts}
-        return tensors, state | ({"precision": self.audits.control.state()} if self.audits is not None else {})
+        return tensors, state | ({"precision": self.audits.state(it)} if self.audits is not None else {})
 
     def restore(self, tensors: dict, state: dict) -> None:
         self.learners.restore(tensors, state["step"])
@@ -29,7 +29,7 @@ class EngineDuties:
         self.order.load_state(state["order"])
         self.store.truncate(state.get("log_parts", 0))
         if self.audits is not None and "precision" in state:  # explore resumes at the precision the run had reached
-            self.audits.control.load_state(state["precision"])
+            self.audits.load_state(state["precision"])
             self.audits.apply()
         self._publish(*self.learners.weight_update(), self.version)
 
