@@ -23,8 +23,11 @@ explore ran at since the previous row and the mean Spearman of the audited (unse
 after the curves a table gives, per run, the modeled GPU cost (solrl.cost, audit included) at which
 held-out accuracy first reaches a target change from the base (--target; default 80 % of the
 smallest peak among the runs, so that every run reaches it), the switches made, and the share of
-iterations whose audited agreement was at or above the controller's floor. To compare a run with
-the controller against one without, give both:
+iterations whose audited agreement was at or above the controller's floor. A run with the controller
+is also priced without its audit's own work (regenerations and previews made for the audit alone):
+up to its first move that is exactly the same run without the controller, since the audit never
+trains, so where the target comes before any move the controller's extra cost is read off one run.
+To compare a run with the controller against one without, give both:
 
     solrl train --local --out runs/strict-pc --set 'reward=[{name: shapes_strict, weight: 1}]' \
         --set train.iterations=160 --set eval.every=20 --set 'rollout.precision_control={}'
@@ -45,6 +48,7 @@ import yaml
 from common import append_results, table, with_json_lines
 
 from solrl.config import load_config
+from solrl.cost import CostMeter
 from solrl.stats import stratified_mean
 from solrl.toy.captions import parse_caption
 from solrl.toy_app.evaluate import accuracy_change
@@ -124,21 +128,47 @@ def curve(run: pathlib.Path) -> list[list[object]]:
     return out
 
 
-def cost_to_target(run: pathlib.Path, target: float) -> dict:
-    """The modeled cost at which held-out accuracy first reaches `target` change from the base
-    (linear between eval points; None if it never does), and what the explore controller did."""
-    rows, points = _rows(run), _points(run)
-    base, reached = points[0][2], None
-    changes = [(_cost(rows, it), accuracy_change(base, ev)[0]) for it, _, ev in points]
+def _unaudited_costs(run: pathlib.Path, rows: list[dict]) -> list[float]:
+    """The run's cumulative modeled training cost with the explore audit's own work (its
+    regenerations and previews at other rungs) left out, priced by solrl.cost from the rows. Up
+    to the controller's first move the run trains as one without the controller does (the audit
+    never trains), so up to there this is that run's cost, exactly."""
+    meter, total, out = CostMeter(load_config(run / "config.yaml")), 0.0, []
+    for r in rows:
+        a = r.get("audit", {})
+        spent = meter.iteration(r | {"audit": {k: a[k] for k in ("precision", "explored") if k in a}})
+        total += sum(spent[k] for k in ("explore", "regenerate", "train"))
+        out.append(total)
+    return out
+
+
+def _reached(changes: list[tuple[float, float]], target: float) -> float | None:
+    """The cost at which (cost, accuracy change) points first reach `target`, linear between them."""
     for (c0, y0), (c1, y1) in zip([(0.0, -math.inf), *changes], changes, strict=False):
         if y1 >= target:
-            reached = c0 + (target - y0) * (c1 - c0) / (y1 - y0) if math.isfinite(y0) else c1
-            break
+            return c0 + (target - y0) * (c1 - c0) / (y1 - y0) if math.isfinite(y0) else c1
+    return None
+
+
+def cost_to_target(run: pathlib.Path, target: float) -> dict:
+    """The modeled cost at which held-out accuracy first reaches `target` change from the base
+    (linear between eval points; None if it never does), and what the explore controller did;
+    for a run with the controller, also that cost with the audit's own work left out, where the
+    target came before its first move (None otherwise): what the same run without the controller costs."""
+    rows, points = _rows(run), _points(run)
+    base = points[0][2]
+    changes = [(_cost(rows, it), accuracy_change(base, ev)[0]) for it, _, ev in points]
+    reached = _reached(changes, target)
+    plain, without = _unaudited_costs(run, rows), None
+    if any("audit" in r for r in rows):
+        first_move = next((r["iteration"] + 1 for r in rows if "switch" in r.get("audit", {})), len(rows))
+        before = [(plain[it - 1] if it else 0.0, change) for (it, _, _), (_, change) in zip(points, changes, strict=True) if it <= first_move]
+        without = _reached(before, target)
     audits = [r["audit"] for r in rows if "audit" in r]
     floor = (yaml.safe_load((run / "config.yaml").read_text())["rollout"].get("precision_control") or {}).get("floor")
     above = [a["spearman"] >= floor for a in audits if floor is not None and a.get("spearman") == a.get("spearman") and a.get("spearman") is not None]
     return {
-        "run": run.name, "target_change": target, "cost_to_target": reached, "total_cost": _cost(rows, len(rows)),
+        "run": run.name, "target_change": target, "cost_to_target": reached, "cost_to_target_without_audit": without, "total_cost": _cost(rows, len(rows)),
         "switches": [f"{a['switch']['from']} -> {a['switch']['to']} at {r['iteration'] + 1}" for r in rows if "switch" in (a := r.get("audit", {}))],
         "share_at_or_above_floor": sum(above) / len(above) if above else None, "floor": floor,
     }  # fmt: skip
@@ -205,9 +235,12 @@ def report(runs: list[pathlib.Path], target: float | None = None) -> str:
     body.append("Drift: the last policy against the curve's peak\n\n" + with_json_lines(drift_headers, drift_rows, drifts))
     target = target if target is not None else 0.8 * min(peak_change(run) for run in runs)
     costs = [cost_to_target(run, target) for run in runs]
-    cost_rows = [[c["run"], f"{c['cost_to_target']:.0f}" if c["cost_to_target"] is not None else "not reached", f"{c['total_cost']:.0f}", "; ".join(c["switches"]) or "-",
+    cost_rows = [[c["run"], f"{c['cost_to_target']:.0f}" if c["cost_to_target"] is not None else "not reached",
+                  f"{c['cost_to_target_without_audit']:.0f} ({c['cost_to_target'] / c['cost_to_target_without_audit'] - 1:+.1%})" if c["cost_to_target_without_audit"] else "-",
+                  f"{c['total_cost']:.0f}", "; ".join(c["switches"]) or "-",
                   f"{c['share_at_or_above_floor']:.2f} (floor {c['floor']})" if c["share_at_or_above_floor"] is not None else "-"] for c in costs]  # fmt: skip
-    cost_headers = ["run", f"modeled cost to {target:+.3f} accuracy", "modeled cost of the run", "explore precision switches", "audited Spearman at or above the floor"]
+    cost_headers = ["run", f"modeled cost to {target:+.3f} accuracy", "the same without the controller (its audit's work left out; the controller's extra)",
+                    "modeled cost of the run", "explore precision switches", "audited Spearman at or above the floor"]  # fmt: skip
     body.append("Modeled cost to a held-out target, and the explore controller\n\n" + with_json_lines(cost_headers, cost_rows, costs))
     return "\n\n".join(body)
 

@@ -72,3 +72,25 @@ def test_the_second_halfs_trend_reads_each_captions_slope_and_ignores_the_first_
     mixed = [(it, 0.0, ev({c: (0.5 + 0.1 * it / 160) if c != "a blue square" else float(i % 2) for c in captions})) for i, it in enumerate(iterations)]
     slope, se, n = late_trend(mixed)
     assert n == 3 and se > 0 and slope == pytest.approx(np.mean([0.0625, 0.0625, 0.0625, 0.0]), abs=0.02)
+
+
+def test_the_cost_without_the_controller_leaves_out_only_the_audits_own_work(tmp_path):
+    """benchmarks/learning_curve.py prices a controlled run's rows again without the audit's
+    regenerations and previews (what the same run without the controller costs up to its first
+    move): an unaudited row costs the same either way, an audited one less; the target's cost is
+    read linearly between eval points."""
+    from learning_curve import _reached, _unaudited_costs
+
+    from solrl.config import dump_config, load_config
+    from solrl.cost import CostMeter
+
+    config = load_config(overrides=["rollout.precision_control={}"])
+    (tmp_path / "config.yaml").write_text(dump_config(config))
+    plain = {"regenerated": 64, "candidates": 256, "audit": {"precision": "nvfp4"}}
+    audited = plain | {"audit": {"precision": "nvfp4", "spearman": 0.7, "regenerated": 21, "previewed_at": {"fp8_e4m3@10": 32}}}
+    costs = _unaudited_costs(tmp_path, [plain, audited])
+    meter = CostMeter(config)
+    one = sum(v for k, v in meter.iteration({"regenerated": 64, "candidates": 256}).items() if k != "eval")
+    assert costs == pytest.approx([one, 2 * one])
+    assert sum(v for k, v in meter.iteration(audited).items() if k != "eval") > one
+    assert _reached([(0.0, 0.0), (10.0, 0.05), (20.0, 0.15)], 0.1) == pytest.approx(15.0) and _reached([(0.0, 0.0), (10.0, 0.05)], 0.1) is None
