@@ -162,7 +162,10 @@ def _submit_scale_stop(head, tmp_path, metrics_port: int, token: str) -> pathlib
     scaled(3)
     run = _wait_for(lambda: running_at(1), 300, "the run's first iteration")
     assert {p["name"]: p["size"] for p in run["pools"]} == {"rollout": 3, "regen": 1}
-    assert run["out"] == str(out) and run["last_checkpoint"] and not run.get("pending")
+    assert run["out"] == str(out) and not run.get("pending")
+    # checkpoints are written on a thread after their row: status names one once it is whole on disk
+    checkpointed = _wait_for(lambda: (r := run_status())["last_checkpoint"] and r, 300, "status naming the first checkpoint")
+    assert pathlib.Path(checkpointed["last_checkpoint"]).parent == out / "checkpoints", checkpointed["last_checkpoint"]
 
     # 5 rollout workers do not fit the head's 2 CPUs: two wait for room while the run goes on
     for size in (5, 1):
