@@ -1,13 +1,13 @@
 """The hour-long compositional runs of issue 29 (items 3 and 4): the strict GenEval-style check as
 the only reward, 160 iterations, a held-out eval every 20, on several seeds, with and without the
 online explore-precision controller (rollout.precision_control on the ladder nvfp4, fp8_e4m3, bf16), and with a KL
-weight that binds (arm kl1: the drift's candidate fix; klp: an adaptive one; kl1_on: kl1 with the
+weight that binds (arm kl1: the drift's candidate fix; kls: an adaptive one; kl1_on: kl1 with the
 controller; on_steps: with a ladder of more explore steps); then one
 RESULTS.md entry from benchmarks/learning_curve.py: every run's curve, the drift of each (its last
 policy against its peak, paired), and the modeled cost to a held-out target with the controller's
 switches and the share of iterations its audited agreement held the floor.
 
-    python benchmarks/strict_runs.py [--seeds 0 1 2] [--arms off on kl1 klp kl1_on on_steps on_steps_e4 on_steps_e4p1 on_steps_e4w3 on_sentinel] [--jobs 2] [--out runs/strict]
+    python benchmarks/strict_runs.py [--seeds 0 1 2] [--arms off on kl1 kls kl1_on on_steps on_steps_e4 on_steps_e4p1 on_steps_e4w3 on_sentinel] [--jobs 2] [--out runs/strict]
 
 Each run is `solrl train --local --out OUT/ARM-seed-S ...` in its own process (one torch thread
 each when --jobs > 1); finished runs (an eval.json) are read, not rerun, and an interrupted run resumes from its
@@ -29,10 +29,12 @@ from learning_curve import NOTES, report
 
 STRICT = ["reward=[{name: shapes_strict, weight: 1}]"]
 # off / on: without and with the explore controller; kl1: without it, a KL weight that binds (the
-# drift's candidate fix: one exploratory run held the KL 16x lower, docs/method.md); klp: an adaptive
-# KL weight (proportional, at most 2x a step, at most kl_weight_max = 1) whose target (0.02) the
-# 16-iteration main job stays under (its KL ends near 0.006), so one config could serve both (the arm
-# klt of RESULTS.md 2026-12-05 00:20 ran the earlier doubling rule, commit 66ce389, and overshot); kl1_on: kl1 with the controller; on_steps: the controller with a
+# drift's candidate fix: one exploratory run held the KL 16x lower, docs/method.md); kls: an adaptive
+# KL weight (halfway a step to a level proportional to the KL's excess over the target, 0.02, capped at
+# kl_weight_max = 1) whose target the 16-iteration main job stays under (its KL reaches 0.006-0.010 on
+# seeds 0-4), so one config could serve both. Earlier rules under other names: klt (RESULTS.md
+# 2026-12-05 00:20, PPO's doubling, commit 66ce389) overshot; klp (09:24, the weight multiplied by
+# KL / target bounded to [1/2, 2], commit 179bca4) swung between floor and cap; kl1_on: kl1 with the controller; on_steps: the controller with a
 # ladder whose safer rungs preview at the regeneration's 10 steps (on the drifted policy only
 # those ranked seeds better: fidelity.py --run, RESULTS.md 2026-12-05 01:06); on_steps_e4: on_steps
 # auditing every 4th iteration (a quarter of the audit's regenerations); on_steps_e4p1: that with
@@ -45,7 +47,7 @@ ARMS = {
     "off": [],
     "on": ["rollout.precision_control={ladder: [nvfp4, fp8_e4m3, bf16]}"],  # the ladder that was the default when it ran
     "kl1": ["train.nft.kl_weight=1.0"],
-    "klp": ["train.nft.kl_target=0.02"],
+    "kls": ["train.nft.kl_target=0.02"],
     "kl1_on": ["train.nft.kl_weight=1.0", "rollout.precision_control={}"],
     "on_steps": ["rollout.precision_control={ladder: [nvfp4, fp8_e4m3@10, bf16@10]}"],
     "on_steps_e4": ["rollout.precision_control={ladder: [nvfp4, fp8_e4m3@10, bf16@10], every: 4}"],
@@ -75,7 +77,7 @@ def train(out: pathlib.Path, arm: str, seed: int, iterations: int, every: int, t
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), help="off: explore in NVFP4 throughout; on: the controller chooses on the ladder nvfp4, fp8_e4m3, bf16 (6 steps); kl1: off with train.nft.kl_weight=1.0; klp: off with train.nft.kl_target=0.02 (bounded proportional weight); kl1_on: kl1 with the controller; on_steps: on with the ladder nvfp4, fp8_e4m3@10, bf16@10; on_steps_e4: on_steps auditing every 4th iteration; on_steps_e4p1: on_steps_e4 with patience 1; on_steps_e4w3: on_steps_e4 judged on the running mean of 3 audits, patience 2; on_sentinel: on_steps audited only while the selected seeds' Spearman (4-iteration mean) is below 0.55")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), help="off: explore in NVFP4 throughout; on: the controller chooses on the ladder nvfp4, fp8_e4m3, bf16 (6 steps); kl1: off with train.nft.kl_weight=1.0; kls: off with train.nft.kl_target=0.02 (the adaptive weight); kl1_on: kl1 with the controller; on_steps: on with the ladder nvfp4, fp8_e4m3@10, bf16@10; on_steps_e4: on_steps auditing every 4th iteration; on_steps_e4p1: on_steps_e4 with patience 1; on_steps_e4w3: on_steps_e4 judged on the running mean of 3 audits, patience 2; on_sentinel: on_steps audited only while the selected seeds' Spearman (4-iteration mean) is below 0.55")
     parser.add_argument("--iterations", type=int, default=160)
     parser.add_argument("--eval-every", type=int, default=20)
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, one torch thread each when more than 1")

@@ -264,16 +264,23 @@ def test_policy_loss_is_scaled_by_adv_clip():
     assert five == pytest.approx(5 * one, rel=1e-6)
 
 
-def test_adaptive_kl_weight_moves_by_the_kl_over_its_target_bounded_per_step_and_overall():
+def test_adaptive_kl_weight_moves_halfway_to_a_level_proportional_to_the_kl_over_its_target():
     cfg = NFTConfig(kl_weight=1e-4, kl_target=0.02, kl_weight_max=1.0)
-    assert adapt_kl_weight(0.1, 0.03, cfg) == pytest.approx(0.15)  # 1.5x the target: 1.5x the weight
-    assert adapt_kl_weight(0.1, 0.015, cfg) == pytest.approx(0.075)  # below it: proportionally less
-    assert adapt_kl_weight(0.1, 5.0, cfg) == 0.2 and adapt_kl_weight(0.1, 0.0, cfg) == 0.05  # at most 2x either way a step
-    assert adapt_kl_weight(0.8, 0.05, cfg) == 1.0  # never above kl_weight_max
-    assert adapt_kl_weight(1.5e-4, 0.0, cfg) == 1e-4  # never below kl_weight
+    level = lambda excess: 1e-4 + (1.0 - 1e-4) * excess  # kl_weight at the target, kl_weight_max at twice it
+    assert adapt_kl_weight(0.1, 0.03, cfg) == pytest.approx(0.5 * 0.1 + 0.5 * level(0.5))  # 1.5x the target: halfway to the middle
+    assert adapt_kl_weight(0.1, 5.0, cfg) == pytest.approx(0.55)  # far above: halfway to the cap, however far
+    assert adapt_kl_weight(0.4, 0.01, cfg) == pytest.approx(0.5 * 0.4 + 0.5 * 1e-4)  # under it: halfway back to the floor
+    assert adapt_kl_weight(1.0, 0.05, cfg) == 1.0  # held at the cap
+    weight = 1e-4  # a run whose KL stays under the target keeps kl_weight exactly, step after step
+    for kl in (0.0, 0.019, 0.02, 0.005) * 25:
+        weight = adapt_kl_weight(weight, kl, cfg)
+    assert weight == 1e-4
+    for _ in range(60):  # and from anywhere, it returns to the floor and the cap without passing them
+        weight = adapt_kl_weight(weight, 0.1, cfg)
+        assert weight <= 1.0
+    assert weight == pytest.approx(1.0)
+    assert adapt_kl_weight(0.0, 0.03, NFTConfig(kl_weight=0.0, kl_target=0.02)) == pytest.approx(0.25)  # a floor of 0 works
     assert adapt_kl_weight(0.4, 1.0, NFTConfig()) == 1e-4  # no target: the fixed weight
-    with pytest.raises(ValueError, match=r"kl_target=0.02 adapts the KL weight by multiplying train.nft.kl_weight=0"):
-        NFTConfig(kl_weight=0.0, kl_target=0.02)
     with pytest.raises(ValueError, match=r"train.nft.kl_weight_max=0.001 is below train.nft.kl_weight=0.01"):
         NFTConfig(kl_weight=0.01, kl_target=0.02, kl_weight_max=1e-3)
 
@@ -288,13 +295,14 @@ def test_a_trainer_adapts_its_kl_weight_to_the_measured_kl_and_checkpoints_it():
     model = TinyPolicyModel(size=8, width=32, layers=1)
     trainer = NFTTrainer(model, cfg, OptimConfig(lr=1e-2), seed=0)
     used = [trainer.step(_contrast_batch(model, n=8))["kl_weight"] for _ in range(3)]
-    assert used == [1e-4, 1e-4, 2e-4] and trainer.kl_weight == 4e-4  # step 0 starts at the base (LoRA B = 0): KL 0, held
+    # step 0 starts at the base (LoRA B = 0): KL 0, held; then halfway to the cap (1) a step
+    assert used[:2] == [1e-4, 1e-4] and used[2] == pytest.approx(0.50005) and trainer.kl_weight == pytest.approx(0.750025)
     state = trainer_state(model, trainer)
     twin = TinyPolicyModel(size=8, width=32, layers=1)
     resumed = NFTTrainer(twin, cfg, OptimConfig(lr=1e-2), seed=0)
     load_trainer_state(twin, resumed, state, trainer.step_count)
-    assert resumed.kl_weight == 4e-4
+    assert resumed.kl_weight == trainer.kl_weight
     a, b = trainer.step(_contrast_batch(model, n=8)), resumed.step(_contrast_batch(twin, n=8))
-    assert a["kl_weight"] == b["kl_weight"] == 4e-4 and a["loss"] == b["loss"]
+    assert a["kl_weight"] == b["kl_weight"] == pytest.approx(0.750025) and a["loss"] == b["loss"]
     fixed = NFTTrainer(TinyPolicyModel(size=8, width=32, layers=1), NFTConfig(), OptimConfig(lr=1e-2), seed=0)
     assert [fixed.step(_contrast_batch(fixed.model, n=8))["kl_weight"] for _ in range(2)] == [1e-4, 1e-4]

@@ -125,14 +125,18 @@ class NFTTrainer:
         # Every rank runs the same number of forward/backward passes (FSDP's collectives pair up).
         chunks = 1 if self.micro_batch is None else min(math.ceil(max(counts) / self.micro_batch), min(counts))
         params = self.model.trainable_parameters()
-        totals: dict[str, float] = {}
+        per_rank: list[dict[str, float]] = []
         summed: list[torch.Tensor | None] = [None] * len(params)
         for rank, shard in shards.items():
             keep = finite[rank_rows(len(labels), rank, world)].nonzero().flatten()
             shard, r = shard.select(keep), r_all[rank_rows(len(labels), rank, world)][keep].to(self.model.device)
             self.optimizer.zero_grad(set_to_none=True)
-            self._accumulate(shard, r, self._times(shard), torch.tensor_split(torch.arange(len(shard)), chunks), totals, n)
+            per_rank.append({})
+            self._accumulate(shard, r, self._times(shard), torch.tensor_split(torch.arange(len(shard)), chunks), per_rank[-1], n)
             summed = [g if s is None else (s if g is None else s + g) for s, g in zip(summed, (p.grad for p in params))]
+        # each rank's statistics summed apart, then across ranks, as the group's all-reduce sums them:
+        # the adaptive KL weight follows the KL, so the two must agree to the bit
+        totals = {k: sum(part[k] for part in per_rank) for k in per_rank[0]}
         if self.reduce_gradients is not None:
             summed = [torch.zeros_like(p) if g is None else g for p, g in zip(params, summed)]  # every rank sends every one
             self.reduce_gradients(summed)
