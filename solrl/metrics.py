@@ -60,6 +60,12 @@ class RunMetrics:
         self.audit_spearman = Gauge(
             "solrl_explore_audit_spearman", "Audited Spearman of explore previews against BF16 on random seeds, last iteration", ["rung"], registry=r
         )
+        self.audit_sentinel = Gauge(
+            "solrl_explore_audit_sentinel",
+            "The selected seeds' preview Spearman averaged over precision_control.sentinel_window iterations: audits run while it is below the sentinel",
+            registry=r,
+        )
+        self.audited = Counter("solrl_explore_audited_iterations", "Iterations the explore audit checked (each costs its regenerations and previews)", registry=r)
         self.explore_precision = Gauge("solrl_explore_precision", "1 for the precision explore runs at (rollout.precision_control)", ["precision"], registry=r)
         self.precision_switches = Counter("solrl_explore_precision_switches", "Moves of the explore precision along its ladder", ["source", "target"], registry=r)
 
@@ -137,6 +143,10 @@ class RunMetrics:
         for rung, key in (("explore", "spearman"), ("cheaper", "cheaper_spearman"), ("safer", "safer_spearman")):
             if key in audit:
                 self.audit_spearman.labels(rung).set(audit[key])
+        if audit.get("sentinel") is not None:
+            self.audit_sentinel.set(audit["sentinel"])
+        if "spearman" in audit:
+            self.audited.inc()
         switch = audit.get("switch")
         if switch is not None:
             self.precision_switches.labels(switch["from"], switch["to"]).inc()

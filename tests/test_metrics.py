@@ -52,6 +52,22 @@ def test_row_maps_onto_metrics():
     assert _value(text, 'solrl_worker_restarts_total{pool="rollout"}') == 2
 
 
+def test_explore_audit_rows_map_onto_its_metrics():
+    m = RunMetrics()
+    m.prime({"rollout": 2}, max_policy_lag=1, ladder=["nvfp4", "fp8_e4m3", "bf16"], start="nvfp4")
+    m.observe_iteration({**ROW, "audit": {"precision": "nvfp4", "sentinel": 0.71}})  # skipped: the sentinel was high
+    m.observe_iteration({**ROW, "iteration": 3, "audit": {"precision": "nvfp4", "sentinel": 0.42, "spearman": 0.31, "safer_spearman": 0.8}})
+    switch = {"from": "nvfp4", "to": "fp8_e4m3", "reason": "poor"}
+    m.observe_iteration({**ROW, "iteration": 4, "audit": {"precision": "nvfp4", "sentinel": None, "spearman": 0.2, "switch": switch}})
+    text = m.render().decode()
+    assert _value(text, "solrl_explore_audit_sentinel ") == 0.42  # an undefined figure leaves the last one
+    assert _value(text, "solrl_explore_audited_iterations_total") == 2
+    assert _value(text, 'solrl_explore_audit_spearman{rung="explore"}') == 0.2
+    assert _value(text, 'solrl_explore_audit_spearman{rung="safer"}') == 0.8
+    assert _value(text, 'solrl_explore_precision_switches_total{source="nvfp4",target="fp8_e4m3"}') == 1
+    assert _value(text, 'solrl_explore_precision{precision="fp8_e4m3"}') == 1 and _value(text, 'solrl_explore_precision{precision="nvfp4"}') == 0
+
+
 def test_primed_label_sets_read_zero_before_any_event():
     m = RunMetrics()
     m.prime({"rollout": 2, "regen": 1, "learner": 2}, max_policy_lag=1)

@@ -159,17 +159,19 @@ ROWS: dict[str, list[PanelSpec]] = {
         PanelSpec(
             "Explore audit (rollout.precision_control)",
             "Spearman of explore previews against BF16 on seeds drawn at random, at explore's precision and at the rung below; "
-            "explore's precision moves when it stays below the floor, back when the rung below recovers",
+            "explore's precision moves when it stays below the floor, back when the rung below recovers. With a sentinel, the "
+            "selected seeds' running Spearman, below which the cheapest rung is audited",
             "none",
-            (q(f"solrl_explore_audit_spearman{RUN}", "{{rung}}"),),
+            (q(f"solrl_explore_audit_spearman{RUN}", "{{rung}}"), q(f"solrl_explore_audit_sentinel{RUN}", "sentinel (selected seeds)")),
         ),
         PanelSpec(
             "Explore precision",
-            "The precision explore runs at (1), and its moves along the ladder so far",
+            "The precision explore runs at (1), its moves along the ladder so far, and the iterations audited",
             "short",
             (
                 q(f"solrl_explore_precision{RUN} == 1", "{{precision}}"),
                 q(f"sum by (source, target) (solrl_explore_precision_switches_total{RUN})", "{{source}} -> {{target}}"),
+                q(f"solrl_explore_audited_iterations_total{RUN}", "audited iterations"),
             ),
         ),
         PanelSpec(
