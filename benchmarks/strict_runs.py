@@ -66,7 +66,9 @@ def train(out: pathlib.Path, arm: str, seed: int, iterations: int, every: int, t
     resume = any((run / "checkpoints").glob("*")) if (run / "checkpoints").is_dir() else False
     if not resume:
         shutil.rmtree(run, ignore_errors=True)  # train refuses a non-empty --out
-    sets = [*STRICT, *ARMS[arm], f"seed={seed}", f"train.iterations={iterations}", f"eval.every={every}"]
+    # every arm but kls ran with the paper's fixed KL weight, before shapes.yaml set a target
+    fixed = [] if any(o.startswith("train.nft.kl_target") for o in ARMS[arm]) else ["train.nft.kl_target=null"]
+    sets = [*STRICT, *fixed, *ARMS[arm], f"seed={seed}", f"train.iterations={iterations}", f"eval.every={every}"]
     env = os.environ | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
     with open(out / f"{arm}-seed-{seed}.log", "a" if resume else "w") as log:
         where = ["--resume", str(run)] if resume else ["--out", str(run), *[a for s in sets for a in ("--set", s)]]
