@@ -113,7 +113,7 @@ def _precisions(window: list[dict]) -> str:
 def curve(run: pathlib.Path) -> list[list[object]]:
     """One row per eval point: iteration, seconds, modeled cost so far, held-out accuracy ± s.e., its paired
     change from the base, score, per task, then over the iterations since the previous point: means of the
-    proxy reward, the learner's KL to the base model, its weight (train.nft.kl_target adapts it) and gradient norm (before clipping), the preview's
+    proxy reward, the learner's KL to the base model, its weight (train.nft.kl_target adapts it), the learning rate and gradient norm (before clipping), the preview's
     Spearman against BF16 on the selected seeds and on the audited ones, and the explore precisions."""
     rows = _rows(run)
     out, start, base = [], 0, _points(run)[0][2]
@@ -123,7 +123,7 @@ def curve(run: pathlib.Path) -> list[list[object]]:
         change, se = accuracy_change(base, ev)
         audited = _mean([r["audit"] for r in window if "audit" in r], "spearman")
         out.append([iteration, f"{seconds:.0f}", f"{_cost(rows, iteration):.0f}", f"{ev['accuracy']:.3f} ± {ev['accuracy_se']:.3f}", f"{change:+.3f} ± {se:.3f}",
-                    f"{ev['score']:.3f}", tasks, *[_mean(window, key) for key in ("proxy_reward_mean", "kl", "kl_weight", "grad_norm", "spearman")], audited, _precisions(window)])  # fmt: skip
+                    f"{ev['score']:.3f}", tasks, *[_mean(window, key) for key in ("proxy_reward_mean", "kl", "kl_weight", "lr", "grad_norm", "spearman")], audited, _precisions(window)])  # fmt: skip
         start = iteration
     return out
 
@@ -212,9 +212,10 @@ def drift(run: pathlib.Path) -> dict:
 NOTES = (
     "held-out = 63 eval captions x 8, fp32 10 Euler steps, seed 1234, on the evaluation EMA (± the eval's standard error over "
     "its seeds; the change pairs the same captions and seeds with the base eval); the last row is the "
-    "run's final eval (of the last adapters); modeled cost is solrl.cost's BF16 calls of training so far (evals left out); the last six columns are over the "
+    "run's final eval (of the last adapters); modeled cost is solrl.cost's BF16 calls of training so far (evals left out); the columns from proxy mean on are over the "
     "iterations since the previous row: means of proxy = the explore preview's reward of every explored candidate (train "
-    "prompts, current policy), the learner's KL term mean((v_theta - v_ref)^2), its gradient norm before clipping, the "
+    "prompts, current policy), the learner's KL term mean((v_theta - v_ref)^2), its weight, the learning rate "
+    "(train.optim.schedule; '-': a run from before rows carried it), its gradient norm before clipping, the "
     "preview's Spearman against the BF16 reward on the selected seeds and on the audited ones (rollout.precision_control), "
     "and the precisions explore ran at; run s is wall time inside the run, so it depends on what else shared the machine"
 )
@@ -223,7 +224,7 @@ NOTES = (
 def report(runs: list[pathlib.Path], target: float | None = None) -> str:
     """The RESULTS.md entry's body: each run's curve, the drift table, the cost-to-target table."""
     headers = ["iterations", "run s", "modeled cost", "held-out accuracy (EMA)", "change from base (paired s.e.)", "score", "per task", "proxy mean", "KL to base", "KL weight",
-               "grad norm", "preview Spearman", "audited Spearman", "explore precision"]  # fmt: skip
+               "learning rate", "grad norm", "preview Spearman", "audited Spearman", "explore precision"]  # fmt: skip
     body, drifts = [], [drift(run) for run in runs]
     for run in runs:
         body.append(f"{run.name}: {label(run)}\n\n" + table(headers, curve(run)))

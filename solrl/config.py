@@ -98,6 +98,21 @@ class OptimConfig(_Strict):
     betas: tuple[float, float] = _describe("Adam betas.", default=(0.9, 0.999))
     weight_decay: float = _describe("Decoupled weight decay.", default=1e-4, ge=0)
     grad_clip: float = _describe("Gradient-norm clip.", default=1.0, gt=0)
+    schedule: Literal["constant", "cosine"] = _describe(
+        "Learning rate over the run's steps: 'constant' (the method's), or 'cosine': lr until decay_from of train.iterations, "
+        "then down a half cosine to min_lr_ratio x lr at the last step (long runs end on a settled policy: docs/method.md).",
+        default="constant",
+    )
+    decay_from: float = _describe("cosine: the share of the run's steps taken at the full rate before the decay (0: decay from the first).", default=0.0, ge=0, lt=1)
+    min_lr_ratio: float = _describe("cosine: the rate the decay ends at, as a share of lr.", default=0.0, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _decay_needs_cosine(self) -> OptimConfig:
+        if self.schedule == "constant":
+            for name, value in (("decay_from", self.decay_from), ("min_lr_ratio", self.min_lr_ratio)):
+                if value != 0:
+                    raise ValueError(f"train.optim.{name}={value} has no effect with train.optim.schedule='constant'; set schedule: cosine")
+        return self
 
 
 class TrainConfig(_Strict):

@@ -11,7 +11,6 @@ import pathlib
 import time
 from collections.abc import Callable, Iterator
 
-import numpy as np
 import torch
 
 from solrl.builders import build_policy
@@ -19,7 +18,7 @@ from solrl.config import RunConfig
 from solrl.determinism import single_threaded
 from solrl.evaluation import eval_copy, evaluate_run, load_run_prompts, prompt_order, run_grid
 from solrl.explore_audit import ExploreAudit
-from solrl.learner.nft_trainer import NFTTrainer
+from solrl.learner.nft_trainer import NFTTrainer, iteration_stats
 from solrl.learner.trainer_state import load_trainer_state, trainer_state
 from solrl.learner.weight_sync import WeightUpdate, check_served
 from solrl.models.base import OLD, POLICY
@@ -116,8 +115,7 @@ class LocalRun:
         world = self.config.cluster.learner_ranks if self.config.deterministic else 1
         with single_threaded(self.config.deterministic):
             updates = [self.trainer.step(part, world=world) for part in batch.split_by_group(self.config.train.updates_per_iteration)]
-        stats = {k: float(np.mean([u[k] for u in updates])) for k in updates[0]}
-        stats.update(old_decay=updates[-1]["old_decay"], kl_weight=updates[-1]["kl_weight"])
+        stats = iteration_stats(updates)
         times["learn"] = time.perf_counter() - start
         start = time.perf_counter()
         self._sync()

@@ -46,6 +46,12 @@ class RunMetrics:
         self.kendall = Gauge("solrl_proxy_kendall", "Proxy vs BF16 reward Kendall tau, last iteration", registry=r)
         self.reward = Gauge("solrl_reward", "Reward statistics of the last iteration", ["source", "stat"], registry=r)
         self.loss = Gauge("solrl_loss", "DiffusionNFT loss of the last iteration", registry=r)
+        self.learner = Gauge(
+            "solrl_learner",
+            "The learner's last step: kl (to the base model), kl_weight (train.nft.kl_target adapts it), lr (train.optim.schedule), grad_norm (before clipping)",
+            ["stat"],
+            registry=r,
+        )
         self.dropped = Counter("solrl_dropped_records", "Records dropped and why", ["reason"], registry=r)
         self.restarts = Counter("solrl_worker_restarts", "Workers replaced after dying", ["pool"], registry=r)
         self.starting = Gauge("solrl_workers_starting", "Workers starting: waiting for resources, importing and building their model, or receiving weights", ["pool"], registry=r)
@@ -120,6 +126,9 @@ class RunMetrics:
                 if key in row:
                     self.reward.labels(source, stat).set(row[key])
         self.loss.set(row["loss"])
+        for stat in ("kl", "kl_weight", "lr", "grad_norm"):
+            if stat in row:
+                self.learner.labels(stat).set(row[stat])
         for reason, n in row.get("dropped", {}).items():
             self.dropped.labels(reason).inc(n)
         if row.get("excluded_rewards"):

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from solrl.config import ModelConfig, RunConfig
+from solrl.learner.nft_trainer import LAST_STATS, MEAN_STATS
 from solrl.models.base import LoraSpec
 from solrl.models.lora_export import export_diffusers_lora
 from solrl.sampling import derive_seeds
@@ -21,6 +22,7 @@ from solrl.sampling.noise import hash_ints
 from solrl.stats import finite_mean, kendall, spearman
 from solrl.types import Candidates, PromptGroup, Selection
 
+STEP_STATS = MEAN_STATS + LAST_STATS  # the learner's figures in a row
 LORA_FILES = {"policy": "policy.safetensors", "old": "old.safetensors", "ema": "ema.safetensors"}
 
 
@@ -143,6 +145,7 @@ class IterationRow(TypedDict, total=False):
     kl_weight: float  # the weight the step used (train.nft.kl_target adapts it)
     grad_norm: float
     old_decay: float
+    lr: float  # the learning rate of the iteration's last step (train.optim.schedule)
     # the distributed engine
     iteration_seconds: float
     busy: dict[str, float]  # by worker, over the interval since the previous row
@@ -189,5 +192,5 @@ def iteration_row(
         "candidates": len(proxy_all),
         "regenerated": len(flat),
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
-        **{k: stats[k] for k in ("loss", "policy_loss", "kl", "kl_weight", "grad_norm", "old_decay")},
+        **{k: stats[k] for k in STEP_STATS},
     }

@@ -25,6 +25,10 @@ ROW = {
     "bf16_reward_mean": 0.35,
     "bf16_reward_std": 0.1,
     "loss": 0.02,
+    "kl": 0.03,
+    "kl_weight": 0.4,
+    "lr": 1.5e-4,
+    "grad_norm": 0.2,
     "dropped": {"stale": 2},
     "excluded_rewards": 1,
     "restarts": {"rollout": 1},
@@ -50,6 +54,7 @@ def test_row_maps_onto_metrics():
     assert _value(text, 'solrl_dropped_records_total{reason="stale"}') == 4
     assert _value(text, 'solrl_dropped_records_total{reason="non_finite_reward"}') == 2
     assert _value(text, 'solrl_worker_restarts_total{pool="rollout"}') == 2
+    assert [_value(text, f'solrl_learner{{stat="{s}"}}') for s in ("kl", "kl_weight", "lr", "grad_norm")] == [0.03, 0.4, 1.5e-4, 0.2]
 
 
 def test_explore_audit_rows_map_onto_its_metrics():

@@ -121,6 +121,13 @@ ROWS: dict[str, list[PanelSpec]] = {
             (q(f"sum by (instance) (rate(solrl_weight_sync_bytes_total{RUN}[{RATE}]))", "{{instance}}"),),
         ),
         PanelSpec("DiffusionNFT loss", "Loss of the last iteration", "none", (q(f"solrl_loss{RUN}", "{{instance}}"),)),
+        PanelSpec(
+            "KL to the base model and its weight",
+            "The learner's KL term and the weight it trained at: with train.nft.kl_target the weight rises while the KL is over the target",
+            "none",
+            (q('solrl_learner{stat="kl",instance=~"$instance"}', "KL"), q('solrl_learner{stat="kl_weight",instance=~"$instance"}', "KL weight")),
+        ),
+        PanelSpec("Learning rate", "The rate of the learner's last step (train.optim.schedule)", "none", (q('solrl_learner{stat="lr",instance=~"$instance"}', "{{instance}}"),)),
     ],
     "Data movement": [
         PanelSpec(

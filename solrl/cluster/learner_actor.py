@@ -10,6 +10,7 @@ import torch
 from solrl.cluster.worker_process import heavy_modules, set_threads
 from solrl.config import RunConfig
 from solrl.faults import FaultPlan
+from solrl.learner.nft_trainer import iteration_stats
 from solrl.learner.plan import StepPlan
 from solrl.learner.rank import LearnerRank, RankConfig
 from solrl.learner.weight_sync import WeightUpdate
@@ -39,8 +40,7 @@ class LearnerActor:
         start = time.perf_counter()
         shards = plan.shards(self.rank.rank, pieces)
         stats = [self.rank.step(plan.labels(p), shard) for p, shard in enumerate(shards)]
-        out = {k: float(sum(s[k] for s in stats) / len(stats)) for k in ("loss", "policy_loss", "kl", "grad_norm")}
-        out.update(old_decay=stats[-1]["old_decay"], kl_weight=stats[-1]["kl_weight"], version=self.rank.version, seconds=time.perf_counter() - start)
+        out = iteration_stats(stats) | {"version": self.rank.version, "seconds": time.perf_counter() - start}
         sync_start = time.perf_counter()
         self.faults.reached("publish")
         update = self.rank.weight_update()

@@ -13,9 +13,8 @@ from solrl.cluster.ledger import IterationState
 from solrl.cluster.pools import WorkerPool
 from solrl.cluster.traffic import Traffic
 from solrl.cluster.v1 import control_pb2
-from solrl.runs import IterationRow, iteration_row
+from solrl.runs import STEP_STATS, IterationRow, iteration_row
 
-STAT_KEYS = ("loss", "policy_loss", "kl", "kl_weight", "grad_norm", "old_decay")
 
 
 class Telemetry:
@@ -56,7 +55,7 @@ class Telemetry:
         # shorter than the iteration's own span, so utilization is measured over it.
         interval = now - max(state.started, self.last_row_at or state.started)
         self.last_row_at = now
-        row = iteration_row(it, version, list(state.candidates.values()), selections, bf16, seconds, stats or dict.fromkeys(STAT_KEYS, float("nan")))
+        row = iteration_row(it, version, list(state.candidates.values()), selections, bf16, seconds, stats or dict.fromkeys(STEP_STATS, float("nan")))
         busy = {}
         for pool in pools.values():
             for w in pool.workers.values():

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 
 from solrl.config import OptimConfig, TrainConfig
+from solrl.learner.lr_schedule import lr_at
 from solrl.models.base import OLD, POLICY
 from solrl.objectives.nft import (
     NFTConfig,
@@ -31,6 +32,16 @@ from solrl.sampling.noise import hash_ints, seed_noise
 from solrl.sampling.schedules import time_grid
 from solrl.types import TrainBatch, TrainLabels, rank_rows
 
+# An iteration's statistics: these averaged over its optimizer steps, the others its last step's.
+MEAN_STATS = ("loss", "policy_loss", "kl", "grad_norm")
+LAST_STATS = ("kl_weight", "old_decay", "lr")
+
+
+def iteration_stats(steps: list[dict[str, float]]) -> dict[str, float]:
+    """One iteration's statistics from its optimizer steps' (train.updates_per_iteration of them)."""
+    out = {k: float(sum(s[k] for s in steps) / len(steps)) for k in MEAN_STATS}
+    return out | {k: steps[-1][k] for k in LAST_STATS}
+
 
 class NFTTrainer:
     """Owns the optimizer, the step counter and the evaluation EMA of one policy."""
@@ -44,6 +55,7 @@ class NFTTrainer:
         shift: float = 1.0,
         seed: int = 0,
         micro_batch: int | None = None,
+        total_steps: int | None = None,
     ):
         self.model = model
         self.nft = nft or NFTConfig()
@@ -51,6 +63,7 @@ class NFTTrainer:
         self.grid = time_grid(train_steps, shift)  # the rollout schedule the samples came from
         self.seed = seed
         self.micro_batch = micro_batch
+        self.total_steps = total_steps  # the run's optimizer steps, for optim.schedule
         self.step_count = 0
         self.kl_weight = self.nft.kl_weight  # moves with the measured KL under nft.kl_target
         params = model.trainable_parameters()
@@ -70,7 +83,8 @@ class NFTTrainer:
     def for_run(cls, model, train: TrainConfig, sampling: SamplingConfig, seed: int) -> NFTTrainer:
         """The trainer of a run's `train` settings, on the times of `sampling` (the regeneration
         sampler's steps and shift)."""
-        return cls(model, train.nft, train.optim, sampling.steps, sampling.shift, seed, train.micro_batch)
+        total = train.iterations * train.updates_per_iteration
+        return cls(model, train.nft, train.optim, sampling.steps, sampling.shift, seed, train.micro_batch, total)
 
     def _keys(self, batch: TrainBatch, rows: torch.Tensor) -> list[tuple[int, ...]]:
         # Keyed by sample seed (or by group under group_noise), never by row position.
@@ -143,12 +157,15 @@ class NFTTrainer:
         for p, g in zip(params, summed):
             p.grad = g
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.optim_cfg.grad_clip)
+        lr = lr_at(self.step_count, self.total_steps, self.optim_cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         self.optimizer.step()
         self.step_count += 1
         eta = old_policy_decay(self.step_count, self.nft)
         ema_(self.model.adapter_parameters(OLD).values(), self.model.adapter_parameters(POLICY).values(), eta)
         ema_(self.ema, params, ema_decay_at(self.step_count - 1, self.nft))
-        totals.update(grad_norm=float(grad_norm), old_decay=eta, kl_weight=self.kl_weight, step=self.step_count, quarantined=len(labels) - n)
+        totals.update(grad_norm=float(grad_norm), old_decay=eta, kl_weight=self.kl_weight, lr=lr, step=self.step_count, quarantined=len(labels) - n)
         return totals
 
     def _accumulate(self, batch: TrainBatch, r: torch.Tensor, times: torch.Tensor, chunks: tuple[torch.Tensor, ...], totals: dict[str, float], n: int) -> None:

@@ -249,7 +249,7 @@ class StandInLearner(_Modeled):
 
             dist.all_reduce(loss)
         self.version += len(shards)
-        stats = {"loss": loss.item(), "policy_loss": loss.item(), "kl": 0.0, "kl_weight": 0.0, "grad_norm": 1.0, "old_decay": 0.0, "version": self.version}
+        stats = {"loss": loss.item(), "policy_loss": loss.item(), "kl": 0.0, "kl_weight": 0.0, "grad_norm": 1.0, "old_decay": 0.0, "lr": 0.0, "version": self.version}
         stats["seconds"] = self.clock.now() - start
         sync = self.clock.now()
         self.faults.reached("publish")
