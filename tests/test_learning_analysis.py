@@ -94,3 +94,34 @@ def test_the_cost_without_the_controller_leaves_out_only_the_audits_own_work(tmp
     assert costs == pytest.approx([one, 2 * one])
     assert sum(v for k, v in meter.iteration(audited).items() if k != "eval") > one
     assert _reached([(0.0, 0.0), (10.0, 0.05), (20.0, 0.15)], 0.1) == pytest.approx(15.0) and _reached([(0.0, 0.0), (10.0, 0.05)], 0.1) is None
+
+
+def test_drift_compares_the_end_with_the_eval_keep_best_chooses_on_validation(tmp_path):
+    """benchmarks/learning_curve.py's drift: the held-out peak is the best of the noisy points (here
+    iteration 20's lucky high), while the eval chosen by its validation reward (iteration 40) is
+    compared with the end on the held-out captions, paired; the end's validation reward comes from
+    eval.json's kept record, and an end that is best on validation is compared with itself."""
+    import json
+
+    from learning_curve import drift
+
+    captions = ["a red circle", "a blue square"]
+
+    def ev(a: float, b: float) -> dict:
+        return {"accuracy": (a + b) / 2, "per_caption": dict(zip(captions, (a, b)))}
+
+    rows = [{"iteration": i, "elapsed": float(i)} for i in range(60)]
+    rows[19] |= {"eval": ev(0.9, 0.9), "validation": {"reward": 0.5}}
+    rows[39] |= {"eval": ev(0.6, 0.7), "validation": {"reward": 0.8}}
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    final = {"base_eval": ev(0.5, 0.5), "final_eval": ev(0.6, 0.7), "final_eval_last": ev(0.5, 0.6), "seconds": 3.0,
+             "kept": {"iteration": 40, "validation_reward": 0.8, "last_validation_reward": 0.7}}  # fmt: skip
+    (tmp_path / "eval.json").write_text(json.dumps(final))
+    d = drift(tmp_path)
+    assert (d["peak_iteration"], d["final_minus_peak"], d["within_one_se"]) == (20, -0.35, False)
+    assert (d["validation_best_iteration"], d["validation_best_change_from_base"], d["final_minus_validation_best"]) == (40, 0.15, -0.1)
+    assert d["validation_best_paired_se"] == 0.0 and not d["within_one_se_of_validation_best"]
+    final["kept"]["last_validation_reward"] = 0.9  # the end is the best on validation
+    (tmp_path / "eval.json").write_text(json.dumps(final))
+    d = drift(tmp_path)
+    assert (d["validation_best_iteration"], d["final_minus_validation_best"], d["within_one_se_of_validation_best"]) == (60, 0.0, True)
