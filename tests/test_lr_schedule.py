@@ -10,7 +10,7 @@ from solrl.learner.lr_schedule import lr_at
 from solrl.learner.nft_trainer import NFTTrainer
 from solrl.models.tiny import TinyPolicyModel
 from solrl.sampling import SamplingConfig
-from tests.test_nft import _contrast_batch
+from test_nft import _contrast_batch
 
 
 def test_cosine_holds_the_rate_then_decays_to_its_floor():
