@@ -18,7 +18,8 @@ from solrl.config import RunConfig
 from solrl.determinism import single_threaded
 from solrl.evaluation import eval_copy, evaluate_run, load_run_prompts, prompt_order, run_grid
 from solrl.explore_audit import ExploreAudit
-from solrl.learner.nft_trainer import NFTTrainer, iteration_stats
+from solrl.learner.nft_trainer import NFTTrainer
+from solrl.learner.step_stats import iteration_stats
 from solrl.learner.trainer_state import load_trainer_state, trainer_state
 from solrl.learner.weight_sync import WeightUpdate, check_served
 from solrl.models.base import OLD, POLICY

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from solrl.config import ModelConfig, RunConfig
-from solrl.learner.nft_trainer import LAST_STATS, MEAN_STATS
+from solrl.learner.step_stats import LAST_STATS, MEAN_STATS
 from solrl.models.base import LoraSpec
 from solrl.models.lora_export import export_diffusers_lora
 from solrl.sampling import derive_seeds

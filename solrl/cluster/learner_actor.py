@@ -10,9 +10,9 @@ import torch
 from solrl.cluster.worker_process import heavy_modules, set_threads
 from solrl.config import RunConfig
 from solrl.faults import FaultPlan
-from solrl.learner.nft_trainer import iteration_stats
 from solrl.learner.plan import StepPlan
 from solrl.learner.rank import LearnerRank, RankConfig
+from solrl.learner.step_stats import iteration_stats
 from solrl.learner.weight_sync import WeightUpdate
 from solrl.models.base import OLD, POLICY
 from solrl.nbytes import tensor_bytes

@@ -32,16 +32,6 @@ from solrl.sampling.noise import hash_ints, seed_noise
 from solrl.sampling.schedules import time_grid
 from solrl.types import TrainBatch, TrainLabels, rank_rows
 
-# An iteration's statistics: these averaged over its optimizer steps, the others its last step's.
-MEAN_STATS = ("loss", "policy_loss", "kl", "grad_norm")
-LAST_STATS = ("kl_weight", "old_decay", "lr")
-
-
-def iteration_stats(steps: list[dict[str, float]]) -> dict[str, float]:
-    """One iteration's statistics from its optimizer steps' (train.updates_per_iteration of them)."""
-    out = {k: float(sum(s[k] for s in steps) / len(steps)) for k in MEAN_STATS}
-    return out | {k: steps[-1][k] for k in LAST_STATS}
-
 
 class NFTTrainer:
     """Owns the optimizer, the step counter and the evaluation EMA of one policy."""
