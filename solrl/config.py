@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from solrl.cost import CostConfig
 from solrl.layout import ClusterConfig
+from solrl.learner.optim import OptimConfig
 from solrl.model_dims import MODELS
 from solrl.models.base import LoraSpec, Precision
 from solrl.objectives.nft import NFTConfig
@@ -89,30 +90,6 @@ class SelectionConfig(_Strict):
 
     mode: Mode = _describe("How the k seeds are chosen from a group's proxy rewards.", default="best_worst")
     k: int = _describe("Seeds kept per prompt.", default=24, ge=1)
-
-
-class OptimConfig(_Strict):
-    """AdamW settings; defaults are docs/method.md's."""
-
-    lr: float = _describe("Learning rate.", default=3e-4, gt=0)
-    betas: tuple[float, float] = _describe("Adam betas.", default=(0.9, 0.999))
-    weight_decay: float = _describe("Decoupled weight decay.", default=1e-4, ge=0)
-    grad_clip: float = _describe("Gradient-norm clip.", default=1.0, gt=0)
-    schedule: Literal["constant", "cosine"] = _describe(
-        "Learning rate over the run's steps: 'constant' (the method's), or 'cosine': lr until decay_from of train.iterations, "
-        "then down a half cosine to min_lr_ratio x lr at the last step (long runs end on a settled policy: docs/method.md).",
-        default="constant",
-    )
-    decay_from: float = _describe("cosine: the share of the run's steps taken at the full rate before the decay (0: decay from the first).", default=0.0, ge=0, lt=1)
-    min_lr_ratio: float = _describe("cosine: the rate the decay ends at, as a share of lr.", default=0.0, ge=0, le=1)
-
-    @model_validator(mode="after")
-    def _decay_needs_cosine(self) -> OptimConfig:
-        if self.schedule == "constant":
-            for name, value in (("decay_from", self.decay_from), ("min_lr_ratio", self.min_lr_ratio)):
-                if value != 0:
-                    raise ValueError(f"train.optim.{name}={value} has no effect with train.optim.schedule='constant'; set schedule: cosine")
-        return self
 
 
 class TrainConfig(_Strict):

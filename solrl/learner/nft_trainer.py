@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 
 from solrl.config import OptimConfig, TrainConfig
-from solrl.learner.lr_schedule import lr_at
+from solrl.learner.optim import lr_at
 from solrl.models.base import OLD, POLICY
 from solrl.objectives.nft import (
     NFTConfig,

@@ -1,16 +1,16 @@
-"""train.optim.schedule: the rate each optimizer step takes, in a trainer and across a resume."""
+"""train.optim: the rate each optimizer step takes (its schedule), in a trainer and across a resume."""
 
 import math
 
 import pytest
 import torch
+from test_nft import _contrast_batch
 
 from solrl.config import OptimConfig, TrainConfig, load_config
-from solrl.learner.lr_schedule import lr_at
 from solrl.learner.nft_trainer import NFTTrainer
+from solrl.learner.optim import lr_at
 from solrl.models.tiny import TinyPolicyModel
 from solrl.sampling import SamplingConfig
-from test_nft import _contrast_batch
 
 
 def test_cosine_holds_the_rate_then_decays_to_its_floor():
