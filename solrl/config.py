@@ -12,10 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from solrl.cost import CostConfig
 from solrl.layout import ClusterConfig
-from solrl.learner.optim import OptimConfig
 from solrl.model_dims import MODELS
 from solrl.models.base import LoraSpec, Precision
 from solrl.objectives.nft import NFTConfig
+from solrl.optim import OptimConfig
 from solrl.precision_control import PrecisionControl
 from solrl.quant.linear import QuantRecipe
 from solrl.rewards.registry import RewardSpec, ShapesRewardSpec

@@ -8,8 +8,8 @@ from test_nft import _contrast_batch
 
 from solrl.config import OptimConfig, TrainConfig, load_config
 from solrl.learner.nft_trainer import NFTTrainer
-from solrl.learner.optim import lr_at
 from solrl.models.tiny import TinyPolicyModel
+from solrl.optim import lr_at
 from solrl.sampling import SamplingConfig
 
 

@@ -13,7 +13,6 @@ from collections.abc import Callable
 import torch
 
 from solrl.config import OptimConfig, TrainConfig
-from solrl.learner.optim import lr_at
 from solrl.models.base import OLD, POLICY
 from solrl.objectives.nft import (
     NFTConfig,
@@ -27,6 +26,7 @@ from solrl.objectives.nft import (
     optimality_probability,
     pick_train_times,
 )
+from solrl.optim import lr_at
 from solrl.sampling import SamplingConfig
 from solrl.sampling.noise import hash_ints, seed_noise
 from solrl.sampling.schedules import time_grid
