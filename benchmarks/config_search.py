@@ -36,9 +36,19 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         "strict_term_1 with 20 iterations instead of 16 (what the 10-minute bar leaves room for)",
         ["train.iterations=20", "reward=[{name: shapes, weight: 0.5}, {name: shapes_strict, weight: 1.0}, {name: shapes_size, weight: 0.5, gate: shapes_strict}]"],
     ),
+    "strict_term_1_lr6": (
+        "strict_term_1 at twice the learning rate (6e-4): in 16 iterations the caption-specific part learns at the pace of"
+        " 32, while the strict pass's larger share of the reward's spread holds back the size push",
+        ["train.optim.lr=0.0006", "reward=[{name: shapes, weight: 0.5}, {name: shapes_strict, weight: 1.0}, {name: shapes_size, weight: 0.5, gate: shapes_strict}]"],
+    ),
     "signed_size": (
         "size paid where the caption holds and charged where it fails: R = 0.5 shapes + 0.5 size x strict - 0.5 size x (1 - strict)",
         ["reward=[{name: shapes, weight: 0.5}, {name: shapes_size, weight: 1.0, gate: shapes_strict}, {name: shapes_size, weight: -0.5}, {name: shapes_strict, weight: 0}]"],
+    ),
+    "strict_size": (
+        "no partial credit: R = 0.5 strict + 0.5 size x strict, so every failing image ties at 0 and the worst seeds are"
+        " failing images of any size, not the ones with missing (small) objects",
+        ["reward=[{name: shapes_strict, weight: 0.5}, {name: shapes_size, weight: 0.5, gate: shapes_strict}]"],
     ),
     "bf16_explore": (
         "explore previews in BF16 instead of NVFP4 (same 6 steps): is the previews' ranking noise what costs accuracy?",
