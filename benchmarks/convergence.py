@@ -49,11 +49,15 @@ ARMS = {
     "e": ("naive NVFP4 DiffusionNFT (K-in-K at full steps, trained directly)", ["rollout.mode=direct", "rollout.candidates={k}", "rollout.explore.steps={full}"]),
 }
 TRAIN_COST = ("explore", "regenerate", "train")
+# the paper's explore group (N = 4K: 96 seeds for 24 trained), which these arms were measured at;
+# the shipped main job explores 2K (shapes.yaml)
+PAPER_GROUP = ["rollout.candidates=32"]
 
 
 def arm_config(arm: str, seed: int, budget: float, eval_points: int, sets: list[str]):
     """The arm's config, its iterations sized to the budget and its eval spacing to the budget's
     eval_points equal parts."""
+    sets = [*PAPER_GROUP, *sets]
     base = load_config(overrides=sets)
     fill = {"k": base.selection.k, "full": base.rollout.regenerate.steps}
     # the curve is the training trajectory: the final eval is the last adapters', not the kept best's

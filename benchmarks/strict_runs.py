@@ -27,7 +27,8 @@ import sys
 from common import append_results
 from learning_curve import NOTES, report
 
-STRICT = ["reward=[{name: shapes_strict, weight: 1}]"]
+# 32 candidates a prompt (N = 4K), the shapes.yaml every arm below ran with (the main job now explores 16)
+STRICT = ["reward=[{name: shapes_strict, weight: 1}]", "rollout.candidates=32"]
 # off / on: without and with the explore controller; kl1: without it, a KL weight that binds (the
 # drift's candidate fix: one exploratory run held the KL 16x lower, docs/method.md); kls: an adaptive
 # KL weight (halfway a step to a level proportional to the KL's excess over the target, 0.02, capped at
