@@ -116,7 +116,7 @@ def test_explore_tasks_are_sized_from_the_pool():
     assert explore_pieces(0, 6, 96, 3) == 4 and explore_pieces(0, 12, 32, 2) == 1  # the shapes run's 32 seeds: never split
     assert explore_pieces(3, 6, 96, 3) == 3
     with pytest.raises(ConfigError, match=r"cluster.explore_split=200 exceeds rollout.candidates=32; share a group's seeds"):
-        load_config(overrides=["cluster.explore_split=200"])
+        load_config(overrides=["rollout.candidates=32", "cluster.explore_split=200"])
 
 
 def test_slices_come_back_as_the_whole_group_in_its_seed_order():
