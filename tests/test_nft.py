@@ -110,6 +110,10 @@ def test_old_policy_schedule_and_ema():
     # the evaluation EMA warms up as the reference code's does: min((1 + s) / (10 + s), 0.9)
     assert [ema_decay_at(s) for s in (0, 1, 10, 80, 81, 1000)] == [0.1, 2 / 11, 11 / 20, 81 / 90, 0.9, 0.9]
     assert ema_decay_at(0, NFTConfig(ema_warmup=False)) == 0.9
+    uncapped = NFTConfig(ema_decay=1.0)  # the warm-up throughout: differs from the default only past step 80
+    assert [ema_decay_at(s, uncapped) for s in (0, 80, 81, 1000)] == [0.1, 81 / 90, 82 / 91, 1001 / 1010]
+    with pytest.raises(ValueError, match=r"train.nft.ema_decay=1.0 with train.nft.ema_warmup=false never moves"):
+        NFTConfig(ema_decay=1.0, ema_warmup=False)
     target = [torch.tensor([1.0, -2.0])]
     ema_(target, [torch.tensor([3.0, 2.0])], 0.9)
     assert torch.allclose(target[0], torch.tensor([1.2, -1.6]))

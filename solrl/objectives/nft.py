@@ -37,7 +37,14 @@ class NFTConfig(BaseModel):
     weight_floor: float = Field(default=1e-5, gt=0, description="Floor of the adaptive x0-space weight.")
     old_decay_rate: float = Field(default=1e-3, ge=0, description="Old-policy decay eta = min(rate * step, old_decay_max).")
     old_decay_max: float = Field(default=0.5, ge=0, le=1, description="Largest old-policy decay.")
-    ema_decay: float = Field(default=0.9, ge=0, le=1, description="Largest decay of the evaluation EMA of theta.")
+    ema_decay: float = Field(
+        default=0.9,
+        ge=0,
+        le=1,
+        description="Largest decay of the evaluation EMA of theta. 1.0 with ema_warmup: the warm-up uncapped, a power-function "
+        "EMA (weight on step i of s about proportional to (i / s)^8: mean age s / 10, nine tenths of the weight on the last "
+        "quarter) however long the run is; the cap 0.9 averages about the last 10 steps from step 80 on.",
+    )
     ema_warmup: bool = Field(
         default=True, description="EMA decay min((1 + s) / (10 + s), ema_decay) at step s (the reference), so a short run's EMA is not mostly the initial adapter."
     )
@@ -51,6 +58,12 @@ class NFTConfig(BaseModel):
     def _adaptive_weight_has_room(self) -> NFTConfig:
         if self.kl_target is not None and self.kl_weight_max < self.kl_weight:
             raise ValueError(f"train.nft.kl_weight_max={self.kl_weight_max} is below train.nft.kl_weight={self.kl_weight}, the adaptive weight's floor; set kl_weight_max >= kl_weight")
+        return self
+
+    @model_validator(mode="after")
+    def _ema_moves(self) -> NFTConfig:
+        if self.ema_decay == 1.0 and not self.ema_warmup:
+            raise ValueError("train.nft.ema_decay=1.0 with train.nft.ema_warmup=false never moves the evaluation EMA off the initial adapter; set ema_warmup=true (the uncapped warm-up) or ema_decay < 1")
         return self
 
 
