@@ -125,3 +125,34 @@ def test_drift_compares_the_end_with_the_eval_keep_best_chooses_on_validation(tm
     (tmp_path / "eval.json").write_text(json.dumps(final))
     d = drift(tmp_path)
     assert (d["validation_best_iteration"], d["final_minus_validation_best"], d["within_one_se_of_validation_best"]) == (60, 0.0, True)
+
+
+def test_paired_runs_differences_each_eval_and_counts_the_rows_trained_alike(tmp_path):
+    """benchmarks/paired_runs.py on two made-up runs that train alike for 30 rows and differ at the
+    second eval and the end: the first eval differs by zero, the others by the per-caption mean
+    difference, and the rows trained identically stop at the first differing loss."""
+    import json
+
+    from paired_runs import compare, report
+
+    captions = ["a red circle", "a blue square"]
+
+    def ev(a: float, b: float) -> dict:
+        return {"accuracy": (a + b) / 2, "per_caption": dict(zip(captions, (a, b)))}
+
+    def write(run: pathlib.Path, second: dict, last: dict, split: int) -> pathlib.Path:
+        run.mkdir()
+        rows = [{"iteration": i, "elapsed": float(i), "loss": 1.0 if i < split else 2.0} for i in range(40)]
+        rows[19] |= {"eval": ev(0.6, 0.6)}
+        rows[39] |= {"eval": second}
+        (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+        (run / "eval.json").write_text(json.dumps({"base_eval": ev(0.5, 0.5), "final_eval": last, "seconds": 4.0}))
+        return run
+
+    a = write(tmp_path / "x-seed-0", ev(0.8, 0.6), ev(0.9, 0.7), 30)
+    b = write(tmp_path / "y-seed-0", ev(0.6, 0.6), ev(0.7, 0.7), 40)
+    pair = compare(a, b)
+    assert pair["identical_rows"] == 30
+    assert [(p["iteration"], p["a_minus_b"]) for p in pair["points"]] == [(20, 0.0), (40, 0.1), (40, 0.1)]
+    assert [p["a_change"] for p in pair["points"]] == [0.1, 0.2, 0.3]
+    assert "Final A - B, mean over 1 seed(s): +0.100" in report([pair])
