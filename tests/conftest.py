@@ -5,7 +5,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """One embedded Ray cluster for every test that only needs a cluster (tests/test_cluster.py,
+    """One embedded Ray cluster for every test that only needs a cluster (tests/test_cluster.py, test_cluster_processes.py,
     tests/test_standin.py): started with token authentication by solrl.cluster.runtime on first
     use, shut down when the session ends. Its logical CPUs are the machine's (workers reserve a
     quarter CPU in these tests) and its object store holds 2 GB, for FLUX.1-size payloads. The

@@ -9,7 +9,7 @@ import json
 
 import pyarrow.compute as pc
 import pytest
-from test_virtual import _config, _run, _selected
+from virtual_runs import selected_seeds, virtual_config, virtual_run
 
 from solrl.cluster.virtual import VirtualRuntime
 from solrl.config import load_config, shipped_config
@@ -50,11 +50,11 @@ def _regen_workers(run_dir) -> set[str]:
 def test_lent_workers_regenerate_only_while_the_learners_have_no_step_and_change_no_result(tmp_path, lag, more):
     extra = [f"rollout.max_policy_lag={lag}", "cluster.regen_workers=1", "eval.every=0", *more]
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
-    _, plain = _run(_config(tmp_path / "a", *extra), tmp_path / "a" / "run")
-    report, runtime = _recorded(_config(tmp_path / "b", *extra, "cluster.lend_learners=true"), tmp_path / "b" / "run")
+    _, plain = virtual_run(virtual_config(tmp_path / "a", *extra), tmp_path / "a" / "run")
+    report, runtime = _recorded(virtual_config(tmp_path / "b", *extra, "cluster.lend_learners=true"), tmp_path / "b" / "run")
     run = tmp_path / "b" / "run"
     assert audit_log(run / "candidates", ITERATIONS, PROMPTS, SEEDS) == {"trained": ITERATIONS * PROMPTS, "dropped": 0, "lost": 0, "duplicated": 0}
-    assert _selected(run).equals(_selected(tmp_path / "a" / "run"))  # same seeds, same rewards, whoever regenerated them
+    assert selected_seeds(run).equals(selected_seeds(tmp_path / "a" / "run"))  # same seeds, same rewards, whoever regenerated them
     lent = {w for w in _regen_workers(run) if w.startswith("lent-")}
     assert lent and report["lent_tasks"] >= len(lent), (report.get("lent_tasks"), _regen_workers(run))
     steps = [(s, e) for name, method, s, e in runtime.intervals if name.startswith("learner-") and method == "step"]
@@ -68,12 +68,12 @@ def test_lent_workers_regenerate_only_while_the_learners_have_no_step_and_change
 def test_a_lent_worker_and_a_learner_killed_mid_run_lose_nothing_and_the_lent_pool_follows_the_group(tmp_path):
     extra = ["rollout.max_policy_lag=1", "cluster.regen_workers=1", "eval.every=0", "cluster.lend_learners=true"]
     (tmp_path / "ref").mkdir()
-    _run(_config(tmp_path / "ref", *extra), tmp_path / "ref" / "run")
+    virtual_run(virtual_config(tmp_path / "ref", *extra), tmp_path / "ref" / "run")
     faults = ["lent-0:regenerate:2", "learner-0:step:2"]
-    report, runtime = _run(_config(tmp_path, *extra, f"cluster.faults={json.dumps(faults)}"), tmp_path / "run")
+    report, runtime = virtual_run(virtual_config(tmp_path, *extra, f"cluster.faults={json.dumps(faults)}"), tmp_path / "run")
     assert report["restarts"]["lent"] >= 1 and report["restarts"]["learner"] >= 1, report["restarts"]
     assert audit_log(tmp_path / "run" / "candidates", ITERATIONS, PROMPTS, SEEDS) == {"trained": ITERATIONS * PROMPTS, "dropped": 0, "lost": 0, "duplicated": 0}
-    assert _selected(tmp_path / "run").equals(_selected(tmp_path / "ref" / "run"))
+    assert selected_seeds(tmp_path / "run").equals(selected_seeds(tmp_path / "ref" / "run"))
     assert any(line.startswith("lent-0 died") for line in runtime.lines), runtime.lines
     assert any(line.startswith("lent workers lent-") and "restarted learner group" in line for line in runtime.lines), runtime.lines
 

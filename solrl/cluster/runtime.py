@@ -5,7 +5,7 @@ the token its operator set up (RAY_AUTH_TOKEN or ~/.ray/auth_token).
 
 Ray 2.60 cannot keep an embedded cluster on loopback: ray.init resolves 127.0.0.1 to the node's
 address (services.resolve_ip_for_localhost) and the GCS, raylet and workers listen on all
-interfaces. The token is what guards them (tests/test_cluster.py records the listeners).
+interfaces. The token is what guards them (tests/test_cluster_processes.py records the listeners).
 
 RayRuntime is the scheduler's runtime seam (solrl.cluster.seam) on that cluster."""
 

@@ -1,5 +1,5 @@
 """What every real worker process shares: its thread count, and which heavy modules it has
-loaded (its `info` reports them, so a stray import into a role is seen: tests/test_cluster.py).
+loaded (its `info` reports them, so a stray import into a role is seen: tests/test_cluster_processes.py).
 
 Each role's actor lives in its own module (sampler_actor, reward_actor, learner_actor) and Ray
 imports only that one in the worker's process: a reward worker never loads the diffusion stack,
