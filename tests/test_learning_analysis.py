@@ -156,3 +156,35 @@ def test_paired_runs_differences_each_eval_and_counts_the_rows_trained_alike(tmp
     assert [(p["iteration"], p["a_minus_b"]) for p in pair["points"]] == [(20, 0.0), (40, 0.1), (40, 0.1)]
     assert [p["a_change"] for p in pair["points"]] == [0.1, 0.2, 0.3]
     assert "Final A - B, mean over 1 seed(s): +0.100" in report([pair])
+
+
+def test_late_ends_ranks_each_end_among_its_late_points_and_draws_the_permutation_null(tmp_path):
+    """benchmarks/late_ends.py on two made-up runs of 100 iterations with evals every 20: the late
+    points are 60, 80 and 100 (the half-way point on); one run ends at its lowest late point and
+    outside one paired s.e. of its peak, the other at its highest. The null's mean rank of two ends
+    drawn at random is at most 0.5 with probability 6/9 (pairs of ranks 0, 0.5, 1 summing to 1 or less)."""
+    import json
+
+    from late_ends import permutation, standing
+
+    captions = ["a red circle", "a blue square"]
+
+    def ev(a: float, b: float) -> dict:
+        return {"accuracy": (a + b) / 2, "per_caption": dict(zip(captions, (a, b)))}
+
+    def write(run: pathlib.Path, evals: list[dict]) -> pathlib.Path:
+        run.mkdir()
+        rows = [{"iteration": i, "elapsed": float(i)} for i in range(100)]
+        for k, e in enumerate(evals[:-1]):
+            rows[20 * k + 19] |= {"eval": e}
+        (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+        (run / "eval.json").write_text(json.dumps({"base_eval": ev(0.5, 0.5), "final_eval": evals[-1], "seconds": 1.0}))
+        return run
+
+    falls = standing(write(tmp_path / "falls", [ev(0.5, 0.5), ev(0.6, 0.6), ev(0.9, 0.7), ev(0.8, 0.75), ev(0.6, 0.6)]))
+    rises = standing(write(tmp_path / "rises", [ev(0.5, 0.5), ev(0.6, 0.6), ev(0.6, 0.7), ev(0.7, 0.7), ev(0.9, 0.8)]))
+    assert falls["late_iterations"] == [60, 80, 100] and falls["ranks"] == [1.0, 0.5, 0.0] and falls["within_one_se"] == [True, True, False]
+    assert (falls["end_rank"], falls["end_within_one_se"], rises["end_rank"], rises["end_within_one_se"]) == (0.0, False, 1.0, True)
+    test = permutation([falls, rises], draws=90_000)
+    assert (test["ends_within_one_se"], test["end_mean_rank"]) == (1, 0.5)
+    assert test["p_rank_as_low"] == pytest.approx(6 / 9, abs=0.01) and test["expected_within_one_se"] == pytest.approx(2 / 3 + 1 / 3, abs=0.02)
