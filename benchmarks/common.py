@@ -76,3 +76,11 @@ def append_results(title: str, body: str, notes: str = "") -> None:
         RESULTS.write_text("# Benchmark results\n\nEach entry is appended by the benchmark script that produced it.\n")
     with RESULTS.open("a") as f:
         f.write(entry)
+
+
+def publish(title: str, body: str, results: bool, notes: str = "") -> None:
+    """Append the entry to RESULTS.md (`results`: a script's --results), else only print its body."""
+    if results:
+        append_results(title, body, notes)
+    else:
+        print(body)

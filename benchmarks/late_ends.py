@@ -24,7 +24,7 @@ import argparse
 import pathlib
 
 import numpy as np
-from common import append_results, with_json_lines
+from common import publish, with_json_lines
 from learning_curve import _points
 
 from solrl.toy_app.evaluate import accuracy_change
@@ -90,10 +90,7 @@ def main() -> None:
     args = parser.parse_args()
     standings = [standing(run) for run in args.runs]
     body = report(standings, permutation(standings))
-    if args.results:
-        append_results(f"Late ends: {len(standings)} runs' last policy against their other late evals (bar 3)", body)
-    else:
-        print(body)
+    publish(f"Late ends: {len(standings)} runs' last policy against their other late evals (bar 3)", body, args.results)
 
 
 if __name__ == "__main__":

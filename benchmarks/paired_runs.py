@@ -15,7 +15,7 @@ import argparse
 import pathlib
 
 import numpy as np
-from common import append_results, table, with_json_lines
+from common import publish, table, with_json_lines
 from learning_curve import _points, _rows
 
 from solrl.toy_app.evaluate import accuracy_change
@@ -80,10 +80,7 @@ def main() -> None:
     args = parser.parse_args()
     pairs = [compare(args.dir / f"{args.arms[0]}-seed-{s}", args.dir / f"{args.arms[1]}-seed-{s}") for s in args.seeds]
     body = report(pairs)
-    if args.results:
-        append_results(f"Paired: {args.arms[0]} against {args.arms[1]}, seeds {args.seeds}", body)
-    else:
-        print(body)
+    publish(f"Paired: {args.arms[0]} against {args.arms[1]}, seeds {args.seeds}", body, args.results)
 
 
 if __name__ == "__main__":
