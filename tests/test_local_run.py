@@ -55,8 +55,6 @@ def test_pooled_text_vector_reads_the_whole_caption(which, model_dir):
 
 
 def test_a_text_encoder_that_pools_elsewhere_is_refused(model_dir, tmp_path):
-    import shutil
-
     broken = tmp_path / "broken"
     shutil.copytree(model_dir, broken)
     config = json.loads((broken / "text_encoder" / "config.json").read_text())
@@ -228,41 +226,3 @@ def test_train_batch_splits_into_whole_groups():
     assert all(p.version == 3 for p in parts)
     with pytest.raises(ValueError, match="cannot split 4 prompt groups into 5"):
         batch.split_by_group(5)
-
-
-def test_keep_best_keeps_the_adapters_of_the_best_validation_eval_across_a_resume(tmp_path):
-    """train.keep_best with eval.every=1, on a run whose learning rate (0.1) wrecks the policy after
-    its first step: lora/ holds the adapters of the eval with the best mean reward on the validation
-    captions (none of them an eval caption), which are those of a one-iteration run, lora/last/ the
-    last ones, and the final eval reports the kept ones. The best so far travels in each
-    checkpoint: a run resumed from the third keeps the same adapters, bit for bit."""
-    from solrl.evaluation import validation_prompts
-
-    prompts = tmp_path / "eval.txt"
-    prompts.write_text("a red circle\n")
-    sets = [*TINY_RUN, f"eval.prompts={prompts}", "eval.grid_rows=0", "eval.every=1", "cluster.checkpoint_every=1", "train.optim.lr=0.1"]
-    config = load_config(overrides=[*sets, "train.iterations=4"])
-    assert config.keeps_best and not set(validation_prompts(config)) & {"a red circle"}
-    whole = tmp_path / "whole"
-    report = LocalRun(config, whole, log=lambda _: None).run()
-    rows = rows_of(whole)
-    assert [r["iteration"] for r in rows if "validation" in r] == [0, 1, 2]  # the last one's is the final eval's
-    figures = [r["validation"]["reward"] for r in rows if "validation" in r] + [report["kept"]["last_validation_reward"]]
-    assert figures[0] > max(figures[1:]), figures  # the run this test is about: it falls after its first step
-    assert report["kept"] == {"iteration": 1, "validation_reward": figures[0], "last_validation_reward": figures[3]}
-    assert json.loads((whole / "lora" / "adapter_config.json").read_text())["kept"] == {"iteration": 1, "validation_reward": figures[0]}
-    one = LocalRun(load_config(overrides=[*sets, "train.iterations=1", "train.keep_best=false"]), tmp_path / "one", log=lambda _: None).run()
-    for which in ("policy", "old", "ema"):
-        kept, first = load_lora(whole / "lora", which)[0], load_lora(tmp_path / "one" / "lora", which)[0]
-        assert kept.keys() == first.keys() and all(torch.equal(kept[k], first[k]) for k in kept), which
-    assert report["final_eval"] == one["final_eval"] | {"images_per_s": report["final_eval"]["images_per_s"]}  # the kept EMA's figures
-    last = load_lora(whole / "lora" / "last", "ema")[0]
-    assert not all(torch.equal(kept[k], last[k]) for k in kept) and "final_eval_last" in report
-    resumed = tmp_path / "resumed"
-    shutil.copytree(whole, resumed)
-    again = LocalRun(config, resumed, log=lambda _: None).run(resume=resumed / "checkpoints" / "step-000003")  # the oldest one kept
-    assert again["kept"] == report["kept"]
-    for folder in ("lora", "lora/last"):
-        for which in ("policy", "old", "ema"):
-            a, b = load_lora(whole / folder, which)[0], load_lora(resumed / folder, which)[0]
-            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), (folder, which)
