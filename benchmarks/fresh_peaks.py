@@ -107,8 +107,8 @@ class Evaluator:
 def measure(run: pathlib.Path, reruns: pathlib.Path | None, evaluator: Evaluator) -> dict:
     """One run's row: end - peak on its own eval seeds (as recorded) and on fresh ones."""
     peak_at, peak, end_at, end = _recorded(run)
-    own = accuracy_change(peak, end)
-    row = {"run": run.name, "peak_iteration": peak_at, "end_iteration": end_at, "own_end_minus_peak": own[0], "own_paired_se": own[1]}
+    own, own_base = accuracy_change(peak, end), _points(run)[0][2]
+    row = {"run": run.name, "peak_iteration": peak_at, "end_iteration": end_at, "own_base_accuracy": own_base["accuracy"], "own_end_minus_peak": own[0], "own_paired_se": own[1]}
     folders = adapter_folders(run, reruns)
     if isinstance(folders, str):
         return row | {"skipped": folders}
@@ -119,22 +119,22 @@ def measure(run: pathlib.Path, reruns: pathlib.Path | None, evaluator: Evaluator
     base, fresh_peak, fresh_end = evaluator(run, [None, *folders])
     change, se = accuracy_change(fresh_peak, fresh_end)
     return row | {
-        "peak_from": str(folders[0]), "fresh_seed": fresh_end["seed"], "fresh_n": fresh_end["n"],
+        "peak_from": str(folders[0]), "fresh_seed": fresh_end["seed"], "fresh_n": fresh_end["n"], "fresh_base_accuracy": base["accuracy"],
         "fresh_peak_change_from_base": accuracy_change(base, fresh_peak)[0], "fresh_end_change_from_base": accuracy_change(base, fresh_end)[0],
         "fresh_end_minus_peak": change, "fresh_paired_se": se, "fresh_within_one_se": bool(-change <= se), "own_within_one_se": bool(-own[0] <= own[1]),
     }  # fmt: skip
 
 
 def report(rows: list[dict]) -> str:
-    headers = ["run", "peak at", "end at", "own seeds: end - peak (paired s.e.)", "within one s.e.", "fresh seeds: base -> peak", "base -> end",
+    headers = ["run", "peak at", "end at", "own seeds: end - peak (paired s.e.)", "within one s.e.", "fresh seeds: base accuracy", "base -> peak", "base -> end",
                "end - peak (paired s.e.)", "within one s.e."]  # fmt: skip
     lines = []
     for r in rows:
         own = [r["run"], r["peak_iteration"], r["end_iteration"], f"{r['own_end_minus_peak']:+.3f} ± {r['own_paired_se']:.3f}"]
         if "skipped" in r:
-            lines.append([*own, "-", f"skipped: {r['skipped']}", "-", "-", "-"])
+            lines.append([*own, "-", f"skipped: {r['skipped']}", "-", "-", "-", "-"])
             continue
-        lines.append([*own, "yes" if r["own_within_one_se"] else "no", f"{r['fresh_peak_change_from_base']:+.3f}", f"{r['fresh_end_change_from_base']:+.3f}",
+        lines.append([*own, "yes" if r["own_within_one_se"] else "no", f"{r['fresh_base_accuracy']:.3f} (own seeds: {r['own_base_accuracy']:.3f})", f"{r['fresh_peak_change_from_base']:+.3f}", f"{r['fresh_end_change_from_base']:+.3f}",
                       f"{r['fresh_end_minus_peak']:+.3f} ± {r['fresh_paired_se']:.3f}", "yes" if r["fresh_within_one_se"] else "no"])  # fmt: skip
     return with_json_lines(headers, lines, rows)
 

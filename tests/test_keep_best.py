@@ -87,6 +87,7 @@ def test_fresh_peaks_finds_the_peaks_adapters_checks_them_against_the_run_and_me
     own = measure(run, None, Evaluator(config.eval.seed, config.eval.n))
     assert (own["peak_iteration"], own["end_iteration"], own["peak_from"], own["fresh_n"]) == (1, 4, str(run / "lora"), config.eval.n)
     assert (own["fresh_end_minus_peak"], own["fresh_paired_se"]) == (own["own_end_minus_peak"], own["own_paired_se"])
+    assert own["fresh_base_accuracy"] == own["own_base_accuracy"]
     peak_at(2)
     assert "the peak (iteration 2) was not kept: rerun it with train.iterations=2" in adapter_folders(run, reruns)
     peak_at(1)
