@@ -7,7 +7,7 @@ RESULTS.md entry from benchmarks/learning_curve.py: every run's curve, the drift
 policy against its peak, paired), and the modeled cost to a held-out target with the controller's
 switches and the share of iterations its audited agreement held the floor.
 
-    python benchmarks/strict_runs.py [--seeds 0 1 2] [--arms off on kl1 kls kls_cos kls_cos0 kls_pema kls_sentinel kls_lr15 kl1_on on_steps on_steps_e4 on_steps_e4p1 on_steps_e4w3 on_sentinel] [--jobs 2] [--out runs/strict]
+    python benchmarks/strict_runs.py [--seeds 0 1 2] [--arms off on kl1 kls kls_cos kls_cos0 kls_pema kls_sentinel kls_inbatch kls_lr15 kl1_on on_steps on_steps_e4 on_steps_e4p1 on_steps_e4w3 on_sentinel] [--jobs 2] [--out runs/strict]
 
 Each run is `solrl train --local --out OUT/ARM-seed-S ...` in its own process (one torch thread
 each when --jobs > 1); finished runs (an eval.json) are read, not rerun, and an interrupted run resumes from its
@@ -50,6 +50,7 @@ STRICT = ["reward=[{name: shapes_strict, weight: 1}]", "rollout.candidates=32"]
 # (1 + s) / (10 + s) without its 0.9 cap, a power-function EMA whose mean age is a tenth of the run
 # (EDM2's sigma_rel ~ 0.1) where the cap averages about the last 10 steps; the two differ only after step 80;
 # kls_sentinel: on_sentinel's controller on kls, the KL held: does agreement still fall, and what does watching cost;
+# kls_inbatch: kls_sentinel whose audit seeds take training slots (in_batch), so the audit regenerates nothing of its own;
 # kls_lr15: kls at half the rate, so the curve may still rise at iteration 160 (screened on validation captions first)
 ARMS = {
     "off": [],
@@ -61,6 +62,7 @@ ARMS = {
     "kls_pema": ["train.nft.kl_target=0.02", "train.nft.ema_decay=1.0"],
     "kls_lr15": ["train.nft.kl_target=0.02", "train.optim.lr=0.00015"],
     "kls_sentinel": ["train.nft.kl_target=0.02", "rollout.precision_control={ladder: [nvfp4, fp8_e4m3@10, bf16@10], sentinel: 0.55, sentinel_window: 4}"],
+    "kls_inbatch": ["train.nft.kl_target=0.02", "rollout.precision_control={ladder: [nvfp4, fp8_e4m3@10, bf16@10], sentinel: 0.55, sentinel_window: 4, in_batch: true}"],
     "kl1_on": ["train.nft.kl_weight=1.0", "rollout.precision_control={}"],
     "on_steps": ["rollout.precision_control={ladder: [nvfp4, fp8_e4m3@10, bf16@10]}"],
     "on_steps_e4": ["rollout.precision_control={ladder: [nvfp4, fp8_e4m3@10, bf16@10], every: 4}"],
@@ -92,7 +94,7 @@ def train(out: pathlib.Path, arm: str, seed: int, iterations: int, every: int, t
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), help="off: explore in NVFP4 throughout; on: the controller chooses on the ladder nvfp4, fp8_e4m3, bf16 (6 steps); kl1: off with train.nft.kl_weight=1.0; kls: off with train.nft.kl_target=0.02 (the adaptive weight); kls_cos: kls with train.optim.schedule=cosine from half-way; kls_cos0: the same cosine from the first step; kls_pema: kls with train.nft.ema_decay=1.0 (the EMA's warm-up uncapped); kls_sentinel: kls with on_sentinel's controller; kls_lr15: kls at lr 1.5e-4; kl1_on: kl1 with the controller; on_steps: on with the ladder nvfp4, fp8_e4m3@10, bf16@10; on_steps_e4: on_steps auditing every 4th iteration; on_steps_e4p1: on_steps_e4 with patience 1; on_steps_e4w3: on_steps_e4 judged on the running mean of 3 audits, patience 2; on_sentinel: on_steps audited only while the selected seeds' Spearman (4-iteration mean) is below 0.55")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), help="off: explore in NVFP4 throughout; on: the controller chooses on the ladder nvfp4, fp8_e4m3, bf16 (6 steps); kl1: off with train.nft.kl_weight=1.0; kls: off with train.nft.kl_target=0.02 (the adaptive weight); kls_cos: kls with train.optim.schedule=cosine from half-way; kls_cos0: the same cosine from the first step; kls_pema: kls with train.nft.ema_decay=1.0 (the EMA's warm-up uncapped); kls_sentinel: kls with on_sentinel's controller; kls_inbatch: kls_sentinel with in_batch audits; kls_lr15: kls at lr 1.5e-4; kl1_on: kl1 with the controller; on_steps: on with the ladder nvfp4, fp8_e4m3@10, bf16@10; on_steps_e4: on_steps auditing every 4th iteration; on_steps_e4p1: on_steps_e4 with patience 1; on_steps_e4w3: on_steps_e4 judged on the running mean of 3 audits, patience 2; on_sentinel: on_steps audited only while the selected seeds' Spearman (4-iteration mean) is below 0.55")
     parser.add_argument("--iterations", type=int, default=160)
     parser.add_argument("--eval-every", type=int, default=20)
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, one torch thread each when more than 1")

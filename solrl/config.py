@@ -190,6 +190,11 @@ class RunConfig(_Strict):
         if control is not None:
             control = self.rollout.precision_control = control.at_regen_steps(self.rollout.regenerate.steps)
             control.check(self.rollout.explore_precision, get_args(Precision))
+            if control.in_batch and control.audit > self.selection.k:
+                raise ValueError(
+                    f"rollout.precision_control.audit={control.audit} exceeds selection.k={self.selection.k} with in_batch: the audit "
+                    "seeds take training slots; lower audit to at most k, or set in_batch: false"
+                )
         if self.cluster.explore_split > self.rollout.candidates:
             raise ValueError(
                 f"cluster.explore_split={self.cluster.explore_split} exceeds rollout.candidates={self.rollout.candidates}; "

@@ -4,7 +4,8 @@ distributed run's audit is solrl.cluster.audit_desk, its rollout workers' sample
 
 Each iteration, after the selected seeds are regenerated: every group's audit seeds (drawn at
 random) get their BF16 rewards (the selected ones from the training batch, the others from a
-regeneration made only for the audit, never trained on), and previews at the rungs the controller
+regeneration made only for the audit, never trained on; with in_batch the selection kept them all),
+and previews at the rungs the controller
 probes (the next cheaper one while explore runs above the cheapest, the next safer one while its
 agreement has been poor). The figures go into the metrics row under
 "audit" (with the images the audit drew, which solrl.cost prices), and a move switches the explore
@@ -13,14 +14,13 @@ sampler's precision before the next iteration.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
-from solrl.audit_schedule import AuditSchedule
+from solrl.audit_schedule import AuditSchedule, free_figure
 from solrl.config import RunConfig
 from solrl.learner.weight_sync import WeightUpdate
 from solrl.precision_control import PrecisionController, audit_agreement, audit_seeds, probe_figures, rung_parts
-from solrl.stats import finite_mean, spearman
+from solrl.stats import finite_mean
 from solrl.types import Candidates, PromptGroup, Selection, per_selection
 from solrl.workers.sampler import SamplerWorker, sampler_from_config
 
@@ -57,26 +57,43 @@ class ExploreAudit:
     def __init__(self, config: RunConfig, policy, log: Callable[[str], None]):
         self.config, self.log = config, log
         self.control = PrecisionController(config.rollout.precision_control, config.rollout.explore_precision)
-        self.schedule = AuditSchedule(config.rollout.precision_control)
+        self.schedule = AuditSchedule(config.rollout.precision_control, config.rollout.max_policy_lag)
         self.samplers = ExploreSamplers(config, policy)
+        self.ahead: tuple[int, bool] | None = None  # in_batch: the iteration decided before its selection, and whether it is audited
 
     def explorer(self, precision: str, update: WeightUpdate | None) -> SamplerWorker:
         """The explore sampler at `precision`, serving `update` (the current rollout policy)."""
         return self.samplers.at(precision, update)
+
+    def draw(self, iteration: int, candidates: Sequence[Candidates]) -> list[tuple[int, ...]]:
+        """Each group's audit seeds, drawn at random as the distributed run draws them."""
+        n, seed = self.config.rollout.precision_control.audit, self.config.seed
+        return [audit_seeds(c.group.seeds, n, (seed, iteration, c.group.prompt_id)) for c in candidates]
+
+    def kept(self, iteration: int, candidates: Sequence[Candidates]) -> list[tuple[int, ...]]:
+        """The seeds each group's selection must keep: with in_batch, its audit seeds when `iteration`
+        is audited (decided now, before the selection); otherwise none."""
+        if not self.config.rollout.precision_control.in_batch:
+            return [()] * len(candidates)
+        self.ahead = (iteration, self.schedule.audits(iteration, self.control.precision))
+        return self.draw(iteration, candidates) if self.ahead[1] else [()] * len(candidates)
 
     def run(
         self, iteration: int, candidates: Sequence[Candidates], selections: Sequence[Selection], bf16: list[list[float]], regenerator: SamplerWorker, update: WeightUpdate
     ) -> dict:
         """The audit of one iteration: its figures for the metrics row, and the move (if any) applied
         to the controller. `bf16`: the selected seeds' rewards, per selection."""
-        n, seed = self.config.rollout.precision_control.audit, self.config.seed
         # in prompt order, as the distributed desk reports, so per-group figures list alike in both engines
         order = sorted(range(len(candidates)), key=lambda i: candidates[i].group.prompt_id)
         candidates, selections, bf16 = [candidates[i] for i in order], [selections[i] for i in order], [bf16[i] for i in order]
-        self.schedule.record(iteration, finite_mean([spearman(s.proxy_rewards, b) for s, b in zip(selections, bf16, strict=True)]))
-        if not self.schedule.audits(iteration, self.control.precision):
-            return {"precision": self.control.precision} | self.sentinel(iteration)
-        drawn = [audit_seeds(c.group.seeds, n, (seed, iteration, c.group.prompt_id)) for c in candidates]
+        drawn, in_batch = self.draw(iteration, candidates), self.config.rollout.precision_control.in_batch
+        audited = in_batch and self.ahead == (iteration, True)  # the audit seeds were selected to train on
+        leave_out = drawn if audited else [()] * len(drawn)
+        self.schedule.record(iteration, finite_mean([free_figure(s.seeds, s.proxy_rewards, b, o) for s, b, o in zip(selections, bf16, leave_out, strict=True)]))
+        if not in_batch:
+            audited = self.schedule.audits(iteration, self.control.precision)
+        if not audited:
+            return {"precision": self.control.precision} | self.schedule.figures(iteration)
         known = [dict(zip(s.seeds, r, strict=True)) for s, r in zip(selections, bf16, strict=True)]
         missing = [Selection(c.group, tuple(x for x in d if x not in k), ()) for c, d, k in zip(candidates, drawn, known, strict=True)]
         extra = [(i, s) for i, s in enumerate(missing) if s.seeds]  # audited seeds the selector left: regenerated for the audit only
@@ -88,7 +105,7 @@ class ExploreAudit:
         previews = [[dict(zip(c.group.seeds, c.proxy_rewards, strict=True))[x] for x in d] for c, d in zip(candidates, drawn, strict=True)]
         control = self.control
         figures = {"precision": control.precision, "spearman": audit_agreement(previews, truth), "regenerated": sum(len(s.seeds) for _, s in extra)}
-        figures |= self.sentinel(iteration)
+        figures |= self.schedule.figures(iteration)
         probes = control.probes(control.precision)
         groups = [PromptGroup(c.group.prompt_id, c.group.prompt, d, iteration, c.group.version) for c, d in zip(candidates, drawn, strict=True)]
         probed = {rung: [c.proxy_rewards for c in self.explorer(rung, update).explore(groups)] for rung in probes}
@@ -101,12 +118,6 @@ class ExploreAudit:
             figures["switch"] = {"from": move.source, "to": move.target, "reason": move.reason}
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}
 
-    def sentinel(self, iteration: int) -> dict:
-        """The row's sentinel figure (rollout.precision_control.sentinel): what scheduled the audit or skipped it."""
-        if self.config.rollout.precision_control.sentinel is None:
-            return {}
-        level = self.schedule.running(iteration)
-        return {"sentinel": round(level, 4) if math.isfinite(level) else None}
 
     def state(self, through: int) -> dict:
         """The controller's state and the sentinel's figures, for a checkpoint after iteration `through`."""

@@ -56,8 +56,9 @@ class LocalRun:
     def groups(self, iteration: int) -> list[PromptGroup]:
         return make_groups(self.config, self.prompts, self.order, iteration, self.version)
 
-    def choose(self, candidates: list[Candidates]) -> list[Selection]:
-        return [self.selector.choose(c) for c in candidates]
+    def choose(self, candidates: list[Candidates], iteration: int = 0) -> list[Selection]:
+        kept = self.audit.kept(iteration, candidates) if self.audit is not None else [()] * len(candidates)
+        return [self.selector.choose(c, keep) for c, keep in zip(candidates, kept, strict=True)]
 
     def adapter_states(self) -> dict[str, dict[str, torch.Tensor]]:
         return {"policy": self.policy.adapter_state(POLICY), "old": self.policy.adapter_state(OLD), "ema": self.trainer.ema_state()}
@@ -102,7 +103,7 @@ class LocalRun:
             samples = dict(zip(keys, x0))
         times["explore"] = time.perf_counter() - start
         start = time.perf_counter()
-        selections = self.choose(candidates)
+        selections = self.choose(candidates, it)
         times["select"] = time.perf_counter() - start
         start = time.perf_counter()
         if direct:

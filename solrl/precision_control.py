@@ -76,6 +76,14 @@ class PrecisionControl(BaseModel):
         "decided on the audit (solrl/audit_schedule.py). null: audit every scheduled iteration.",
     )
     sentinel_window: int = Field(default=4, ge=1, description="Iterations whose selected-seed Spearman the sentinel averages.")
+    in_batch: bool = Field(
+        default=False,
+        description="The audit seeds take training slots: an audited group's selection keeps its audit seeds and selection.mode "
+        "fills the other k - audit slots, so the audit regenerates nothing for itself (its price: a less contrastive batch on "
+        "audited iterations). Whether an iteration is audited is then decided before it is selected, from the sentinel's "
+        "figures through iteration - 1 - rollout.max_policy_lag, and the sentinel's figure leaves the audit seeds out "
+        "(solrl/audit_schedule.py). Needs audit <= selection.k.",
+    )
     gain: float | None = Field(
         default=0.0,
         ge=-2,

@@ -45,9 +45,10 @@ def _best_worst(rewards: np.ndarray, valid: np.ndarray, k: int) -> list[int]:
 
 
 def select(
-    rewards: Sequence[float] | np.ndarray, k: int, mode: Mode = "best_worst", seed: int = 0
+    rewards: Sequence[float] | np.ndarray, k: int, mode: Mode = "best_worst", seed: int = 0, keep: Sequence[int] = ()
 ) -> Selection:
-    """Pick k candidates by `mode`:
+    """Pick k candidates by `mode`, among them every candidate in `keep` whose reward is finite
+    (first, in `keep`'s order; `mode` picks the rest from the others):
 
     best_worst       ceil(k/2) highest and floor(k/2) lowest rewards (docs/method.md's default);
     random           k uniformly at random;
@@ -69,6 +70,11 @@ def select(
     excluded = np.flatnonzero(~finite).tolist()
     short = len(valid) < k
     k = min(k, len(valid))
+    kept = [int(i) for i in keep if finite[i]]
+    if len(kept) > k:
+        raise ValueError(f"{len(kept)} candidates to keep exceed selection.k={k}; keep at most k")
+    if kept:
+        valid, k = np.setdiff1d(valid, kept), k - len(kept)
     rng = np.random.default_rng(seed)
     if k == 0:
         indices: list[int] = []
@@ -83,4 +89,4 @@ def select(
         extremes = _best_worst(r, valid, k // 2) if k >= 2 else []
         middle = np.setdiff1d(valid, extremes)
         indices = extremes + rng.choice(middle, size=k - len(extremes), replace=False).tolist()
-    return Selection(indices=[int(i) for i in indices], excluded=excluded, short=short)
+    return Selection(indices=kept + [int(i) for i in indices], excluded=excluded, short=short)

@@ -7,7 +7,9 @@ With rollout.precision_control.sentinel the audit's work waits until the whole i
 regenerated: the selected seeds' Spearman (solrl.audit_schedule) then decides whether it runs.
 The drawn seeds the selector left are regenerated for the audit only (an `audit` task on the
 regeneration pool, never trained on); the selected ones' BF16 rewards come from their training
-regeneration. The drawn seeds are also previewed at the rungs the controller probes (a `preview`
+regeneration. With rollout.precision_control.in_batch the desk decides before the selection (the
+ledger asks `kept` for each whole explored group), the selection keeps the drawn seeds, and the
+audit regenerates nothing of its own. The drawn seeds are also previewed at the rungs the controller probes (a `preview`
 task on the rollout pool for each): the rung below while explore runs above the cheapest, the rung
 above while its agreement has been poor. An iteration's row waits for
 its audit (solrl.cluster.eval_tasks.HeldRows); rows are given out in order, so the controller
@@ -31,12 +33,12 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from solrl.audit_schedule import AuditSchedule
+from solrl.audit_schedule import AuditSchedule, free_figure
 from solrl.cluster.dispatch import Dispatcher, Done
 from solrl.cluster.pools import WorkerPool
 from solrl.config import RunConfig
 from solrl.precision_control import PrecisionController, audit_agreement, audit_seeds, probe_figures
-from solrl.stats import finite_mean, spearman
+from solrl.stats import finite_mean
 from solrl.types import Candidates, Preview, PromptGroup, Selection
 from solrl.workers.store import GroupKey, group_key
 
@@ -75,7 +77,7 @@ class IterationAudit:
     iteration: int
     groups: list[GroupAudit]
     explored: dict[str, int]  # precision -> images explored
-    sentinel: float | None  # rollout.precision_control.sentinel's figure when it decided (None: not set or undefined)
+    schedule: dict[str, float | None]  # the sentinel's figure when it decided, the in-batch free figure (AuditSchedule.figures)
 
     @property
     def done(self) -> bool:
@@ -92,9 +94,10 @@ class AuditDesk:
         self.groups: dict[GroupKey, GroupAudit] = {}
         self.precisions: dict[GroupKey, set[str]] = {}  # the precisions a group's explore slices ran at
         self.explored: dict[int, Counter] = {}  # iteration -> images explored at each precision
-        self.schedule = AuditSchedule(config.rollout.precision_control)
+        self.schedule = AuditSchedule(config.rollout.precision_control, config.rollout.max_policy_lag)
         self.free: dict[GroupKey, float] = {}  # each regenerated group's selected seeds' preview Spearman
-        self.decided: dict[int, tuple[bool, float | None]] = {}  # iteration -> audited?, the sentinel's figure
+        self.in_batch: dict[GroupKey, tuple[int, ...]] = {}  # in_batch: each audited group's seeds, which its selection kept
+        self.decided: dict[int, tuple[bool, dict]] = {}  # iteration -> audited?, its AuditSchedule.figures
 
     def attach(self, dispatcher: Dispatcher, rollout: WorkerPool) -> None:
         self.dispatcher, self.rollout = dispatcher, rollout
@@ -106,18 +109,36 @@ class AuditDesk:
             self.precisions.setdefault(group_key(c), set()).add(precision)
             self.explored.setdefault(c.group.iteration, Counter())[precision] += len(c.group.seeds)
 
+    def _draw(self, group: PromptGroup) -> tuple[int, ...]:
+        return audit_seeds(group.seeds, self.control.config.audit, (self.config.seed, group.iteration, group.prompt_id))
+
+    def _ran_at(self, key: GroupKey) -> str | None:
+        ran = self.precisions.get(key, set())
+        return next(iter(ran)) if len(ran) == 1 else None
+
+    def kept(self, candidates: Candidates) -> tuple[int, ...]:
+        """The seeds a whole explored group's selection must keep: with in_batch, its audit seeds
+        when its iteration is audited at the rung it ran at (decided now, before the selection)."""
+        group, key = candidates.group, group_key(candidates)
+        config = self.control.config
+        if not config.in_batch or not self.schedule.audits(group.iteration, self._ran_at(key)):
+            return ()
+        self.in_batch[key] = self._draw(group)
+        return self.in_batch[key]
+
     def selected(self, sel: Selection, candidates: Candidates) -> None:
         """A group was selected: draw its audit seeds, and queue what the audit needs unless the
         sentinel is to decide first."""
         group, key = candidates.group, group_key(candidates)
-        ran = self.precisions.pop(key, set())
-        if not self.control.config.audits(group.iteration):
+        precision = self._ran_at(key)
+        self.precisions.pop(key, None)
+        config = self.control.config
+        if not config.audits(group.iteration) or (config.in_batch and key not in self.in_batch):
             return
-        drawn = audit_seeds(group.seeds, self.control.config.audit, (self.config.seed, group.iteration, group.prompt_id))
+        drawn = self._draw(group)
         preview = dict(zip(group.seeds, candidates.proxy_rewards, strict=True))
-        precision = next(iter(ran)) if len(ran) == 1 else None
         self.groups[key] = GroupAudit(sel, drawn, tuple(preview[s] for s in drawn), precision)
-        if self.control.config.sentinel is None:
+        if config.sentinel is None or config.in_batch:
             self._start(self.groups[key])
 
     def _start(self, audit: GroupAudit) -> None:
@@ -136,7 +157,7 @@ class AuditDesk:
         """A training regeneration's BF16 rewards: those of the group's audited seeds, and the
         sentinel's figure of the group."""
         key = group_key(sel)
-        self.free[key] = spearman(sel.proxy_rewards, list(rewards))
+        self.free[key] = free_figure(sel.seeds, sel.proxy_rewards, list(rewards), self.in_batch.pop(key, ()))
         audit = self.groups.get(key)
         if audit is not None:
             audit.truth.update((s, r) for s, r in zip(sel.seeds, rewards, strict=True) if s in audit.drawn)
@@ -147,10 +168,12 @@ class AuditDesk:
         keys = sorted(k for k in self.free if k[0] == iteration)
         self.schedule.record(iteration, finite_mean([self.free.pop(k) for k in keys]))
         mine = [g for k, g in sorted(self.groups.items()) if k[0] == iteration]
-        ran = {g.precision for g in mine}
-        audited = self.schedule.audits(iteration, next(iter(ran)) if len(ran) == 1 else None)
-        level = self.schedule.running(iteration) if self.control.config.sentinel is not None else math.nan
-        self.decided[iteration] = (audited, round(level, 4) if math.isfinite(level) else None)
+        if self.control.config.in_batch:  # decided group by group as they were selected
+            audited = bool(mine)
+        else:
+            ran = {g.precision for g in mine}
+            audited = self.schedule.audits(iteration, next(iter(ran)) if len(ran) == 1 else None)
+        self.decided[iteration] = (audited, self.schedule.figures(iteration))
         for key in [k for k in self.groups if k[0] == iteration]:
             if not audited:
                 del self.groups[key]
@@ -176,15 +199,15 @@ class AuditDesk:
         # in prompt order, not the order explores finished, so per-group figures list as in the local run;
         # still looked up by the results to come
         groups = [g for k, g in sorted(self.groups.items()) if k[0] == iteration]
-        audited, level = self.decided.pop(iteration, (self.control.config.audits(iteration), None))
-        return IterationAudit(self, iteration, groups if audited else [], dict(self.explored.pop(iteration, {})), level)
+        audited, figures = self.decided.pop(iteration, (self.control.config.audits(iteration), {}))
+        return IterationAudit(self, iteration, groups if audited else [], dict(self.explored.pop(iteration, {})), figures)
 
     # -- the row's figures and the move ----------------------------------------------------------------
     def report(self, audit: IterationAudit) -> dict:
         for key in [k for k in self.groups if k[0] == audit.iteration]:  # every result of the iteration is in
             del self.groups[key]
         current = self.control.precision
-        sentinel = {"sentinel": audit.sentinel} if self.control.config.sentinel is not None else {}
+        sentinel = audit.schedule
         if not audit.groups:
             return {"precision": current, "explored": audit.explored} | sentinel
         mine = [g for g in audit.groups if g.precision == current]

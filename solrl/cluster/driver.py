@@ -92,6 +92,7 @@ class Driver(EngineDuties):
         self.dispatcher = Dispatcher(self.runtime, self.pools, table, c.groups_per_task, self.log, self.traffic)
         if self.audits is not None:
             self.audits.attach(self.dispatcher, self.pools["rollout"])
+            self.ledger.keep = self.audits.kept
         self.dispatcher.poll_s = None if self.runtime.virtual else 0.5  # a virtual run has no control requests to answer
         return self
 

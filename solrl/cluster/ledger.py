@@ -73,6 +73,7 @@ class IterationState:
 class Ledger:
     def __init__(self, store: CandidateStore, selector: Selector, max_policy_lag: int, clock: Callable[[], float]):
         self.store, self.selector, self.max_lag, self.clock = store, selector, max_policy_lag, clock
+        self.keep: Callable[[Candidates], tuple[int, ...]] = lambda c: ()  # seeds a group's selection keeps (an in-batch explore audit's)
         self.iterations: dict[int, IterationState] = {}
         self.dropped: dict[str, int] = {}
         self.version = 0  # the learner's policy version, set by the driver as weights are published
@@ -108,7 +109,7 @@ class Ledger:
             if self.too_stale(c.version):
                 self.drop(state, key, "stale")
                 continue
-            sel = self.selector.choose(c)
+            sel = self.selector.choose(c, self.keep(c))
             state.selections[key] = sel
             selections.append(sel)
         for state in self.iterations.values():

@@ -13,9 +13,11 @@ class Selector:
     def __init__(self, config: SelectionConfig):
         self.config = config
 
-    def choose(self, candidates: Candidates) -> Selection:
-        """The group's seeds chosen for regeneration, with their proxy rewards."""
-        chosen = select(candidates.proxy_rewards, self.config.k, self.config.mode, seed=candidates.group.seeds[0])
+    def choose(self, candidates: Candidates, keep: tuple[int, ...] = ()) -> Selection:
+        """The group's seeds chosen for regeneration, with their proxy rewards; `keep`: seeds chosen
+        whatever their rewards (an in-batch explore audit's, solrl.audit_schedule)."""
+        index = {s: i for i, s in enumerate(candidates.group.seeds)}
+        chosen = select(candidates.proxy_rewards, self.config.k, self.config.mode, seed=candidates.group.seeds[0], keep=[index[s] for s in keep])
         return Selection(
             candidates.group,
             tuple(candidates.group.seeds[i] for i in chosen.indices),
