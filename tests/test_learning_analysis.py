@@ -133,7 +133,7 @@ def test_paired_runs_differences_each_eval_and_counts_the_rows_trained_alike(tmp
     difference, and the rows trained identically stop at the first differing loss."""
     import json
 
-    from paired_runs import compare, report
+    from paired_runs import compare, cost_report, report
 
     captions = ["a red circle", "a blue square"]
 
@@ -156,6 +156,11 @@ def test_paired_runs_differences_each_eval_and_counts_the_rows_trained_alike(tmp
     assert [(p["iteration"], p["a_minus_b"]) for p in pair["points"]] == [(20, 0.0), (40, 0.1), (40, 0.1)]
     assert [p["a_change"] for p in pair["points"]] == [0.1, 0.2, 0.3]
     assert "Final A - B, mean over 1 seed(s): +0.100" in report([pair])
+    # --target: the modeled cost to it, A's over B's where both reached it, mean and s.e. over seeds
+    costs = [{"a": f"x-seed-{s}", "b": f"y-seed-{s}", "a_cost": a, "b_cost": 100.0} for s, a in enumerate((90.0, 120.0, None))]
+    text, lines = cost_report(costs, 0.1)
+    assert lines[0] == {"target_change": 0.1, "seeds_reached": 2, "a_over_b_minus_1_mean": 0.05, "a_over_b_minus_1_se": 0.15}
+    assert "not reached" in text and "mean over the 2 seed(s) where both reached it: +5.0% ± 15.0%" in text
 
 
 def test_late_ends_ranks_each_end_among_its_late_points_and_draws_the_permutation_null(tmp_path):
